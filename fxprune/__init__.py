@@ -1,0 +1,16 @@
+"""fxprune: torch.fx passes for basis scaling and double pruning of pretrained vision models."""
+
+from . import passes  # noqa: F401  (registers the passes)
+from .api import DEFAULT_PIPELINE, prune
+from .errors import FxPruneError, PassError, PipelineError, TraceError, VerificationError
+from .manager import PassManager, PassRecord, history
+from .pass_base import FxPass, PassContext, PassResult, register
+from .pipeline import Pipeline
+from .report import SavingsReport, savings
+from .tracing import trace
+
+__all__ = [
+    "DEFAULT_PIPELINE", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
+    "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
+    "prune", "register", "savings", "trace",
+]

@@ -1,0 +1,58 @@
+"""Counting: parameters, MACs per conv/linear node (from ShapeProp) and whole-model MACs.
+
+Convention: 1 MAC = one multiply-accumulate; torch's FlopCounterMode counts 2 FLOPs per MAC
+for convolutions and matrix products and ignores normalisation and element-wise ops. Its registry
+misses the CPU kernel of scaled_dot_product_attention (it counts 0 for every ViT attention on the
+CPU), so we add that one formula: QK^T and AV, b*h*Lq*Lk*(d + dv) MACs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
+
+from .lowrank import CONVS
+
+
+def total_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    *batch, lq, d = query_shape
+    lk, dv = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * lq * lk * (d + dv)
+
+
+_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+
+
+def total_macs(module: nn.Module, example_inputs: tuple) -> int:
+    """Whole-model MACs as FlopCounterMode counts them (FLOPs / 2), CPU attention included."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        module(*example_inputs)
+    return counter.get_total_flops() // 2
+
+
+def is_counted(m: nn.Module) -> bool:
+    """Conv and linear layers, subclasses included: the layers the savings tables list."""
+    return isinstance(m, (*CONVS, nn.Linear))
+
+
+def node_macs(gm: fx.GraphModule, example_inputs: tuple) -> dict[str, int]:
+    """MACs of every call_module conv/linear node, by node name (shapes from ShapeProp)."""
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+    macs = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not is_counted(layer := gm.get_submodule(node.target)):
+            continue
+        meta = node.meta.get("tensor_meta")
+        out = math.prod(meta.shape) if meta is not None and hasattr(meta, "shape") else 0
+        macs[node.name] = out * math.prod(layer.weight.shape[1:])
+    return macs

@@ -1,0 +1,47 @@
+"""The one-line transform: fxprune.prune(model, example_inputs, pipeline=...)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .manager import PassManager
+from .pass_base import FxPass, PassContext
+from .pipeline import Pipeline
+from .tracing import trace
+
+DEFAULT_PIPELINE = "decompose-conv,prune-basis{energy=0.95},fold"
+
+
+def as_inputs(example_inputs) -> tuple:
+    """A tensor or a tuple of model inputs, as a tuple."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+def prune(
+    model: nn.Module,
+    example_inputs,
+    pipeline: str | Sequence[FxPass] | Pipeline = DEFAULT_PIPELINE,
+    *,
+    verify: bool = False,
+    **context,
+) -> fx.GraphModule:
+    """Trace a copy of `model` in eval mode and run `pipeline` on it; `model` is never modified.
+
+    `verify=True` lints and shape-checks the graph after every pass and checks that passes meant
+    to be lossless kept the outputs (raises VerificationError naming the pass). The passes applied,
+    with wall times and statistics, are in `fxprune.history(result)`.
+    """
+    manager = PassManager(pipeline, verify=verify)  # bad pipeline text fails before any work
+    inputs = as_inputs(example_inputs)
+    # eval mode before tracing: tracing bakes `self.training` branches into the graph
+    gm = trace(model).eval() if isinstance(model, fx.GraphModule) else trace(copy.deepcopy(model).eval())
+    return manager.run(gm, PassContext(inputs, dict(context)))

@@ -1,0 +1,52 @@
+"""What `fxprune run` does, separated from argument parsing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from .api import prune
+from .io import atomic_write_text
+from .manager import history
+from .models import create
+from .report import savings
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if not size or min(size) < 1:
+        raise ValueError(f"--input-size {text!r}: write positive integers separated by commas, e.g. 3,224,224")
+    return size
+
+
+def run_model(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix not in (".md", ".csv", ".json"):
+        raise ValueError(f"--out {args.out}: write a .md, .csv or .json file")
+    torch.manual_seed(0)
+    model = create(args.model).eval()
+    x = torch.randn(args.batch, *parse_size(args.input_size))
+    small = prune(model, x, args.pipeline, verify=args.verify)
+    report = savings(model, small, x)
+    passes = [[r.text, f"{r.seconds:.2f}", ", ".join(f"{k}={v}" for k, v in r.stats.items())] for r in history(small)]
+    print(f"{args.model}: pipeline {args.pipeline}, input {tuple(x.shape)}, threads {torch.get_num_threads()}")
+    print(tabulate(passes, headers=["pass", "seconds", "statistics"]))
+    print()
+    print(report)
+    t = report.totals
+    print(f"\nparams {t['params_before']:,} -> {t['params_after']:,} "
+          f"({100 * (1 - t['params_after'] / t['params_before']):.1f}% fewer); MACs {t['macs_before']:,} -> "
+          f"{t['macs_after']:,} ({100 * (1 - t['macs_after'] / max(t['macs_before'], 1)):.1f}% fewer)")
+    if out is not None:
+        if out.suffix == ".csv":
+            report.to_csv(out)
+        else:
+            atomic_write_text(out, (report.to_markdown() if out.suffix == ".md" else report.to_json()) + "\n")
+        print(f"wrote {out}")
+    return 0

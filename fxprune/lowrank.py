@@ -1,0 +1,154 @@
+"""A decomposed layer: a *basis* layer (rows of V^T) followed by a 1x1 *coef* layer (U S).
+
+Both live under a plain `nn.Module` container at the original module's path (`X.basis`,
+`X.coef`); their graph nodes carry `fxprune.role` and `fxprune.source` in `node.meta`.
+Weights are handled per group as matrices: basis (g, r, n), coef (g, m, r), dense (g, m, n) with
+m = out_channels / g and n = in_channels / g * prod(kernel_size).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .meta import ROLE, SOURCE
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_dense_layer(m: nn.Module) -> bool:
+    """Plain torch conv or linear layers (subclasses may change forward, so they are left alone)."""
+    return type(m) in (*CONVS, nn.Linear)
+
+
+def groups_of(m: nn.Module) -> int:
+    return m.groups if isinstance(m, CONVS) else 1
+
+
+def matrix_shape(m: nn.Module) -> tuple[int, int, int]:
+    """(g, m, n) of a dense layer's per-group weight matrix."""
+    g = groups_of(m)
+    w = m.weight
+    return g, w.shape[0] // g, math.prod(w.shape[1:])
+
+
+def as_groups(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """View a conv/linear weight as (groups, rows per group, columns)."""
+    return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def pays(rank: int, m: int, n: int) -> bool:
+    """A pair of rank `rank` is smaller than the dense layer (params and MACs alike)."""
+    return rank * (m + n) < m * n
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One decomposed layer found in a graph."""
+
+    source: str
+    basis_node: fx.Node
+    coef_node: fx.Node
+    basis: nn.Module
+    coef: nn.Module
+
+    @property
+    def path(self) -> str:
+        """Where the container of `basis` and `coef` sits in the GraphModule."""
+        return self.coef_node.target.rpartition(".")[0]
+
+    @property
+    def groups(self) -> int:
+        return groups_of(self.basis)
+
+    @property
+    def rank(self) -> int:
+        """Bases kept per group."""
+        return self.basis.weight.shape[0] // self.groups
+
+    @property
+    def m(self) -> int:
+        return self.coef.weight.shape[0] // self.groups
+
+    @property
+    def n(self) -> int:
+        return math.prod(self.basis.weight.shape[1:])
+
+    def basis_matrix(self) -> torch.Tensor:
+        return as_groups(self.basis.weight.detach(), self.groups)
+
+    def coef_matrix(self) -> torch.Tensor:
+        return as_groups(self.coef.weight.detach(), self.groups)
+
+    def importance(self) -> torch.Tensor:
+        """(g, r): the effective singular value of every basis, the norm of its coef column."""
+        return self.coef_matrix().norm(dim=1)
+
+
+def find_pairs(gm: fx.GraphModule) -> list[Pair]:
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.meta.get(ROLE) != "coef":
+            continue
+        basis_node = node.args[0]
+        pairs.append(Pair(node.meta[SOURCE], basis_node, node, gm.get_submodule(basis_node.target),
+                          gm.get_submodule(node.target)))
+    return pairs
+
+
+def set_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
+
+
+def _parameter(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
+    return nn.Parameter(t.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
+
+
+def _layer(like: nn.Module, out: int, groups: int, bias: bool, pointwise: bool = False) -> nn.Module:
+    """An uninitialised layer of `like`'s type and input, or (`pointwise`) a 1x1 layer on its output."""
+    kw = dict(device=like.weight.device, dtype=like.weight.dtype)
+    in_features = like.weight.shape[0] if pointwise else like.weight.shape[1] * groups_of(like)
+    if isinstance(like, nn.Linear):
+        return nn.utils.skip_init(nn.Linear, in_features, out, bias=bias, **kw)
+    if pointwise:
+        return nn.utils.skip_init(type(like), in_features, out, 1, groups=groups, bias=bias, **kw)
+    return nn.utils.skip_init(type(like), in_features, out, like.kernel_size, stride=like.stride,
+                              padding=like.padding, dilation=like.dilation, groups=groups, bias=bias,
+                              padding_mode=like.padding_mode, **kw)
+
+
+def _set_weights(layer: nn.Module, weight: torch.Tensor, bias, like: nn.Parameter) -> nn.Module:
+    layer.weight = _parameter(weight.reshape(layer.weight.shape), like)
+    if bias is not None:
+        layer.bias = _parameter(bias.detach(), bias)
+    return layer
+
+
+def build_pair(like: nn.Module, basis_w: torch.Tensor, coef_w: torch.Tensor, bias) -> nn.Module:
+    """Container of `basis` (g, r, n) and `coef` (g, m, r) layers; `like` gives type and input."""
+    g, r, m = basis_w.shape[0], basis_w.shape[1], coef_w.shape[1]
+    container = nn.Module()
+    container.basis = _set_weights(_layer(like, g * r, g, False), basis_w, None, like.weight)
+    coef = _layer(container.basis, g * m, g, bias is not None, pointwise=True)
+    container.coef = _set_weights(coef, coef_w, bias, like.weight)
+    return container
+
+
+def rebuild_pair(pair: Pair, keep: torch.Tensor) -> nn.Module:
+    """The pair restricted to bases `keep` (g, r') of every group."""
+    idx = keep.sort(dim=1).values
+    basis_w = torch.gather(pair.basis_matrix(), 1, idx[:, :, None].expand(-1, -1, pair.n))
+    coef_w = torch.gather(pair.coef_matrix(), 2, idx[:, None, :].expand(-1, pair.m, -1))
+    return build_pair(pair.basis, basis_w, coef_w, pair.coef.bias)
+
+
+def merge_pair(pair: Pair) -> nn.Module:
+    """One dense layer equal to the pair (coef @ basis per group, computed in float64)."""
+    w = torch.bmm(pair.coef_matrix().double(), pair.basis_matrix().double())
+    dense = _layer(pair.basis, pair.groups * pair.m, pair.groups, pair.coef.bias is not None)
+    return _set_weights(dense, w, pair.coef.bias, pair.coef.weight)

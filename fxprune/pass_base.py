@@ -1,0 +1,103 @@
+"""The shape of a pass: a frozen dataclass of typed options with `run(gm, ctx) -> PassResult`.
+
+Passes keep no state between runs. Options are dataclass fields; their kebab-case names
+(`min_rank` -> `min-rank`) are what pipeline text uses. A pass may modify the GraphModule it is
+given and returns it (or a new one) in its PassResult.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch.fx as fx
+
+from .errors import PipelineError
+
+
+@dataclass(frozen=True)
+class PassResult:
+    graph_module: fx.GraphModule
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What a pipeline run knows besides the graph: the example inputs and user context."""
+
+    example_inputs: tuple
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # kebab-case
+    field: str  # python name
+    type: Any
+    default: Any
+    help: str
+
+
+def option(default: Any, help: str) -> Any:
+    """Declare a pass option with its default and a one-line description."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class FxPass:
+    """Base class of every pass. Subclasses are `@register`ed frozen dataclasses."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    lossless: ClassVar[bool]  # verify=True checks numerical equivalence after lossless passes
+    requires: ClassVar[dict[str, str]] = {}  # pass that must run earlier -> why
+    context_keys: ClassVar[tuple[str, ...]] = ()  # keys of prune(**context) this pass reads
+    explicit: frozenset = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        raise NotImplementedError
+
+    @classmethod
+    def options(cls) -> list[Option]:
+        hints = typing.get_type_hints(cls)
+        return [
+            Option(f.name.replace("_", "-"), f.name, hints[f.name], f.default, f.metadata.get("help", ""))
+            for f in dataclasses.fields(cls)
+            if not f.metadata.get("internal")
+        ]
+
+    def fail(self, message: str) -> PipelineError:
+        return PipelineError(f"{self.name}: {message}")
+
+    def __str__(self) -> str:
+        shown = [
+            f"{o.name}={format_value(getattr(self, o.field))}"
+            for o in self.options()
+            if o.field in self.explicit or getattr(self, o.field) != o.default
+        ]
+        return f"{self.name}{{{' '.join(shown)}}}" if shown else self.name
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+_REGISTRY: dict[str, type[FxPass]] = {}
+
+
+def register(cls: type[FxPass]) -> type[FxPass]:
+    """Class decorator: make a pass available by its kebab-case `name` in pipeline text."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"a pass named '{cls.name}' is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[FxPass]]:
+    """Every registered pass by name, in registration order."""
+    return dict(_REGISTRY)

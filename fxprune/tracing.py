@@ -1,0 +1,83 @@
+"""Symbolic tracing of torchvision and timm models into a GraphModule with provenance."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import TraceError
+from .meta import SOURCE
+
+
+def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
+    """timm's registered no-trace modules and functions (plus BatchNormAct2d, which `fold` folds)."""
+    try:
+        from timm.layers import BatchNormAct2d
+        from timm.layers._fx import get_notrace_functions, get_notrace_modules
+    except ImportError:  # timm is optional for tracing plain torch models
+        return [], []
+    funcs = [f for f in get_notrace_functions() if callable(f)]
+    return [*get_notrace_modules(), BatchNormAct2d], funcs
+
+
+class _Tracer(fx.Tracer):
+    """A tracer that knows timm's leaf modules and records where tracing currently is."""
+
+    def __init__(self, leaf_modules: Iterable[type[nn.Module]], autowrap_functions: Iterable[Callable]):
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self._leaves = tuple(leaf_modules)
+        self.path: list[tuple[str, str]] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self._leaves) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        name = self.path_of_module(m)
+        self.path.append((name, type(m).__name__))
+        out = super().call_module(m, forward, args, kwargs)
+        self.path.pop()
+        return out
+
+
+def trace(
+    model: nn.Module,
+    *,
+    leaf_modules: Iterable[type[nn.Module]] = (),
+    autowrap_functions: Iterable[Callable] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> fx.GraphModule:
+    """Symbolically trace `model` (not mutated) into a GraphModule.
+
+    timm's registered leaf modules and autowrap functions are always used; pass more with
+    `leaf_modules` / `autowrap_functions`, and fix control-flow inputs with `concrete_args`.
+    Every `call_module` node records its module path in `node.meta["fxprune.source"]`.
+    Raises TraceError naming the module where tracing broke.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fxprune.trace expects an nn.Module, got {type(model).__name__}")
+    if isinstance(model, fx.GraphModule):
+        gm = copy.deepcopy(model)
+        _record_sources(gm)
+        return gm
+    leaves, funcs = _timm_leaves()
+    tracer = _Tracer([*leaves, *leaf_modules], [*funcs, *autowrap_functions])
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except Exception as e:  # noqa: BLE001 - re-raised with the module path and a hint
+        raise TraceError(model, tracer.path, e) from e
+    # A pickled GraphModule re-traces itself with its tracer class on load; plain fx.Tracer keeps a
+    # saved model loadable where fxprune is not installed.
+    graph._tracer_cls = None
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    _record_sources(gm)
+    return gm
+
+
+def _record_sources(gm: fx.GraphModule) -> None:
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            node.meta.setdefault(SOURCE, node.target)

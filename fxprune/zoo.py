@@ -1,0 +1,81 @@
+"""Model-zoo configs: zoo_configs/*.toml, one `[[model]]` table per model.
+
+    [[model]]
+    id = "tv:resnet50"          # tv:NAME or timm:NAME
+    input-size = "3,224,224"    # optional, default 3,224,224
+    pipeline = "..."            # optional: overrides the run's pipeline for this model
+    rel-l2 = 1e-5               # optional: tolerance of the lossless check (relative L2 error)
+    skip = "why"                # optional: the model is listed but not run, with the reason
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+REL_L2 = 1e-5  # the lossless check of a full-rank pipeline: relative L2 error of the logits
+_KEYS = {"id", "input-size", "pipeline", "rel-l2", "skip"}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    id: str
+    input_size: tuple[int, ...] = (3, 224, 224)
+    pipeline: str | None = None
+    rel_l2: float = REL_L2
+    skip: str | None = None
+
+
+def load(path: str | Path) -> list[ZooEntry]:
+    """Entries of one zoo config file; raises ValueError naming the file and the entry."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"zoo config {path}: {e}") from e
+    entries = []
+    for i, raw in enumerate(data.get("model", []), 1):
+        unknown = set(raw) - _KEYS
+        if "id" not in raw or unknown:
+            problem = f"unknown keys {sorted(unknown)}" if unknown else "no id"
+            raise ValueError(f"zoo config {path}, model #{i}: {problem}; keys are {sorted(_KEYS)}")
+        size = tuple(int(v) for v in str(raw.get("input-size", "3,224,224")).split(","))
+        entries.append(ZooEntry(raw["id"], size, raw.get("pipeline"), float(raw.get("rel-l2", REL_L2)),
+                                raw.get("skip")))
+    if not entries:
+        raise ValueError(f"zoo config {path} lists no [[model]]")
+    return entries
+
+
+def check(entry: ZooEntry, pipeline: str) -> dict:
+    """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status."""
+    import time
+
+    import torch
+
+    from .analysis import total_macs, total_params
+    from .api import prune
+    from .models import create
+    from .verify import output_error, run_model
+
+    if entry.skip:
+        return {"model": entry.id, "status": "skipped", "reason": entry.skip, "seconds": 0.0}
+    pipeline = entry.pipeline or pipeline
+    start = time.perf_counter()
+    try:
+        torch.manual_seed(0)
+        model = create(entry.id).eval()
+        x = (torch.randn(1, *entry.input_size),)
+        small = prune(model, x, pipeline)
+        err = output_error(run_model(small, x), run_model(model, x))
+        row = {"model": entry.id, "pipeline": pipeline,
+               "params_before": total_params(model), "params_after": total_params(small),
+               "macs_before": total_macs(model, x), "macs_after": total_macs(small, x),
+               "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
+        row["status"] = "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
+    except Exception as e:  # noqa: BLE001 - one model's failure is recorded, the run goes on
+        row = {"model": entry.id, "pipeline": pipeline, "status": "error",
+               "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+    row["seconds"] = round(time.perf_counter() - start, 2)
+    return row

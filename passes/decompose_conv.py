@@ -1,0 +1,74 @@
+"""decompose-conv: replace each conv/linear layer by an exactly equal basis + coef pair (thin SVD)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from fxprune.lowrank import as_groups, build_pair, find_pairs, is_dense_layer, matrix_shape, pays, set_module
+from fxprune.meta import ROLE, SOURCE
+from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+
+
+@register
+@dataclass(frozen=True)
+class DecomposeConv(FxPass):
+    """Per group, W = U S V^T: a basis layer with the rows of V^T, then a 1x1 layer with U S.
+
+    Skipped, and counted: layers where even a rank-1 pair would not be smaller (depthwise convs),
+    subclasses of Conv/Linear (they may change forward), layers whose weights the graph reads
+    directly, and layers already decomposed.
+    """
+
+    name = "decompose-conv"
+    summary = "split every conv/linear layer into a basis layer and a 1x1 coefficient layer (lossless)"
+    lossless = True
+    linear: bool = option(True, "decompose nn.Linear layers too")
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        stats = {"convs-decomposed": 0, "linears-decomposed": 0, "depthwise-skipped": 0, "no-gain-skipped": 0,
+                 "weights-read-skipped": 0}
+        in_pairs = {n.target for p in find_pairs(gm) for n in (p.basis_node, p.coef_node)}
+        read = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+        calls: dict[str, list[fx.Node]] = defaultdict(list)
+        for node in gm.graph.nodes:
+            if node.op == "call_module" and node.target not in in_pairs:
+                calls[node.target].append(node)
+        for path, nodes in calls.items():
+            layer = gm.get_submodule(path)
+            if not is_dense_layer(layer) or (isinstance(layer, torch.nn.Linear) and not self.linear):
+                continue
+            g, m, n = matrix_shape(layer)
+            if path in read:
+                stats["weights-read-skipped"] += 1
+                continue
+            if not pays(1, m, n):
+                stats["depthwise-skipped" if m == 1 and g > 1 else "no-gain-skipped"] += 1
+                continue
+            set_module(gm, path, decompose(layer))
+            for node in nodes:
+                _rewire(gm, node, path)
+            stats["linears-decomposed" if isinstance(layer, torch.nn.Linear) else "convs-decomposed"] += 1
+        return PassResult(gm, stats["convs-decomposed"] + stats["linears-decomposed"] > 0, stats)
+
+
+def decompose(layer: torch.nn.Module) -> torch.nn.Module:
+    """The full-rank pair equal to `layer` (SVD in the weight's own dtype)."""
+    g, _, _ = matrix_shape(layer)
+    u, s, vh = torch.linalg.svd(as_groups(layer.weight.detach(), g).double(), full_matrices=False)
+    return build_pair(layer, vh, u * s[:, None, :], layer.bias)
+
+
+def _rewire(gm: fx.GraphModule, node: fx.Node, path: str) -> None:
+    source = node.meta.get(SOURCE, path)
+    with gm.graph.inserting_after(node):
+        basis = gm.graph.call_module(f"{path}.basis", node.args, node.kwargs)
+    with gm.graph.inserting_after(basis):
+        coef = gm.graph.call_module(f"{path}.coef", (basis,))
+    basis.meta.update({SOURCE: source, ROLE: "basis"})
+    coef.meta.update({SOURCE: source, ROLE: "coef"})
+    node.replace_all_uses_with(coef)
+    gm.graph.erase_node(node)

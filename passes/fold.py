@@ -1,0 +1,107 @@
+"""fold: fold eval-mode BatchNorm into the layer before it; merge pairs that no longer pay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module
+from fxprune.meta import RANK, SOURCE
+from fxprune.pass_base import FxPass, PassContext, PassResult, register
+
+try:
+    from timm.layers import BatchNormAct2d
+except ImportError:  # timm is optional here
+    BatchNormAct2d = None
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@register
+@dataclass(frozen=True)
+class Fold(FxPass):
+    """The result uses only torch.nn modules and is never bigger than its input (params and MACs).
+
+    BatchNorm (torch's, and timm's BatchNormAct2d, whose activation stays) is folded into a
+    preceding conv/linear/coef layer when it is in eval mode, has running statistics and is that
+    layer's only user. A pair is merged back into one layer unless r*(m + n) < m*n per group.
+    """
+
+    name = "fold"
+    summary = "fold eval-mode BatchNorm into weights; merge basis pairs back where they do not pay"
+    lossless = True
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        if any(type(m) is nn.BatchNorm1d for m in gm.modules()):  # Linear+BN1d needs output ranks
+            ShapeProp(gm).propagate(*ctx.example_inputs)
+        folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
+        merged = kept = 0
+        for pair in find_pairs(gm):
+            if pays(pair.rank, pair.m, pair.n):
+                kept += 1
+                continue
+            set_module(gm, pair.path, merge_pair(pair))
+            with gm.graph.inserting_after(pair.coef_node):
+                node = gm.graph.call_module(pair.path, pair.basis_node.args, pair.basis_node.kwargs)
+            full = min(pair.m, pair.n) * pair.groups
+            node.meta.update({SOURCE: pair.source, RANK: (pair.rank * pair.groups, full)})
+            pair.coef_node.replace_all_uses_with(node)
+            gm.graph.erase_node(pair.coef_node)
+            gm.graph.erase_node(pair.basis_node)
+            merged += 1
+        gm.delete_all_unused_submodules()
+        stats = {"bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
+        return PassResult(gm, folded + merged > 0, stats)
+
+
+def _is_foldable_bn(bn: nn.Module) -> bool:
+    kinds = _BATCHNORMS + ((BatchNormAct2d,) if BatchNormAct2d else ())
+    return (type(bn) in kinds and not bn.training and bn.track_running_stats
+            and bn.running_mean is not None)
+
+
+def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op != "call_module" or not _is_foldable_bn(bn := gm.get_submodule(node.target)):
+        return False
+    prev = node.args[0] if node.args else None
+    if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1 or node.kwargs:
+        return False
+    layer = gm.get_submodule(prev.target)
+    if type(layer) in CONVS:
+        w, b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
+                                    bn.weight, bn.bias)
+    elif type(layer) is nn.Linear and _output_rank(prev) == 2 and type(bn) is nn.BatchNorm1d:
+        w, b = fuse_linear_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
+                                      bn.weight, bn.bias)
+    else:
+        return False
+    if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1:
+        return False  # a layer called twice cannot take one call's BatchNorm
+    w.requires_grad_(layer.weight.requires_grad)
+    b.requires_grad_(layer.weight.requires_grad)
+    layer.weight, layer.bias = w, b
+    rest = _after_bn(bn)
+    if rest is None:
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+    else:
+        set_module(gm, node.target, rest)
+    return True
+
+
+def _after_bn(bn: nn.Module) -> nn.Module | None:
+    """What is left of a BatchNorm module once its affine part is folded (timm's drop + act)."""
+    parts = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None))
+             if m is not None and not isinstance(m, (nn.Identity, nn.Dropout))]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
+
+
+def _output_rank(node: fx.Node) -> int | None:
+    meta = node.meta.get("tensor_meta")
+    return len(meta.shape) if meta is not None and hasattr(meta, "shape") else None

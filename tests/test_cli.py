@@ -1,0 +1,57 @@
+import json
+
+import pytest
+
+from fxprune.cli import main
+
+
+def test_run_prints_passes_and_the_savings_table(capsys, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["run", "tv:resnet18", "--input-size", "3,64,64", "--pipeline",
+                 "decompose-conv,prune-basis{energy=0.9},fold", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tv:resnet18: pipeline decompose-conv,prune-basis{energy=0.9},fold, input (1, 3, 64, 64)" in text
+    assert "prune-basis{energy=0.9}" in text and "bases-before=4864" in text
+    assert "layer4.1.conv2" in text and "params saved" in text
+    data = json.loads(out.read_text())
+    assert data["totals"]["params_before"] == 11_689_512
+
+
+def test_passes_lists_every_pass_with_its_options(capsys):
+    assert main(["passes"]) == 0
+    text = capsys.readouterr().out
+    for needle in ("decompose-conv", "prune-basis", "fold", "min-rank=1", "linear=true", "target-macs=unset"):
+        assert needle in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "resnet18"], "model id 'resnet18': write tv:NAME or timm:NAME"),
+    (["run", "tv:resnet19"], "torchvision has no model 'resnet19'"),
+    (["run", "timm:resnet5O"], "timm has no model 'resnet5O'"),
+    (["run", "tv:resnet18", "--pipeline", "decompose,fold"], "unknown pass 'decompose': did you mean"),
+    (["run", "tv:resnet18", "--input-size", "3x64"], "--input-size '3x64': write positive integers"),
+    (["run", "tv:resnet18", "--out", "r.txt"], "--out r.txt: write a .md, .csv or .json file"),
+])
+def test_bad_input_gets_one_clear_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxprune: error: ") and message in err and "Traceback" not in err
+
+
+def test_zoo_run_resumes_without_redoing_or_corrupting(tmp_path, capsys):
+    config = tmp_path / "z.toml"
+    config.write_text('[[model]]\nid = "tv:squeezenet1_1"\ninput-size = "3,64,64"\n\n'
+                      '[[model]]\nid = "tv:nope"\n\n[[model]]\nid = "tv:alexnet"\nskip = "reason here"\n')
+    out = tmp_path / "out"
+    assert main(["zoo", str(config), "--pipeline", "decompose-conv,fold", "--out", str(out)]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    assert [r["status"] for r in rows] == ["ok", "error", "skipped"]
+    assert "torchvision has no model 'nope'" in rows[1]["reason"]
+    # a run killed mid-write leaves a torn line; --resume drops it and reruns only that model
+    (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:20])
+    assert main(["zoo", str(config), "--pipeline", "decompose-conv,fold", "--out", str(out), "--resume"]) == 0
+    rows2 = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["model"] for r in rows2] == ["tv:squeezenet1_1", "tv:nope", "tv:alexnet"]
+    assert rows2[0] == rows[0]
+    assert "| tv:squeezenet1_1 | ok" in (out / "summary.md").read_text()

@@ -1,0 +1,80 @@
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune import TraceError
+from fxprune.meta import SOURCE
+from fxprune.models import create
+
+from .conftest import assert_same_state, state_copy
+
+
+@pytest.mark.parametrize("model_id", ["tv:resnet18", "tv:shufflenet_v2_x0_5", "timm:efficientnet_b0",
+                                      "timm:vit_tiny_patch16_224"])
+def test_trace_is_bit_exact_and_records_sources(model_id):
+    model = create(model_id).eval()
+    size = 224 if "vit" in model_id else 64
+    x = torch.randn(2, 3, size, size)
+    before = state_copy(model)
+    gm = fxprune.trace(model)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=0, atol=0)
+    calls = [n for n in gm.graph.nodes if n.op == "call_module"]
+    assert calls and all(n.meta[SOURCE] == n.target for n in calls)
+    assert_same_state(model, before)
+
+
+def test_timm_leaf_modules_are_kept_whole():
+    from timm.layers import BatchNormAct2d
+
+    gm = fxprune.trace(create("timm:efficientnet_b0").eval())
+    bnact = [n for n in gm.graph.nodes if n.op == "call_module"
+             and isinstance(gm.get_submodule(n.target), BatchNormAct2d)]
+    assert len(bnact) == 49
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(3, 4, 3), Gate())
+
+    def forward(self, x):
+        return self.block(x)
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: not symbolically traceable
+            return x
+        return -x
+
+
+def test_untraceable_model_names_the_module_and_hints():
+    with pytest.raises(TraceError) as e:
+        fxprune.trace(Branchy())
+    msg = str(e.value)
+    assert e.value.module_path == "block.1"
+    assert "cannot trace Branchy: failed inside module 'block.1' (Gate)" in msg
+    assert "Hint: mark that module's class as a leaf: fxprune.trace(model, leaf_modules=[Gate])" in msg
+    model = Branchy()
+    gm = fxprune.trace(model, leaf_modules=[Gate])  # the hint works
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(gm(x), model(x)) and torch.equal(gm(-x), model(-x))
+
+
+class TopLevelBranch(nn.Module):
+    def forward(self, x, flag):
+        return x if flag else -x
+
+
+def test_top_level_control_flow_hints_concrete_args():
+    with pytest.raises(TraceError, match=r"failed in TopLevelBranch.forward: .*concrete_args"):
+        fxprune.trace(TopLevelBranch())
+    gm = fxprune.trace(TopLevelBranch(), concrete_args={"flag": True})
+    assert torch.equal(gm(torch.ones(2), True), torch.ones(2))
+
+
+def test_trace_refuses_non_modules():
+    with pytest.raises(TypeError, match="fxprune.trace expects an nn.Module, got function"):
+        fxprune.trace(lambda x: x)
