@@ -8,9 +8,11 @@ from .pass_base import FxPass, PassContext, PassResult, register
 from .pipeline import Pipeline
 from .report import SavingsReport, savings
 from .tracing import trace
+from .transfer import evaluate, prune_iteratively, train_scaling
+from . import nn  # noqa: F401  (fxprune.nn.BasisScalingConv)
 
 __all__ = [
     "DEFAULT_PIPELINE", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
-    "prune", "register", "savings", "trace",
+    "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling",
 ]

@@ -17,6 +17,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
 from .lowrank import CONVS
+from .nn import BasisScalingConv
 
 
 def total_params(module: nn.Module) -> int:
@@ -34,14 +35,17 @@ _EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _
 
 def total_macs(module: nn.Module, example_inputs: tuple) -> int:
     """Whole-model MACs as FlopCounterMode counts them (FLOPs / 2), CPU attention included."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
-        module(*example_inputs)
+    # Detached parameters instead of no_grad(): FlopCounterMode's module tracker asserts on a
+    # parameter that requires grad but, under no_grad, has no grad_fn (timm's CaiT class token).
+    detached = {k: v.detach() for k, v in module.named_parameters()}
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
+        torch.func.functional_call(module, detached, example_inputs)
     return counter.get_total_flops() // 2
 
 
 def is_counted(m: nn.Module) -> bool:
-    """Conv and linear layers, subclasses included: the layers the savings tables list."""
-    return isinstance(m, (*CONVS, nn.Linear))
+    """Conv and linear layers (subclasses included) and scaled coef layers: what the tables list."""
+    return isinstance(m, (*CONVS, nn.Linear, BasisScalingConv))
 
 
 def node_macs(gm: fx.GraphModule, example_inputs: tuple) -> dict[str, int]:

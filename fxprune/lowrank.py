@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from .meta import ROLE, SOURCE
+from .nn import BasisScalingConv
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -26,7 +27,7 @@ def is_dense_layer(m: nn.Module) -> bool:
 
 
 def groups_of(m: nn.Module) -> int:
-    return m.groups if isinstance(m, CONVS) else 1
+    return getattr(m, "groups", 1)  # Linear has none
 
 
 def matrix_shape(m: nn.Module) -> tuple[int, int, int]:
@@ -84,9 +85,16 @@ class Pair:
     def coef_matrix(self) -> torch.Tensor:
         return as_groups(self.coef.weight.detach(), self.groups)
 
+    @property
+    def scale(self) -> torch.Tensor | None:
+        """(g, r) scaling factors s, where insert-scaling added them."""
+        s = getattr(self.coef, "scale", None)
+        return None if s is None else s.detach().view(self.groups, self.rank)
+
     def importance(self) -> torch.Tensor:
-        """(g, r): the effective singular value of every basis, the norm of its coef column."""
-        return self.coef_matrix().norm(dim=1)
+        """(g, r): the effective singular value S_i*|s_i| of every basis (its coef column norm x |s_i|)."""
+        norm = self.coef_matrix().norm(dim=1)
+        return norm if self.scale is None else norm * self.scale.abs()
 
 
 def find_pairs(gm: fx.GraphModule) -> list[Pair]:
@@ -144,7 +152,13 @@ def rebuild_pair(pair: Pair, keep: torch.Tensor) -> nn.Module:
     idx = keep.sort(dim=1).values
     basis_w = torch.gather(pair.basis_matrix(), 1, idx[:, :, None].expand(-1, -1, pair.n))
     coef_w = torch.gather(pair.coef_matrix(), 2, idx[:, None, :].expand(-1, pair.m, -1))
-    return build_pair(pair.basis, basis_w, coef_w, pair.coef.bias)
+    container = build_pair(pair.basis, basis_w, coef_w, pair.coef.bias)
+    if pair.scale is not None:
+        scaled = BasisScalingConv(container.coef)
+        scaled.scale = nn.Parameter(torch.gather(pair.scale, 1, idx).reshape(-1).clone(),
+                                    requires_grad=pair.coef.scale.requires_grad)
+        container.coef = scaled
+    return container
 
 
 def merge_pair(pair: Pair) -> nn.Module:

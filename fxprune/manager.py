@@ -51,6 +51,8 @@ class PassManager:
                 f"unknown context {', '.join(map(repr, unknown))}: the passes of '{self.pipeline}' read "
                 f"{', '.join(sorted(allowed)) or 'no context'}"
             )
+        for p in self.pipeline.passes:
+            p.check_context(ctx.extra)
         reference = run_model(gm, ctx.example_inputs) if self.verify else None
         for p in self.pipeline.passes:
             start = time.perf_counter()

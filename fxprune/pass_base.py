@@ -60,6 +60,9 @@ class FxPass:
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
+    def check_context(self, extra: dict[str, Any]) -> None:
+        """Raise PipelineError before any pass runs if the user context cannot serve this pass."""
+
     @classmethod
     def options(cls) -> list[Option]:
         hints = typing.get_type_hints(cls)

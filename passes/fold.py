@@ -11,6 +11,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module
 from fxprune.meta import RANK, SOURCE
+from fxprune.nn import BasisScalingConv
 from fxprune.pass_base import FxPass, PassContext, PassResult, register
 
 try:
@@ -24,7 +25,8 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @register
 @dataclass(frozen=True)
 class Fold(FxPass):
-    """The result uses only torch.nn modules and is never bigger than its input (params and MACs).
+    """Scaling factors are folded into the coef weights first (U S diag(s)).
+    The result uses only torch.nn modules and is never bigger than its input (params and MACs).
 
     BatchNorm (torch's, and timm's BatchNormAct2d, whose activation stays) is folded into a
     preceding conv/linear/coef layer when it is in eval mode, has running statistics and is that
@@ -38,6 +40,11 @@ class Fold(FxPass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if any(type(m) is nn.BatchNorm1d for m in gm.modules()):  # Linear+BN1d needs output ranks
             ShapeProp(gm).propagate(*ctx.example_inputs)
+        scales = 0
+        for pair in find_pairs(gm):
+            if isinstance(pair.coef, BasisScalingConv):
+                set_module(gm, pair.coef_node.target, pair.coef.folded())
+                scales += 1
         folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
         merged = kept = 0
         for pair in find_pairs(gm):
@@ -54,8 +61,8 @@ class Fold(FxPass):
             gm.graph.erase_node(pair.basis_node)
             merged += 1
         gm.delete_all_unused_submodules()
-        stats = {"bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
-        return PassResult(gm, folded + merged > 0, stats)
+        stats = {"scales-folded": scales, "bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
+        return PassResult(gm, scales + folded + merged > 0, stats)
 
 
 def _is_foldable_bn(bn: nn.Module) -> bool:

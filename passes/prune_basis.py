@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.fx as fx
 
 from fxprune.analysis import node_macs, total_macs, total_params
+from fxprune.importance import taylor_scores
 from fxprune.lowrank import Pair, find_pairs, rebuild_pair, set_module
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -18,7 +20,9 @@ DEFAULT_ENERGY = 0.95
 @register
 @dataclass(frozen=True)
 class PruneBasis(FxPass):
-    """Importance of basis i is its effective singular value S_i*|s_i| (the norm of its coef column).
+    """Importance (`criterion`): energy, the effective singular value S_i*|s_i| (the norm of basis
+    i's coef column); scale, |s_i|; taylor, (s_i*dL/ds_i)^2 averaged over the batches of `data=`
+    (loss `loss_fn=`, default cross-entropy). Squared values are compared, so energy keeps (S_i*|s_i|)^2.
 
     Per layer (`energy`): keep the smallest rank whose cumulative squared importance reaches that
     fraction of the layer's total, in every group. Global (`target-params` / `target-macs`): remove
@@ -30,6 +34,9 @@ class PruneBasis(FxPass):
     summary = "remove low-energy bases of decomposed layers (per-layer energy or a global budget)"
     lossless = False
     requires = {"decompose-conv": "it prunes the bases that decompose-conv creates"}
+    context_keys = ("data", "loss_fn")
+    criterion: Literal["energy", "scale", "taylor"] = option(
+        "energy", "importance: energy (S_i*|s_i|, no data), scale (|s_i|) or taylor ((s_i*dL/ds_i)^2, needs data=)")
     energy: float | None = option(None, f"per-layer energy to keep, in (0, 1]; {DEFAULT_ENERGY} if no target")
     min_rank: int = option(1, "never keep fewer bases per group than this")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
@@ -46,18 +53,24 @@ class PruneBasis(FxPass):
         if self.min_rank < 1:
             raise self.fail(f"option 'min-rank' must be at least 1, got {self.min_rank}")
 
+    def check_context(self, extra: dict) -> None:
+        if self.criterion == "taylor" and extra.get("data") is None:
+            raise self.fail("criterion=taylor needs data: pass batches of (inputs, targets), e.g. "
+                            "fxprune.prune(gm, x, pipeline, data=train_loader)")
+
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         pairs = find_pairs(gm)
         before = sum(p.rank * p.groups for p in pairs)
+        scores = self._scores(gm, ctx, pairs)
         if self.target_params is not None or self.target_macs is not None:
-            ranks, reached = self._budget_ranks(gm, ctx, pairs)
+            ranks, reached = self._budget_ranks(gm, ctx, pairs, scores)
         else:
             energy = DEFAULT_ENERGY if self.energy is None else self.energy
-            ranks, reached = [self._energy_rank(p, energy) for p in pairs], True
+            ranks, reached = [self._energy_rank(p, e, energy) for p, e in zip(pairs, scores)], True
         changed = 0
-        for pair, rank in zip(pairs, ranks):
+        for pair, score, rank in zip(pairs, scores, ranks):
             if rank < pair.rank:
-                keep = pair.importance().topk(rank, dim=1).indices
+                keep = score.topk(rank, dim=1).indices
                 set_module(gm, pair.path, rebuild_pair(pair, keep))
                 changed += 1
         after = sum(r * p.groups for p, r in zip(pairs, ranks))
@@ -68,13 +81,26 @@ class PruneBasis(FxPass):
                           "every decomposed layer was pruned to min-rank", stacklevel=2)
         return PassResult(gm, changed > 0, stats)
 
-    def _energy_rank(self, pair: Pair, energy: float) -> int:
-        e = pair.importance().pow(2).sort(dim=1, descending=True).values.double()
+    def _scores(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair]) -> list[torch.Tensor]:
+        """Per pair, (g, r) energy-like importance: squared, so cumulative shares are meaningful."""
+        if self.criterion == "energy":
+            return [p.importance().double().pow(2) for p in pairs]
+        unscaled = [p.source for p in pairs if p.scale is None]
+        if unscaled:
+            raise self.fail(f"criterion={self.criterion} needs the scaling factors of insert-scaling, which "
+                            f"{unscaled[0]} has not got: run 'decompose-conv,insert-scaling' first")
+        if self.criterion == "scale":
+            return [p.scale.double().pow(2) for p in pairs]
+        return taylor_scores(gm, pairs, ctx.extra["data"], ctx.extra.get("loss_fn"))
+
+    def _energy_rank(self, pair: Pair, score: torch.Tensor, energy: float) -> int:
+        e = score.sort(dim=1, descending=True).values
         cum = e.cumsum(dim=1)
         need = (cum < energy * cum[:, -1:] * (1 - 1e-12)).sum(dim=1) + 1
         return int(min(pair.rank, max(self.min_rank, need.max().item())))
 
-    def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair]) -> tuple[list[int], bool]:
+    def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
+                      scores: list[torch.Tensor]) -> tuple[list[int], bool]:
         if self.target_params is not None:
             unit = [p.groups for p in pairs]  # cost of one basis per (m + n)
             total, fraction = total_params(gm), self.target_params
@@ -92,8 +118,7 @@ class PruneBasis(FxPass):
         current += sum(cost(i, r) for i, r in enumerate(ranks))
         budget = fraction * current
         order = []
-        for i, p in enumerate(pairs):
-            e = p.importance().pow(2).double()
+        for i, (p, e) in enumerate(zip(pairs, scores)):
             share = (e / e.sum(dim=1, keepdim=True).clamp_min(1e-300)).sort(dim=1, descending=True).values
             order += [(share[:, k].max().item(), i) for k in range(self.min_rank, p.rank)]
         order.sort(key=lambda t: t[0])

@@ -30,8 +30,10 @@ def test_options_are_typed():
 
 @pytest.mark.parametrize("text, message", [
     ("decompose-conv,prun-basis,fold", "unknown pass 'prun-basis': did you mean prune-basis?"),
-    ("decompose-conv,prune-basis{enrgy=0.9}", "prune-basis has no option 'enrgy'; valid options: energy, "
-                                              "min-rank, target-params, target-macs"),
+    ("decompose-conv,prune-basis{enrgy=0.9}", "prune-basis has no option 'enrgy'; valid options: criterion, "
+                                              "energy, min-rank, target-params, target-macs"),
+    ("decompose-conv,prune-basis{criterion=magic}", "prune-basis: option 'criterion' expects one of energy, scale, "
+                                                    "taylor, got 'magic'"),
     ("decompose-conv,prune-basis{energy=high}", "prune-basis: option 'energy' expects a number, got 'high'"),
     ("decompose-conv,prune-basis{min-rank=1.5}", "prune-basis: option 'min-rank' expects an integer, got '1.5'"),
     ("decompose-conv{linear=yes}", "decompose-conv: option 'linear' expects true or false, got 'yes'"),

@@ -1,0 +1,40 @@
+"""Data-driven importance of the basis scaling factors: first-order Taylor, (s_i * dL/ds_i)^2."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .lowrank import Pair
+
+
+def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) from a batch given as a pair/list or a {"image"/"input", "label"/"target"} dict."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise TypeError(f"a batch of data= must be (inputs, targets), got {type(batch).__name__}")
+
+
+def taylor_scores(gm: fx.GraphModule, pairs: list[Pair], data: Iterable,
+                  loss_fn: Callable | None = None) -> list[torch.Tensor]:
+    """Per pair, (g, r): (s_i * dL/ds_i)^2 averaged over the batches of `data` (eval mode)."""
+    loss_fn = loss_fn or F.cross_entropy
+    scales = [p.coef.scale for p in pairs]
+    for s in scales:
+        s.requires_grad_(True)
+    totals = [torch.zeros_like(s, dtype=torch.float64) for s in scales]
+    batches = 0
+    with torch.enable_grad():
+        for batch in data:
+            x, y = split_batch(batch)
+            grads = torch.autograd.grad(loss_fn(gm(x), y), scales, allow_unused=True)
+            for t, s, g in zip(totals, scales, grads):
+                if g is not None:
+                    t += (s.detach() * g).double().pow(2)
+            batches += 1
+    if not batches:
+        raise ValueError("data= yielded no batch")
+    return [(t / batches).view(p.groups, p.rank) for t, p in zip(totals, pairs)]

@@ -1,0 +1,54 @@
+"""fxprune.nn: the one module fxprune adds while a model trains; `fold` removes it again."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class BasisScalingConv(nn.Module):
+    """The coefficient half of a decomposed layer with a trainable scale per basis.
+
+    y = layer(x * scale) with the frozen 1x1 weight U S (and the original bias): scaling the input
+    channel i of the 1x1 layer is scaling column i of U S, i.e. U S diag(s). `scale` starts at 1,
+    so inserting this module changes nothing. Works for 1x1 convs (any dimension, any groups) and
+    Linear layers (`groups` = 1, channels last).
+    """
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.groups = getattr(layer, "groups", 1)
+        self.pointwise_dims = layer.weight.dim() - 2  # 0: Linear, 1-3: Conv1d-3d
+        self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        self.scale = nn.Parameter(torch.ones(layer.weight.shape[1] * self.groups, dtype=layer.weight.dtype,
+                                             device=layer.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pointwise_dims == 0:
+            return F.linear(x * self.scale, self.weight, self.bias)
+        s = self.scale.view(-1, *([1] * self.pointwise_dims))
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self.pointwise_dims - 1]
+        return conv(x * s, self.weight, self.bias, groups=self.groups)
+
+    def folded(self) -> nn.Module:
+        """A plain torch layer with the scale folded into its weight."""
+        out, cols = self.weight.shape[:2]
+        if self.pointwise_dims == 0:
+            layer = nn.utils.skip_init(nn.Linear, cols, out, bias=self.bias is not None, device=self.weight.device,
+                                       dtype=self.weight.dtype)
+            scale = self.scale
+        else:
+            cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.pointwise_dims - 1]
+            layer = nn.utils.skip_init(cls, cols * self.groups, out, 1, groups=self.groups,
+                                       bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
+            scale = self.scale.view(self.groups, 1, cols).expand(-1, out // self.groups, -1).reshape(out, cols)
+            scale = scale.view(out, cols, *([1] * self.pointwise_dims))
+        layer.weight = nn.Parameter((self.weight * scale).detach(), requires_grad=False)
+        if self.bias is not None:
+            layer.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"bases={self.scale.numel()}, out={self.weight.shape[0]}, groups={self.groups}"

@@ -1,0 +1,148 @@
+"""Transfer learning on the scaling factors: train_scaling and the iterative prune/retrain schedule.
+
+Training runs in eval mode: BatchNorm keeps its running statistics and dropout is off, so the only
+thing that changes is what insert-scaling left trainable (the scales and the head).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .analysis import total_macs, total_params
+from .api import as_inputs, prune
+from .importance import split_batch
+from .lowrank import find_pairs
+from .nn import BasisScalingConv
+
+
+def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = None) -> dict[str, float]:
+    """Mean loss and top-1 accuracy over `data` (batches of (inputs, targets))."""
+    loss_fn = loss_fn or F.cross_entropy
+    total = correct = 0
+    loss = 0.0
+    with torch.no_grad():
+        for batch in data:
+            x, y = split_batch(batch)
+            out = gm(x)
+            loss += loss_fn(out, y).item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            total += len(y)
+    return {"loss": loss / max(total, 1), "accuracy": correct / max(total, 1)}
+
+
+def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: float = 1e-2,
+                  optimizer: str = "adam", loss_fn: Callable | None = None, val_data: Iterable | None = None,
+                  l1: float = 0.0, progress: bool = True) -> list[dict[str, float]]:
+    """Train what insert-scaling left trainable; `l1` adds l1 * sum|s| to drive unneeded bases to 0.
+
+    Returns one dict per epoch: train loss/accuracy and, with `val_data`, val loss/accuracy.
+    """
+    params = [p for p in gm.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("train_scaling: nothing requires grad; run the 'decompose-conv,insert-scaling' pipeline first")
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"train_scaling: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    loss_fn = loss_fn or F.cross_entropy
+    scales = [m.scale for m in gm.modules() if isinstance(m, BasisScalingConv)]
+    gm.eval()
+    history = []
+    for epoch in range(1, epochs + 1):
+        seen = correct = 0
+        total_loss = 0.0
+        bar = tqdm(data, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=True)
+        for batch in bar:
+            x, y = split_batch(batch)
+            out = gm(x)
+            loss = loss_fn(out, y)
+            objective = loss + l1 * sum(s.abs().sum() for s in scales) if l1 else loss
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+            total_loss += loss.item() * len(y)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        if val_data is not None:
+            val = evaluate(gm, val_data, loss_fn)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", acc=f"{row['train_accuracy']:.3f}",
+                            val_acc=f"{val['accuracy']:.3f}")
+        bar.close()
+        history.append(row)
+    return history
+
+
+def _parse_until(until: str, has_val: bool) -> tuple[str, float]:
+    key, _, value = until.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if key not in ("params", "macs", "accuracy") or not 0 < number <= 1:
+        raise ValueError(f"until={until!r}: write params=F or macs=F (fraction of the model to keep) or "
+                         "accuracy=A (stop before val accuracy falls below A), with F, A in (0, 1]")
+    if key == "accuracy" and not has_val:
+        raise ValueError("until='accuracy=...' needs val_data")
+    return key, number
+
+
+def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:
+    """(params, MACs) of `gm` as `fold` would leave it."""
+    small = prune(gm, inputs, "fold")
+    return total_params(small), total_macs(small, inputs)
+
+
+def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val_data: Iterable | None = None,
+                      criterion: str = "taylor", step: float = 0.05, until: str = "params=0.5",
+                      epochs: int = 1, lr: float = 1e-2, l1: float = 0.0, max_steps: int = 50,
+                      loss_fn: Callable | None = None, progress: bool = True):
+    """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
+
+    `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
+    Returns (pruned GraphModule, not yet folded; history: one dict per step with bases kept,
+    params, MACs as fold will leave them, and val accuracy). With until='accuracy=A' the last step
+    that kept val accuracy >= A is returned.
+    """
+    inputs = as_inputs(example_inputs)
+    key, goal = _parse_until(until, val_data is not None)
+    if not 0 < step < 1:
+        raise ValueError(f"step={step}: the share of the model pruned per step must be in (0, 1)")
+    budget = "target-macs" if key == "macs" else "target-params"
+    gm = copy.deepcopy(gm)
+    params0, macs0 = folded_size(gm, inputs)
+
+    def record(i: int, model: fx.GraphModule) -> dict:
+        params, macs = folded_size(model, inputs)
+        row = {"step": i, "bases": sum(p.rank * p.groups for p in find_pairs(model)), "params": params,
+               "macs": macs, "params_kept": params / params0, "macs_kept": macs / macs0}
+        if val_data is not None:
+            row["val_accuracy"] = evaluate(model, val_data, loss_fn)["accuracy"]
+        return row
+
+    history = [record(0, gm)]
+    bar = tqdm(range(1, max_steps + 1), desc="prune", disable=not progress)
+    for i in bar:
+        last = history[-1]
+        if key != "accuracy" and last[f"{key}_kept"] <= goal:
+            break
+        candidate = prune(gm, inputs, f"prune-basis{{criterion={criterion} {budget}={1 - step}}}", data=data,
+                          **({"loss_fn": loss_fn} if loss_fn else {}))
+        train_scaling(candidate, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, progress=False)
+        row = record(i, candidate)
+        if row["bases"] == last["bases"]:
+            break  # nothing left to prune
+        if key == "accuracy" and row["val_accuracy"] < goal:
+            break
+        gm = candidate
+        history.append(row)
+        bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}")
+    bar.close()
+    return gm, history

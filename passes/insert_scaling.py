@@ -1,0 +1,63 @@
+"""insert-scaling: a trainable scale per basis; every other weight frozen except the kept ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+from fxprune.analysis import is_counted
+from fxprune.lowrank import find_pairs, set_module
+from fxprune.meta import SOURCE
+from fxprune.nn import BasisScalingConv
+from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+
+
+@register
+@dataclass(frozen=True)
+class InsertScaling(FxPass):
+    """Each pair's coef layer becomes a BasisScalingConv (scale = 1: lossless). Afterwards only the
+    scales and the modules named by `train` require grad, so transfer learning trains no individual
+    weight of the backbone. `fxprune.train_scaling` trains them.
+    """
+
+    name = "insert-scaling"
+    summary = "add a trainable scale per basis and freeze every other weight but the head (lossless)"
+    lossless = True
+    requires = {"decompose-conv": "it scales the bases that decompose-conv creates"}
+    train: str = option("head", "what stays trainable besides the scales: head (the last conv/linear "
+                                "layer), none, or module paths separated by commas")
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        inserted = 0
+        for pair in find_pairs(gm):
+            if not isinstance(pair.coef, BasisScalingConv):
+                set_module(gm, pair.coef_node.target, BasisScalingConv(pair.coef))
+                inserted += 1
+        for p in gm.parameters():
+            p.requires_grad_(False)
+        for m in gm.modules():
+            if isinstance(m, BasisScalingConv):
+                m.scale.requires_grad_(True)
+        for path in self._trainable(gm):
+            for p in gm.get_submodule(path).parameters():
+                p.requires_grad_(True)
+        stats = {"scales-inserted": inserted,
+                 "trainable-params": sum(p.numel() for p in gm.parameters() if p.requires_grad)}
+        return PassResult(gm, inserted > 0, stats)
+
+    def _trainable(self, gm: fx.GraphModule) -> list[str]:
+        if self.train == "none":
+            return []
+        if self.train == "head":
+            layers = [n for n in gm.graph.nodes if n.op == "call_module" and is_counted(gm.get_submodule(n.target))]
+            if not layers:
+                raise self.fail("option 'train=head': the model has no conv/linear layer to keep trainable")
+            return [layers[-1].meta.get(SOURCE, layers[-1].target)]
+        paths = [p.strip() for p in self.train.split(",") if p.strip()]
+        names = dict(gm.named_modules())
+        for path in paths:
+            if path not in names:
+                raise self.fail(f"option 'train' names '{path}', which is not a module of this model; write "
+                                "head, none or module paths such as 'classifier,blocks.6'")
+        return paths

@@ -1,0 +1,148 @@
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.lowrank import find_pairs
+from fxprune.models import create
+from fxprune.nn import BasisScalingConv
+
+from .conftest import assert_same_state, state_copy
+
+X = torch.randn(2, 3, 16, 16)
+
+
+def batches(n=4, size=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        x = torch.randn(size, 3, 16, 16, generator=g)
+        out.append((x, (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()))
+    return out
+
+
+@pytest.mark.parametrize("model_id", ["tv:resnet18", "tv:mobilenet_v3_small", "timm:efficientnet_b0",
+                                      "tv:resnext50_32x4d"])
+def test_insert_scaling_is_lossless_and_leaves_only_scales_and_head_trainable(model_id):
+    model = create(model_id).eval()
+    x = torch.randn(1, 3, 64, 64)
+    gm = fxprune.prune(model, x, "decompose-conv,insert-scaling", verify=True)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-4)
+    head = {"tv:resnet18": "fc", "tv:mobilenet_v3_small": "classifier.3", "timm:efficientnet_b0": "classifier",
+            "tv:resnext50_32x4d": "fc"}[model_id]
+    trainable = {n for n, p in gm.named_parameters() if p.requires_grad}
+    scales = {n for n in trainable if n.endswith(".scale")}
+    assert len(scales) == len(find_pairs(gm)) > 0
+    assert trainable - scales == {n for n, _ in gm.get_submodule(head).named_parameters(prefix=head)} - scales
+
+
+def test_insert_scaling_train_option(tiny):
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling{train=none}")
+    assert all(n.endswith(".scale") for n, p in gm.named_parameters() if p.requires_grad)
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling{train=dw,bn}")
+    assert {n for n, p in gm.named_parameters() if p.requires_grad and not n.endswith(".scale")} == {
+        "dw.weight", "dw.bias", "bn.weight", "bn.bias"}
+    with pytest.raises(fxprune.PipelineError, match="insert-scaling: option 'train' names 'nope', which is not a "
+                                                    "module of this model"):
+        fxprune.prune(tiny, X, "decompose-conv,insert-scaling{train=nope}")
+
+
+def test_train_scaling_moves_only_scales_and_head_and_not_bn_statistics(tiny):
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
+    frozen = {k: v.clone() for k, v in gm.state_dict().items() if not k.endswith(".scale") and "head" not in k}
+    data = batches()
+    hist = fxprune.train_scaling(gm, data, epochs=4, lr=0.05, val_data=data, progress=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert 0 <= hist[-1]["val_accuracy"] <= 1
+    for k, v in frozen.items():
+        assert torch.equal(gm.state_dict()[k], v), f"{k} moved"
+    assert any(not torch.all(m.scale == 1) for m in gm.modules() if isinstance(m, BasisScalingConv))
+    small = fxprune.prune(gm, X, "fold")  # the trained scales fold into plain weights
+    assert not any(isinstance(m, BasisScalingConv) for m in small.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(small(X), gm(X), rtol=1e-4, atol=1e-5)
+
+
+def test_train_scaling_needs_something_to_train(tiny):
+    with pytest.raises(ValueError, match="nothing requires grad; run the 'decompose-conv,insert-scaling'"):
+        fxprune.train_scaling(fxprune.prune(tiny, X, "fold").requires_grad_(False), batches())
+
+
+class DeadDirection(nn.Module):
+    """A Linear layer whose largest singular direction is orthogonal to all the data."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 4, bias=False)
+        u, _ = torch.linalg.qr(torch.randn(4, 4))
+        v, _ = torch.linalg.qr(torch.randn(6, 6))
+        self.v = v
+        self.fc.weight.data = u[:, :3] @ torch.diag(torch.tensor([10.0, 1.0, 0.5])) @ v[:, :3].T
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_taylor_ranks_a_basis_that_cannot_affect_the_loss_last():
+    torch.manual_seed(3)
+    model = DeadDirection()
+    data = []
+    for _ in range(3):
+        x = torch.randn(16, 6)
+        x = x - (x @ model.v[:, :1]) @ model.v[:, :1].T  # no component along the top direction
+        data.append((x, torch.randint(0, 4, (16,))))
+    gm = fxprune.prune(model, data[0][0], "decompose-conv,insert-scaling")
+    pair = find_pairs(gm)[0]
+    assert pair.rank == 4
+    from fxprune.importance import taylor_scores
+
+    scores = taylor_scores(gm, [pair], data)[0][0]
+    top = int(pair.importance()[0].argmax())  # the basis with singular value 10
+    assert scores[top] < 1e-12 < scores.max() and int(scores.argmin()) in (top, 3)
+    # energy keeps the dead basis (it carries 99% of the energy); taylor removes it first
+    by_energy = fxprune.prune(gm, data[0][0], "prune-basis{energy=0.9}")
+    assert find_pairs(by_energy)[0].rank == 1
+    by_taylor = fxprune.prune(gm, data[0][0], "prune-basis{criterion=taylor min-rank=2 energy=0.5}", data=data)
+    kept = find_pairs(by_taylor)[0]
+    assert kept.rank == 2 and kept.importance().max() < 5  # the singular-value-10 basis is gone
+    with torch.no_grad():  # and on the data nothing changed beyond the smallest basis
+        assert (by_taylor(data[0][0]) - gm(data[0][0])).abs().max() < 1.0
+
+
+def test_taylor_without_data_fails_before_any_work(tiny):
+    with pytest.raises(fxprune.PipelineError, match=r"prune-basis: criterion=taylor needs data: pass batches of "
+                                                    r"\(inputs, targets\)"):
+        fxprune.prune(tiny, X, "decompose-conv,insert-scaling,prune-basis{criterion=taylor},fold")
+
+
+def test_scale_criterion_needs_insert_scaling(tiny):
+    with pytest.raises(fxprune.PipelineError, match="criterion=scale needs the scaling factors of insert-scaling"):
+        fxprune.prune(tiny, X, "decompose-conv,prune-basis{criterion=scale}")
+
+
+@pytest.mark.parametrize("criterion", ["energy", "scale", "taylor"])
+@pytest.mark.parametrize("form", ["energy=0.8", "target-params=0.7", "target-macs=0.7"])
+def test_every_criterion_works_with_every_form(tiny, criterion, form):
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
+    fxprune.train_scaling(gm, batches(2), lr=0.05, progress=False)
+    before = sum(p.rank * p.groups for p in find_pairs(gm))
+    small = fxprune.prune(gm, X, f"prune-basis{{criterion={criterion} {form}}},fold", data=batches(2))
+    assert fxprune.history(small)[-2].stats["bases-after"] < before
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in tiny.parameters())
+
+
+def test_prune_iteratively_reaches_the_budget_step_by_step(tiny):
+    before = state_copy(tiny)
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
+    data = batches()
+    small, hist = fxprune.prune_iteratively(gm, X, data=data, val_data=data, criterion="taylor", step=0.15,
+                                            until="params=0.6", lr=0.05, progress=False)
+    kept = [h["params_kept"] for h in hist]
+    assert kept[0] == pytest.approx(1.0, abs=0.01) and kept[-1] <= 0.6
+    assert all(a > b for a, b in zip(kept, kept[1:])) and len(hist) >= 3
+    assert all("val_accuracy" in h for h in hist)
+    assert_same_state(tiny, before)
+    with pytest.raises(ValueError, match="until='size=0.5': write params=F or macs=F"):
+        fxprune.prune_iteratively(gm, X, data=data, until="size=0.5")
