@@ -2,6 +2,7 @@
 
 from . import passes  # noqa: F401  (registers the passes)
 from .api import DEFAULT_PIPELINE, prune
+from .backend import backend
 from .errors import FxPruneError, PassError, PipelineError, TraceError, VerificationError
 from .manager import PassManager, PassRecord, history
 from .pass_base import FxPass, PassContext, PassResult, register
@@ -12,7 +13,7 @@ from .transfer import evaluate, prune_iteratively, train_scaling
 from . import nn  # noqa: F401  (fxprune.nn.BasisScalingConv)
 
 __all__ = [
-    "DEFAULT_PIPELINE", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
+    "DEFAULT_PIPELINE", "backend", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
     "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Callable, Iterable
 
 import torch
@@ -54,6 +55,7 @@ def trace(
 
     timm's registered leaf modules and autowrap functions are always used; pass more with
     `leaf_modules` / `autowrap_functions`, and fix control-flow inputs with `concrete_args`.
+    forward() arguments that default to None are fixed to None unless `concrete_args` says otherwise.
     Every `call_module` node records its module path in `node.meta["fxprune.source"]`.
     Raises TraceError naming the module where tracing broke.
     """
@@ -64,6 +66,7 @@ def trace(
         _record_sources(gm)
         return gm
     leaves, funcs = _timm_leaves()
+    concrete_args = {**_none_defaults(model), **(concrete_args or {})} or None
     tracer = _Tracer([*leaves, *leaf_modules], [*funcs, *autowrap_functions])
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -75,6 +78,17 @@ def trace(
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     _record_sources(gm)
     return gm
+
+
+def _none_defaults(model: nn.Module) -> dict[str, None]:
+    """forward() arguments that default to None (masks, optional targets) are traced as None:
+    a proxy would make every `if arg is not None` branch true (timm's Hiera has such a mask)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: None for p in params if p.default is None
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _record_sources(gm: fx.GraphModule) -> None:

@@ -97,8 +97,10 @@ def summary_table(rows: list[dict], fmt: str = "github") -> str:
 
 
 def write_summary(rows: list[dict], out_dir: Path, config: str, pipeline: str) -> None:
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "error", "skipped")}
-    head = (f"# Zoo run: `{config}`\n\nPipeline: `{pipeline}`; random weights, batch 1, float32, CPU.\n"
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "vacuous", "error", "skipped")}
+    head = (f"# Zoo run: `{config}`\n\nPipeline: `{pipeline}`; random weights (zero-initialised parameters "
+            "given small random values, BatchNorm given random statistics: `fxprune.zoo.wake`), batch 1, "
+            "float32, CPU.\n"
             f"MACs are multiply-accumulates. Status counts: {counts}.\n\n")
     atomic_write_text(out_dir / "summary.md", head + summary_table(rows) + "\n")
     buf = io.StringIO()
