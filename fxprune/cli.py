@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
     run.add_argument("--batch", type=int, default=1, help="batch size of the example input (default 1)")
     run.add_argument("--verify", action="store_true", help="check the graph after every pass")
-    run.add_argument("--out", help="also write the savings table: .md, .csv or .json")
+    run.add_argument("--out", help="also write the savings table (.md, .csv, .json) or the model (.pt2)")
     zoo = sub.add_parser("zoo", help="run a pipeline over every model of a zoo config")
     zoo.add_argument("config", help="a zoo config, e.g. zoo_configs/smoke.toml")
     zoo.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline (entries may override it)")

@@ -9,6 +9,7 @@ import torch
 from tabulate import tabulate
 
 from .api import prune
+from .export import save_exported
 from .io import atomic_write_text
 from .manager import history
 from .models import create
@@ -27,8 +28,8 @@ def parse_size(text: str) -> tuple[int, ...]:
 
 def run_model(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
-    if out is not None and out.suffix not in (".md", ".csv", ".json"):
-        raise ValueError(f"--out {args.out}: write a .md, .csv or .json file")
+    if out is not None and out.suffix not in (".md", ".csv", ".json", ".pt2"):
+        raise ValueError(f"--out {args.out}: write a .md, .csv or .json file (the table) or .pt2 (the model)")
     torch.manual_seed(0)
     model = create(args.model).eval()
     x = torch.randn(args.batch, *parse_size(args.input_size))
@@ -44,7 +45,9 @@ def run_model(args: argparse.Namespace) -> int:
           f"({100 * (1 - t['params_after'] / t['params_before']):.1f}% fewer); MACs {t['macs_before']:,} -> "
           f"{t['macs_after']:,} ({100 * (1 - t['macs_after'] / max(t['macs_before'], 1)):.1f}% fewer)")
     if out is not None:
-        if out.suffix == ".csv":
+        if out.suffix == ".pt2":
+            save_exported(small, (x,), out)
+        elif out.suffix == ".csv":
             report.to_csv(out)
         else:
             atomic_write_text(out, (report.to_markdown() if out.suffix == ".md" else report.to_json()) + "\n")

@@ -55,7 +55,7 @@ def trace(
 
     timm's registered leaf modules and autowrap functions are always used; pass more with
     `leaf_modules` / `autowrap_functions`, and fix control-flow inputs with `concrete_args`.
-    forward() arguments that default to None are fixed to None unless `concrete_args` says otherwise.
+    forward() arguments that default to None or a bool are fixed to it unless `concrete_args` says otherwise.
     Every `call_module` node records its module path in `node.meta["fxprune.source"]`.
     Raises TraceError naming the module where tracing broke.
     """
@@ -66,7 +66,7 @@ def trace(
         _record_sources(gm)
         return gm
     leaves, funcs = _timm_leaves()
-    concrete_args = {**_none_defaults(model), **(concrete_args or {})} or None
+    concrete_args = {**_flag_defaults(model), **(concrete_args or {})} or None
     tracer = _Tracer([*leaves, *leaf_modules], [*funcs, *autowrap_functions])
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -80,14 +80,14 @@ def trace(
     return gm
 
 
-def _none_defaults(model: nn.Module) -> dict[str, None]:
-    """forward() arguments that default to None (masks, optional targets) are traced as None:
+def _flag_defaults(model: nn.Module) -> dict[str, None | bool]:
+    """forward() arguments that default to None or a bool (masks, flags) are traced as that default:
     a proxy would make every `if arg is not None` branch true (timm's Hiera has such a mask)."""
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
         return {}
-    return {p.name: None for p in params if p.default is None
+    return {p.name: p.default for p in params if (p.default is None or isinstance(p.default, bool))
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 

@@ -30,7 +30,7 @@ def test_passes_lists_every_pass_with_its_options(capsys):
     (["run", "timm:resnet5O"], "timm has no model 'resnet5O'"),
     (["run", "tv:resnet18", "--pipeline", "decompose,fold"], "unknown pass 'decompose': did you mean"),
     (["run", "tv:resnet18", "--input-size", "3x64"], "--input-size '3x64': write positive integers"),
-    (["run", "tv:resnet18", "--out", "r.txt"], "--out r.txt: write a .md, .csv or .json file"),
+    (["run", "tv:resnet18", "--out", "r.txt"], "--out r.txt: write a .md, .csv or .json file (the table) or .pt2"),
 ])
 def test_bad_input_gets_one_clear_line(capsys, argv, message):
     assert main(argv) == 2

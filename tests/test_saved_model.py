@@ -28,3 +28,20 @@ def test_a_folded_model_loads_and_runs_where_fxprune_was_never_imported(tmp_path
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_cli_saves_an_exported_program_that_loads_with_torch_alone(tmp_path):
+    from fxprune.cli import main
+
+    path = tmp_path / "small.pt2"
+    assert main(["run", "tv:resnet18", "--input-size", "3,64,64", "--out", str(path)]) == 0
+    script = textwrap.dedent(f"""
+        import sys, torch
+        m = torch.export.load({str(path)!r}).module()
+        y = m(torch.randn(1, 3, 64, 64))
+        assert y.shape == (1, 1000) and not any(k.startswith("fxprune") for k in sys.modules)
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pt2"]

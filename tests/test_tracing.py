@@ -78,3 +78,24 @@ def test_top_level_control_flow_hints_concrete_args():
 def test_trace_refuses_non_modules():
     with pytest.raises(TypeError, match="fxprune.trace expects an nn.Module, got function"):
         fxprune.trace(lambda x: x)
+
+
+class OptionalMask(nn.Module):
+    """Like timm's Hiera/ViT: an optional mask and a flag that only matter when given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x, mask=None, flip: bool = False):
+        if mask is not None:
+            x = x * mask
+        return -self.conv(x) if flip else self.conv(x)
+
+
+def test_none_and_bool_defaults_are_traced_as_their_defaults():
+    model = OptionalMask()
+    x = torch.randn(1, 3, 4, 4)
+    assert torch.equal(fxprune.trace(model)(x), model(x))
+    flipped = fxprune.trace(model, concrete_args={"flip": True})
+    assert torch.equal(flipped(x, None, True), model(x, flip=True))
