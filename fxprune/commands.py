@@ -44,6 +44,13 @@ def run_model(args: argparse.Namespace) -> int:
     print(f"\nparams {t['params_before']:,} -> {t['params_after']:,} "
           f"({100 * (1 - t['params_after'] / t['params_before']):.1f}% fewer); MACs {t['macs_before']:,} -> "
           f"{t['macs_after']:,} ({100 * (1 - t['macs_after'] / max(t['macs_before'], 1)):.1f}% fewer)")
+    if any(r.stats.get("bn-folded") for r in history(small)):
+        print("Folding BatchNorm adds a bias to the layer before it (its row grows a little); the BatchNorm "
+              "parameters leave the (other) row.")
+    if "prune-basis" in args.pipeline and "target-" not in args.pipeline:
+        print(f"Note: {args.model} has random weights (nothing is downloaded). Their singular values are flat, "
+              "so an energy threshold removes little; pretrained weights concentrate the energy. To see a budget "
+              "at work: --pipeline 'decompose-conv,prune-basis{target-params=0.5},fold'.")
     if out is not None:
         if out.suffix == ".pt2":
             save_exported(small, (x,), out)

@@ -3,11 +3,13 @@ import torch
 from torch import nn
 
 import fxprune
+from fxprune.analysis import is_counted
 from fxprune.lowrank import find_pairs
 from fxprune.models import create
 from fxprune.nn import BasisScalingConv
 
 from .conftest import assert_same_state, state_copy
+from .test_zoo import entries
 
 X = torch.randn(2, 3, 16, 16)
 
@@ -21,16 +23,16 @@ def batches(n=4, size=8, seed=1):
     return out
 
 
-@pytest.mark.parametrize("model_id", ["tv:resnet18", "tv:mobilenet_v3_small", "timm:efficientnet_b0",
-                                      "tv:resnext50_32x4d"])
-def test_insert_scaling_is_lossless_and_leaves_only_scales_and_head_trainable(model_id):
-    model = create(model_id).eval()
-    x = torch.randn(1, 3, 64, 64)
+@pytest.mark.parametrize("entry", entries("smoke.toml"))
+def test_insert_scaling_is_lossless_and_leaves_only_scales_and_head_trainable(entry):
+    model = create(entry.id).eval()
+    x = torch.randn(1, *entry.input_size)
     gm = fxprune.prune(model, x, "decompose-conv,insert-scaling", verify=True)
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-4)
-    head = {"tv:resnet18": "fc", "tv:mobilenet_v3_small": "classifier.3", "timm:efficientnet_b0": "classifier",
-            "tv:resnext50_32x4d": "fc"}[model_id]
+    traced = fxprune.trace(model)
+    head = [n.target for n in traced.graph.nodes
+            if n.op == "call_module" and is_counted(traced.get_submodule(n.target))][-1]
     trainable = {n for n, p in gm.named_parameters() if p.requires_grad}
     scales = {n for n in trainable if n.endswith(".scale")}
     assert len(scales) == len(find_pairs(gm)) > 0
