@@ -1,11 +1,12 @@
-"""fxprune's passes, one per file; importing this package registers them all.
+"""fxprune's passes, one per file; importing this package registers them all, in pipeline order
+(the order `fxprune passes` lists them).
 
 Contract every pass keeps: see passes/README.md.
 """
 
-from .decompose_conv import DecomposeConv
-from .fold import Fold
-from .insert_scaling import InsertScaling
-from .prune_basis import PruneBasis
+from .decompose_conv import DecomposeConv  # isort: skip
+from .insert_scaling import InsertScaling  # isort: skip
+from .prune_basis import PruneBasis  # isort: skip
+from .fold import Fold  # isort: skip
 
-__all__ = ["DecomposeConv", "Fold", "InsertScaling", "PruneBasis"]
+__all__ = ["DecomposeConv", "InsertScaling", "PruneBasis", "Fold"]

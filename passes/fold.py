@@ -34,7 +34,7 @@ class Fold(FxPass):
     """
 
     name = "fold"
-    summary = "fold eval-mode BatchNorm into weights; merge basis pairs back where they do not pay"
+    summary = "fold scales and eval-mode BatchNorm into weights; merge pairs back where they do not pay"
     lossless = True
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
