@@ -12,7 +12,7 @@ from .lowrank import Pair
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, targets) from a batch given as a pair/list or a {"image"/"input", "label"/"target"} dict."""
+    """(inputs, targets) from a batch given as a tuple or list whose first two items are those."""
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise TypeError(f"a batch of data= must be (inputs, targets), got {type(batch).__name__}")

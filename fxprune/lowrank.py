@@ -161,6 +161,12 @@ def rebuild_pair(pair: Pair, keep: torch.Tensor) -> nn.Module:
     return container
 
 
+def unscaled_coef(pair: Pair) -> nn.Module:
+    """The pair's BasisScalingConv as a plain 1x1 layer with the scales folded in: U S diag(s)."""
+    coef = _layer(pair.basis, pair.groups * pair.m, pair.groups, pair.coef.bias is not None, pointwise=True)
+    return _set_weights(coef, pair.coef_matrix() * pair.scale[:, None, :], pair.coef.bias, pair.coef.weight)
+
+
 def merge_pair(pair: Pair) -> nn.Module:
     """One dense layer equal to the pair (coef @ basis per group, computed in float64)."""
     w = torch.bmm(pair.coef_matrix().double(), pair.basis_matrix().double())

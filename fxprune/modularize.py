@@ -30,15 +30,13 @@ def _is_state(node: fx.Node, value) -> bool:
 
 def modularize(gm: fx.GraphModule, example_inputs: list) -> int:
     """Freeze parameter/buffer inputs into constants and rebuild layer modules; returns how many."""
-    constants: dict[fx.Node, fx.Node] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     for i, (node, value) in enumerate(zip(placeholders, example_inputs)):
         if isinstance(value, torch.Tensor) and _is_state(node, value):
             name = f"_frozen_{i}"
             gm.register_buffer(name, value.detach())
             with gm.graph.inserting_after(placeholders[-1]):
-                constants[node] = gm.graph.get_attr(name)
-            node.replace_all_uses_with(constants[node])
+                node.replace_all_uses_with(gm.graph.get_attr(name))
     made = 0
     for node in list(gm.graph.nodes):
         module = _module_for(gm, node) if node.op == "call_function" else None
@@ -96,9 +94,9 @@ def _module_for(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
                              "eps"], {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
             mean, var = _const(gm, a["running_mean"]), _const(gm, a["running_var"])
             w, b = _const(gm, a["weight"]), _const(gm, a["bias"])
-            if a["training"] or mean is None or var is None or len(node.args[0].meta.get("example_value",
-                                                                                         torch.empty(0, 0, 0, 0)).shape) != 4:
-                return None
+            example = node.args[0].meta.get("example_value")
+            if a["training"] or mean is None or var is None or example is None or example.dim() != 4:
+                return None  # BatchNorm2d only: the input must be known to be NCHW
             m = nn.BatchNorm2d(mean.numel(), eps=a["eps"], affine=w is not None, dtype=mean.dtype).eval()
             m.running_mean.copy_(mean)
             m.running_var.copy_(var)

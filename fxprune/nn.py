@@ -1,4 +1,5 @@
-"""fxprune.nn: the one module fxprune adds while a model trains; `fold` removes it again."""
+"""fxprune.nn: the one module fxprune adds while a model trains; `fold` removes it again
+(`fxprune.lowrank.unscaled_coef`)."""
 
 from __future__ import annotations
 
@@ -31,24 +32,6 @@ class BasisScalingConv(nn.Module):
         s = self.scale.view(-1, *([1] * self.pointwise_dims))
         conv = (F.conv1d, F.conv2d, F.conv3d)[self.pointwise_dims - 1]
         return conv(x * s, self.weight, self.bias, groups=self.groups)
-
-    def folded(self) -> nn.Module:
-        """A plain torch layer with the scale folded into its weight."""
-        out, cols = self.weight.shape[:2]
-        if self.pointwise_dims == 0:
-            layer = nn.utils.skip_init(nn.Linear, cols, out, bias=self.bias is not None, device=self.weight.device,
-                                       dtype=self.weight.dtype)
-            scale = self.scale
-        else:
-            cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.pointwise_dims - 1]
-            layer = nn.utils.skip_init(cls, cols * self.groups, out, 1, groups=self.groups,
-                                       bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype)
-            scale = self.scale.view(self.groups, 1, cols).expand(-1, out // self.groups, -1).reshape(out, cols)
-            scale = scale.view(out, cols, *([1] * self.pointwise_dims))
-        layer.weight = nn.Parameter((self.weight * scale).detach(), requires_grad=False)
-        if self.bias is not None:
-            layer.bias = nn.Parameter(self.bias.detach().clone(), requires_grad=False)
-        return layer
 
     def extra_repr(self) -> str:
         return f"bases={self.scale.numel()}, out={self.weight.shape[0]}, groups={self.groups}"

@@ -117,17 +117,18 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
         raise ValueError(f"step={step}: the share of the model pruned per step must be in (0, 1)")
     budget = "target-macs" if key == "macs" else "target-params"
     gm = copy.deepcopy(gm)
-    params0, macs0 = folded_size(gm, inputs)
 
     def record(i: int, model: fx.GraphModule) -> dict:
         params, macs = folded_size(model, inputs)
+        first = history[0] if history else {"params": params, "macs": macs}
         row = {"step": i, "bases": sum(p.rank * p.groups for p in find_pairs(model)), "params": params,
-               "macs": macs, "params_kept": params / params0, "macs_kept": macs / macs0}
+               "macs": macs, "params_kept": params / first["params"], "macs_kept": macs / first["macs"]}
         if val_data is not None:
             row["val_accuracy"] = evaluate(model, val_data, loss_fn)["accuracy"]
         return row
 
-    history = [record(0, gm)]
+    history: list[dict] = []
+    history.append(record(0, gm))
     bar = tqdm(range(1, max_steps + 1), desc="prune", disable=not progress)
     for i in bar:
         last = history[-1]

@@ -9,9 +9,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module
+from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module, unscaled_coef
 from fxprune.meta import RANK, SOURCE
-from fxprune.nn import BasisScalingConv
 from fxprune.pass_base import FxPass, PassContext, PassResult, register
 
 try:
@@ -42,8 +41,8 @@ class Fold(FxPass):
             ShapeProp(gm).propagate(*ctx.example_inputs)
         scales = 0
         for pair in find_pairs(gm):
-            if isinstance(pair.coef, BasisScalingConv):
-                set_module(gm, pair.coef_node.target, pair.coef.folded())
+            if pair.scale is not None:
+                set_module(gm, pair.coef_node.target, unscaled_coef(pair))
                 scales += 1
         folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
         merged = kept = 0
