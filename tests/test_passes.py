@@ -7,7 +7,7 @@ from fxprune.analysis import total_macs, total_params
 from fxprune.lowrank import find_pairs
 from fxprune.meta import ROLE, SOURCE
 
-from .conftest import TinyNet, assert_same_state, randomize_bn, state_copy
+from .conftest import assert_same_state, randomize_bn, state_copy
 
 X = torch.randn(2, 3, 16, 16)
 
@@ -208,7 +208,3 @@ def test_unknown_context_is_refused(tiny):
 def test_bad_example_inputs_are_refused(tiny):
     with pytest.raises(TypeError, match="example_inputs must be a tensor or a tuple of tensors, got dict"):
         fxprune.prune(tiny, {"x": X})
-
-
-def test_tinynet_is_used_fresh():
-    assert TinyNet().training
