@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--out", required=True, help="folder for results.jsonl, summary.md and summary.csv")
     zoo.add_argument("--resume", action="store_true", help="skip the models already in OUT/results.jsonl")
     zoo.add_argument("--jobs", type=int, default=1, help="models run in parallel processes (1 thread each)")
+    groups = sub.add_parser("groups", help="print the channel groups prune-channels sees, and why any is kept")
+    groups.add_argument("model", help="tv:NAME or timm:NAME")
+    groups.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
     sub.add_parser("passes", help="list every registered pass with its options and defaults")
     args = parser.parse_args(argv)
     try:
@@ -41,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             print(summary_table(run_zoo(args.config, args.pipeline, args.out, resume=args.resume,
                                         jobs=args.jobs), fmt="simple"))
             return 0
-        from .commands import run_model
+        from .commands import run_model, show_groups
 
-        return run_model(args)
+        return show_groups(args) if args.command == "groups" else run_model(args)
     except (FxPruneError, ValueError) as e:
         print(f"fxprune: error: {e}", file=sys.stderr)
         return 2

@@ -60,3 +60,25 @@ def run_model(args: argparse.Namespace) -> int:
             atomic_write_text(out, (report.to_markdown() if out.suffix == ".md" else report.to_json()) + "\n")
         print(f"wrote {out}")
     return 0
+
+
+def show_groups(args: argparse.Namespace) -> int:
+    """`fxprune groups MODEL`: the channel groups prune-channels sees, and why some are kept whole."""
+    from .channels import analyse
+    from .tracing import trace
+
+    torch.manual_seed(0)
+    model = create(args.model).eval()
+    x = torch.randn(1, *parse_size(args.input_size))
+    graph = analyse(trace(model), (x,))
+    rows = []
+    for i, g in enumerate(graph.groups):
+        members = ", ".join(f"{path}:{role}" for path, role in g.members)
+        rows.append([i, g.size, members, "prunable" if g.blocked is None else f"kept: {g.blocked}"])
+    print(tabulate(rows, headers=["group", "channels", "members (module:role)", "status"],
+                   maxcolwidths=[None, None, 70, 40]))
+    prunable = graph.prunable
+    print(f"\n{args.model}: {len(graph.groups)} groups, {len(prunable)} prunable, holding "
+          f"{sum(g.size for g in prunable):,} of {sum(g.size for g in graph.groups):,} channels. Roles: out = output "
+          "channels, in = input channels, dw = depthwise conv, bn = BatchNorm.")
+    return 0

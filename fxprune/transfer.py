@@ -18,6 +18,7 @@ from .analysis import total_macs, total_params
 from .api import as_inputs, prune
 from .importance import split_batch
 from .lowrank import find_pairs
+from .pipeline import Pipeline
 from .nn import BasisScalingConv
 
 
@@ -94,6 +95,20 @@ def _parse_until(until: str, has_val: bool) -> tuple[str, float]:
     return key, number
 
 
+def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float) -> str:
+    if prune_what == "bases":
+        return f"prune-basis{{criterion={criterion} {budget}={1 - step}}}"
+    if prune_what not in ("channels", "double"):
+        raise ValueError(f"prune_what={prune_what!r}: write 'bases', 'channels' or 'double'")
+    if budget != "target-params":
+        raise ValueError("prune-channels takes a params budget only: use until='params=...' or 'accuracy=...'")
+    if prune_what == "channels":
+        return f"prune-channels{{criterion={criterion} target-params={1 - step}}}"
+    half = round((1 - step) ** 0.5, 6)
+    return (f"prune-basis{{criterion={criterion} target-params={half}}},"
+            f"prune-channels{{criterion={criterion} target-params={half}}}")
+
+
 def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:
     """(params, MACs) of `gm` as `fold` would leave it."""
     small = prune(gm, inputs, "fold")
@@ -101,12 +116,16 @@ def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:
 
 
 def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val_data: Iterable | None = None,
-                      criterion: str = "taylor", step: float = 0.05, until: str = "params=0.5",
-                      epochs: int = 1, lr: float = 1e-2, l1: float = 0.0, max_steps: int = 50,
+                      criterion: str = "taylor", prune_what: str = "bases", step: float = 0.05,
+                      until: str = "params=0.5", epochs: int = 1, lr: float = 1e-2, l1: float = 0.0,
+                      max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
+    `prune_what`: "bases" (prune-basis), "channels" (prune-channels) or "double" (both, each
+    taking half the step). `criterion` is the importance of both (taylor, or for bases energy/scale,
+    for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`).
     Returns (pruned GraphModule, not yet folded; history: one dict per step with bases kept,
     params, MACs as fold will leave them, and val accuracy). With until='accuracy=A' the last step
     that kept val accuracy >= A is returned.
@@ -115,7 +134,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     key, goal = _parse_until(until, val_data is not None)
     if not 0 < step < 1:
         raise ValueError(f"step={step}: the share of the model pruned per step must be in (0, 1)")
-    budget = "target-macs" if key == "macs" else "target-params"
+    pipeline = _step_pipeline(prune_what, criterion, "target-macs" if key == "macs" else "target-params", step)
+    Pipeline.parse(pipeline)  # a bad criterion fails here, before any work
     gm = copy.deepcopy(gm)
 
     def record(i: int, model: fx.GraphModule) -> dict:
@@ -134,11 +154,11 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
         last = history[-1]
         if key != "accuracy" and last[f"{key}_kept"] <= goal:
             break
-        candidate = prune(gm, inputs, f"prune-basis{{criterion={criterion} {budget}={1 - step}}}", data=data,
+        candidate = prune(gm, inputs, pipeline, data=data if importance_data is None else importance_data,
                           **({"loss_fn": loss_fn} if loss_fn else {}))
         train_scaling(candidate, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, progress=False)
         row = record(i, candidate)
-        if row["bases"] == last["bases"]:
+        if row["bases"] == last["bases"] and row["params"] == last["params"]:
             break  # nothing left to prune
         if key == "accuracy" and row["val_accuracy"] < goal:
             break

@@ -65,8 +65,14 @@ def wake(model):
     return model
 
 
-def check(entry: ZooEntry, pipeline: str) -> dict:
-    """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status."""
+def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None) -> dict:
+    """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status.
+
+    Status: a lossless pipeline is "ok" when the logits match within the entry's tolerance
+    ("mismatch" otherwise, "vacuous" when they are all zero); a lossy one is "ok" when the outputs
+    keep their shapes and params fell ("no-gain", "shape-changed" otherwise). Failures are "error"
+    with the reason. With `layers_dir`, the per-layer savings table is written there (.md and .csv).
+    """
     import time
 
     import torch
@@ -74,7 +80,10 @@ def check(entry: ZooEntry, pipeline: str) -> dict:
 
     from .analysis import total_macs, total_params
     from .api import prune
+    from .io import atomic_write_text
     from .models import create
+    from .pipeline import Pipeline
+    from .report import savings
     from .verify import output_error, run_model
 
     if entry.skip:
@@ -92,8 +101,20 @@ def check(entry: ZooEntry, pipeline: str) -> dict:
                "params_before": total_params(model), "params_after": total_params(small),
                "macs_before": total_macs(model, x), "macs_after": total_macs(small, x),
                "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
-        nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
-        row["status"] = "vacuous" if not nonzero else "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
+        if all(p.lossless for p in Pipeline.of(pipeline).passes):
+            nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
+            row["status"] = "vacuous" if not nonzero else "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
+        else:
+            shapes = [[tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+                      for out in (reference, run_model(small, x))]
+            row["status"] = ("shape-changed" if shapes[0] != shapes[1] else
+                             "ok" if row["params_after"] < row["params_before"] else "no-gain")
+        if layers_dir is not None:
+            report = savings(model, small, x)
+            name = entry.id.replace(":", "_")
+            atomic_write_text(Path(layers_dir) / f"{name}.md", f"# {entry.id}: `{pipeline}`\n\n"
+                              f"{report.to_markdown()}\n")
+            report.to_csv(Path(layers_dir) / f"{name}.csv")
     except Exception as e:  # noqa: BLE001 - one model's failure is recorded, the run goes on
         row = {"model": entry.id, "pipeline": pipeline, "status": "error",
                "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}

@@ -17,19 +17,21 @@ from .io import atomic_write_text
 from .zoo import ZooEntry, check, load
 
 RESULTS = "results.jsonl"
+LAYERS = "layers"
 SUMMARY_COLUMNS = ["model", "status", "params_before", "params_after", "macs_before", "macs_after",
                    "rel_l2_error", "seconds", "reason"]
 
 
-def _check_one_thread(entry: ZooEntry, pipeline: str) -> dict:
+def _check_one_thread(entry: ZooEntry, pipeline: str, layers_dir: Path) -> dict:
     import torch
 
     torch.set_num_threads(1)  # parallel workers share the cores
-    return check(entry, pipeline)
+    return check(entry, pipeline, layers_dir)
 
 
 def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1) -> list[dict]:
-    """Run every entry of `config`; rows are appended to OUT/results.jsonl as models finish."""
+    """Run every entry of `config`; rows are appended to OUT/results.jsonl as models finish, and
+    each model's per-layer table is written to OUT/layers/."""
     entries = load(config)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +41,7 @@ def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs:
         path.unlink(missing_ok=True)
     todo = [e for e in entries if e.id not in done]
     with open(path, "a") as log:
-        for i, row in enumerate(_rows(todo, pipeline, jobs), 1):
+        for i, row in enumerate(_rows(todo, pipeline, jobs, out_dir / LAYERS), 1):
             log.write(json.dumps(row) + "\n")
             log.flush()
             os.fsync(log.fileno())
@@ -60,12 +62,12 @@ def _progress(text: str, last: bool = False) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _rows(todo: list[ZooEntry], pipeline: str, jobs: int):
+def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, layers_dir: Path):
     if jobs <= 1:
-        yield from (check(e, pipeline) for e in todo)
+        yield from (check(e, pipeline, layers_dir) for e in todo)
         return
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_check_one_thread, e, pipeline) for e in todo]
+        futures = [pool.submit(_check_one_thread, e, pipeline, layers_dir) for e in todo]
         yield from (f.result() for f in as_completed(futures))
 
 
@@ -97,7 +99,7 @@ def summary_table(rows: list[dict], fmt: str = "github") -> str:
 
 
 def write_summary(rows: list[dict], out_dir: Path, config: str, pipeline: str) -> None:
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "vacuous", "error", "skipped")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     head = (f"# Zoo run: `{config}`\n\nPipeline: `{pipeline}`; random weights (zero-initialised parameters "
             "given small random values, BatchNorm given random statistics: `fxprune.zoo.wake`), batch 1, "
             "float32, CPU.\n"

@@ -7,6 +7,7 @@ Contract every pass keeps: see passes/README.md.
 from .decompose_conv import DecomposeConv  # isort: skip
 from .insert_scaling import InsertScaling  # isort: skip
 from .prune_basis import PruneBasis  # isort: skip
+from .prune_channels import PruneChannels  # isort: skip
 from .fold import Fold  # isort: skip
 
-__all__ = ["DecomposeConv", "InsertScaling", "PruneBasis", "Fold"]
+__all__ = ["DecomposeConv", "InsertScaling", "PruneBasis", "PruneChannels", "Fold"]

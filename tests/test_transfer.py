@@ -8,7 +8,7 @@ from fxprune.lowrank import find_pairs
 from fxprune.models import create
 from fxprune.nn import BasisScalingConv
 
-from .conftest import assert_same_state, state_copy
+from .conftest import assert_same_state, randomize_bn, state_copy
 from .test_zoo import entries
 
 X = torch.randn(2, 3, 16, 16)
@@ -148,3 +148,40 @@ def test_prune_iteratively_reaches_the_budget_step_by_step(tiny):
     assert_same_state(tiny, before)
     with pytest.raises(ValueError, match="until='size=0.5': write params=F or macs=F"):
         fxprune.prune_iteratively(gm, X, data=data, until="size=0.5")
+
+
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.b, self.head = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.a(x)))
+        return self.head((x + torch.relu(self.b(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("prune_what", ["channels", "double"])
+def test_prune_iteratively_prunes_channels_or_both(prune_what):
+    model = randomize_bn(Plain()).eval()
+    gm = fxprune.prune(model, X, "decompose-conv,insert-scaling")
+    data = batches()
+    small, hist = fxprune.prune_iteratively(gm, X, data=data, val_data=data, prune_what=prune_what, step=0.2,
+                                            until="params=0.7", lr=0.05, progress=False)
+    kept = [h["params_kept"] for h in hist]
+    assert kept[-1] <= 0.7 and all(a > b for a, b in zip(kept, kept[1:]))
+    channels = small.get_submodule("b.coef").weight.shape[0]
+    assert channels < 16
+    bases = [h["bases"] for h in hist]
+    assert (bases[-1] < bases[0]) == (prune_what == "double")
+    assert small(X).shape == (2, 4)
+
+
+def test_prune_iteratively_names_bad_choices(tiny):
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
+    with pytest.raises(ValueError, match="prune_what='weights': write 'bases', 'channels' or 'double'"):
+        fxprune.prune_iteratively(gm, X, data=batches(), prune_what="weights")
+    with pytest.raises(ValueError, match="prune-channels takes a params budget only"):
+        fxprune.prune_iteratively(gm, X, data=batches(), prune_what="channels", until="macs=0.5")
+    with pytest.raises(fxprune.PipelineError, match="criterion"):
+        fxprune.prune_iteratively(gm, X, data=batches(), prune_what="channels", criterion="energy")

@@ -1,0 +1,84 @@
+"""bench/channels/*.jsonl (zoo_peer runs) -> bench/channels/README.md: how many models each tool
+prunes at the same channel ratio, its time, and every failure with its reason.
+
+    .venv/bin/python -m bench.channels.summarize
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from tabulate import tabulate
+
+from fxprune.io import atomic_write_text
+from fxprune.zoo import load
+
+HERE = Path(__file__).resolve().parent
+ZOOS = {"torchvision": ("tv.jsonl", "zoo_configs/torchvision.toml"), "timm": ("timm.jsonl", "zoo_configs/timm.toml")}
+TOOLS = {"fxprune": "fxprune `prune-channels{ratio=R}`", "torch_pruning": "Torch-Pruning MetaPruner (L2 magnitude)"}
+
+
+def rows_of(name: str) -> list[dict]:
+    path = HERE / name
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def main() -> None:
+    root = HERE.parent.parent
+    summary, failures, lossless = [], [], []
+    for zoo, (results, config) in ZOOS.items():
+        rows = rows_of(results)
+        listed = len(load(root / config))
+        for tool, label in TOOLS.items():
+            runs = [r for r in rows if tool in r]
+            ok = [r for r in runs if r[tool]["status"] == "ok"]
+            kept = [r[tool]["params_after"] / r["params_before"] for r in ok]
+            summary.append([zoo, label, f"{len(ok)} / {listed}", f"{len(ok) / listed:.1%}",
+                            f"{statistics.median(kept):.3f}" if kept else "",
+                            f"{statistics.median(r[tool]['seconds'] for r in runs):.2f}" if runs else "",
+                            f"{sum(r[tool]['seconds'] for r in runs):.0f}"])
+            failures += [[zoo, r["model"], label, r[tool]["status"], r[tool].get("reason", "")]
+                         for r in runs if r[tool]["status"] != "ok"]
+        failures += [[zoo, r["model"], "(both)", "error", r["error"]] for r in rows if "error" in r]
+        checked = [r["fxprune_lossless"] for r in rows if "fxprune_lossless" in r]
+        lossless.append([zoo, f"{sum(c['status'] == 'ok' for c in checked)} / {len(checked)}",
+                         f"{max((c['rel_l2_error'] for c in checked if 'rel_l2_error' in c), default=0):.1e}"])
+        failures += [[zoo, r["model"], "fxprune lossless check", r["fxprune_lossless"]["status"],
+                      r["fxprune_lossless"].get("reason", f"zeroed {r['fxprune_lossless'].get('zeroed')}, removed "
+                                                         f"{r['fxprune_lossless'].get('removed')}")]
+                     for r in rows if r.get("fxprune_lossless", {}).get("status", "ok") != "ok"]
+    ratio = next((r["ratio"] for z in ZOOS.values() for r in rows_of(z[0])), "?")
+    text = f"""# Channel pruning across the zoo: fxprune against Torch-Pruning
+
+Reproduce (1 thread, random weights with `fxprune.zoo.wake`):
+`.venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl`
+(and `timm.toml` -> `timm.jsonl`), then `.venv/bin/python -m bench.channels.summarize`.
+
+Both tools get each model at channel ratio {ratio}, the classifier kept. "ok": the pruned model runs,
+its output has the original shape and it has fewer params. Time: the pruning call alone (fxprune:
+trace, analysis, removal; Torch-Pruning: dependency graph, importance, removal). Models a config
+skips (with the reason in the config) are counted as not pruned.
+
+{tabulate(summary, ["zoo", "tool", "pruned", "share", "median params kept", "median s", "total s"],
+          tablefmt="github", disable_numparse=True)}
+
+## Lossless check (fxprune)
+
+Half the channels of every prunable group zeroed (their weight slices), then
+`prune-channels{{criterion=l1 ratio=0.5}}`: it must remove exactly those channels and keep the logits
+(relative L2 error < 1e-5 or max abs error <= 1e-4).
+
+{tabulate(lossless, ["zoo", "passed", "worst rel. L2 error"], tablefmt="github", disable_numparse=True)}
+
+## Every model a tool did not prune (or fxprune's check did not pass)
+
+{tabulate(failures, ["zoo", "model", "tool", "status", "reason"], tablefmt="github", disable_numparse=True)}
+"""
+    atomic_write_text(HERE / "README.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""prune-channels{ratio=R} against Torch-Pruning's MetaPruner at the same ratio, model by model.
+
+    .venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl
+
+Per model and tool: status (ok: runs, output shape kept, params fell; otherwise the error), params
+after, and the wall time of the pruning call alone (1 thread). Also fxprune's lossless check (zeroed
+channels are removed and the outputs do not change). Random weights (fxprune.zoo.wake).
+Resumable: models already in --out are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import fxprune
+from fxprune.channels import analyse, zero
+from fxprune.models import create
+from fxprune.verify import output_error
+from fxprune.zoo import load, wake
+
+
+def classifier(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layer whose outputs are the logits (Torch-Pruning must be told to keep it)."""
+    if hasattr(model, "get_classifier") and isinstance(model.get_classifier(), torch.nn.Module):
+        head = model.get_classifier()
+        return [head] if any(True for _ in head.parameters()) else []
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    return layers[-1:]
+
+
+def attempt(prune, model, x, shape: torch.Size) -> dict:
+    params = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    try:
+        pruned = prune(model, x)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            same = pruned(x).shape == shape
+        after = sum(p.numel() for p in pruned.parameters())
+        status = "ok" if same and after < params else "shape-changed" if not same else "no-gain"
+        return {"status": status, "params_after": after, "seconds": round(seconds, 2)}
+    except Exception as e:  # noqa: BLE001 - the failure is the result
+        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        return {"status": "error", "reason": f"{type(e).__name__}: {text}",
+                "seconds": round(time.perf_counter() - start, 2)}
+
+
+def zeroed_channels_check(model, x) -> dict:
+    """fxprune's lossless check: zero half the channels of every prunable group, prune-channels
+    with l1 importance must remove exactly those and keep the outputs."""
+    try:
+        gm = fxprune.trace(copy.deepcopy(model))
+        graph = analyse(gm, (x,))
+        chosen = {c for g in graph.prunable for c in g.classes[:min(g.size // 2, g.size - 1)]}
+        zero(graph, chosen)
+        with torch.no_grad():
+            reference = gm(x)
+        small = fxprune.prune(gm, x, "prune-channels{criterion=l1 ratio=0.5}")
+        removed = fxprune.history(small)[-1].stats["channels-before"] - fxprune.history(small)[-1].stats["channels-after"]
+        with torch.no_grad():
+            err = output_error(small(x), reference)
+        ok = removed == len(chosen) > 0 and err.ok()
+        return {"status": "ok" if ok else "mismatch", "zeroed": len(chosen), "removed": removed,
+                "rel_l2_error": err.rel_l2}
+    except Exception as e:  # noqa: BLE001
+        return {"status": "error", "reason": f"{type(e).__name__}: {str(e).strip()[:160]}"}
+
+
+def fxprune_prune(ratio: float):
+    return lambda model, x: fxprune.prune(model, x, f"prune-channels{{ratio={ratio}}}")
+
+
+def tp_prune(ratio: float):
+    def run(model, x):
+        import torch_pruning as tp
+
+        model = copy.deepcopy(model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, ignored_layers=classifier(model))
+        pruner.step()
+        return model
+    return run
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ratio", type=float, default=0.3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    done = set()
+    for line in out.read_text().splitlines() if out.exists() else []:
+        try:
+            done.add(json.loads(line)["model"])
+        except json.JSONDecodeError:  # a torn last line of a killed run: that model runs again
+            pass
+    for entry in load(args.config):
+        if entry.id in done or entry.skip:
+            continue
+        torch.manual_seed(0)
+        row = {"model": entry.id, "ratio": args.ratio}
+        x = torch.randn(1, *entry.input_size)
+        try:
+            model = wake(create(entry.id)).eval()
+            with torch.no_grad():
+                shape = model(x).shape
+        except Exception as e:  # noqa: BLE001
+            row["error"] = f"cannot build or run: {e}"
+        else:
+            row["params_before"] = sum(p.numel() for p in model.parameters())
+            row["fxprune"] = attempt(fxprune_prune(args.ratio), model, x, shape)
+            row["torch_pruning"] = attempt(tp_prune(args.ratio), model, x, shape)
+            row["fxprune_lossless"] = zeroed_channels_check(model, x)
+        with open(out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(entry.id, *(row.get(k, {}).get("status") for k in ("fxprune", "torch_pruning", "fxprune_lossless")),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

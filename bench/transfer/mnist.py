@@ -1,0 +1,127 @@
+"""Transfer ImageNet EfficientNet-Lite0 to MNIST digits by training only the basis scaling factors
+and the new head, then prune without fine-tuning any weight; Torch-Pruning as the peer.
+
+    .venv/bin/python -m bench.transfer.mnist            # about 25 minutes on 2 cores
+    .venv/bin/python -m bench.transfer.mnist --quick    # a 2-minute check of the whole flow
+
+Writes results.json, README.md (tables, headline) and accuracy_vs_params.png to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import fxprune
+from fxprune.analysis import total_macs, total_params
+from fxprune.io import atomic_write_text
+
+from .digits import batches, digits
+from .lite0 import load_lite0
+from .peer import at_budget
+from .report import write_report
+
+BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
+ENERGIES = (0.999, 0.99, 0.95, 0.9)
+CRITERIA = ("energy", "scale", "taylor")
+
+
+def measure(model, x, test, reference: dict, **row) -> dict:
+    params, macs = total_params(model), total_macs(model, (x,))
+    row.update(test_accuracy=fxprune.evaluate(model, test)["accuracy"], params=params, macs=macs,
+               params_kept=params / reference["params"], macs_kept=macs / reference["macs"])
+    return show(row)
+
+
+def show(row: dict) -> dict:
+    print(f"  {row['method']:<36} {row['setting']:<48} acc {row['test_accuracy']:.3f}  "
+          f"params {row['params_kept']:.3f}  macs {row['macs_kept']:.3f}", flush=True)
+    return row
+
+
+def one_shot(gm, x, test, reference, taylor_data, budgets, energies) -> list[dict]:
+    """Prune once and fold: bases (every criterion, budgets and per-layer energies), channels, both."""
+    runs = [(f"bases {c}", f"prune-basis{{criterion={c} {s}}}")
+            for c in CRITERIA for s in [f"target-params={b}" for b in budgets] + [f"energy={e}" for e in energies]]
+    runs += [(f"channels {c}", f"prune-channels{{criterion={c} target-params={b}}}")
+             for c in ("taylor", "l2") for b in budgets]
+    half = {b: round(b ** 0.5, 4) for b in budgets}  # each half of double pruning keeps sqrt(b)
+    runs += [("double taylor", f"prune-basis{{criterion=taylor target-params={half[b]}}},"
+                               f"prune-channels{{criterion=taylor target-params={half[b]}}}") for b in budgets]
+    rows = []
+    for name, pipeline in runs:
+        small = fxprune.prune(gm, x, pipeline + ",fold", data=taylor_data)
+        rows.append(measure(small, x, test, reference, method=f"fxprune one-shot {name}",
+                            setting=pipeline.replace("prune-", "")))
+    return rows
+
+
+def iterative(gm, x, train, test, reference, prune_what: str, step: float, until: float, taylor_data) -> list[dict]:
+    """Prune `step` of the params, retrain the scales one epoch, repeat (Taylor importance)."""
+    _, history = fxprune.prune_iteratively(gm, x, data=train, val_data=test, criterion="taylor",
+                                           prune_what=prune_what, step=step, until=f"params={until}", epochs=1,
+                                           importance_data=taylor_data, progress=False)
+    return [show(dict(method=f"fxprune iterative {prune_what} taylor", setting=f"step {h['step']}",
+                      test_accuracy=h["val_accuracy"], params=h["params"], macs=h["macs"],
+                      params_kept=h["params"] / reference["params"], macs_kept=h["macs"] / reference["macs"]))
+            for h in history[1:]]
+
+
+def peer(folded, x, test, reference, data, budgets) -> list[dict]:
+    rows = []
+    for how in ("magnitude", "taylor"):
+        for keep in budgets:
+            pruned, ratio = at_budget(folded, x, keep, how, data)
+            rows.append(measure(pruned, x, test, reference, method=f"Torch-Pruning {how}",
+                                setting=f"params<={keep} (ratio {ratio:.3f})"))
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench/transfer/results")
+    ap.add_argument("--size", type=int, default=64, help="input side; 64 keeps a 2x2 final feature map")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs of scales + head before pruning")
+    ap.add_argument("--step", type=float, default=0.15, help="share of params pruned per iterative step")
+    ap.add_argument("--until", type=float, default=0.15, help="iterative run stops at this share of params")
+    ap.add_argument("--quick", action="store_true", help="tiny settings, to check the flow")
+    args = ap.parse_args(argv)
+    start = time.time()
+    torch.manual_seed(0)
+    (x_train, y_train), (x_test, y_test) = digits(args.size)
+    epochs, budgets, energies = args.epochs, BUDGETS, ENERGIES
+    if args.quick:
+        x_train, y_train, x_test, y_test = x_train[:512], y_train[:512], x_test[:256], y_test[:256]
+        epochs, budgets, energies, args.until = 1, (0.7,), (0.99,), 0.8
+    train, test = batches(x_train, y_train, 64, shuffle_seed=0), batches(x_test, y_test, 250)
+    x = x_train[:1]
+
+    model = load_lite0(num_classes=10)
+    gm = fxprune.prune(model, x, "decompose-conv,insert-scaling")
+    print(f"transfer: {epochs} epochs of scales + head", flush=True)
+    transfer = fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, val_data=test)
+    folded = fxprune.prune(gm, x, "fold")
+    reference = {"params": total_params(folded), "macs": total_macs(folded, (x,))}
+    a0 = measure(folded, x, test, reference, method="transferred (A0)", setting="unpruned, BN folded")
+    rows = [a0]
+    rows += one_shot(gm, x, test, reference, train[:16], budgets, energies)
+    rows += peer(folded, x, test, reference, train[:4], budgets)
+    for prune_what in ("bases", "channels", "double"):
+        rows += iterative(gm, x, train, test, reference, prune_what, args.step, args.until, train[:8])
+    meta = {"size": args.size, "epochs": epochs, "train": len(y_train), "test": len(y_test), "step": args.step,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "original_params": total_params(model), "seconds": round(time.time() - start),
+            "transfer_history": transfer, "quick": args.quick}
+    out = Path(args.out)
+    atomic_write_text(out / "results.json", json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_report(out, rows, meta)
+    print(f"done in {meta['seconds']} s: {out}/README.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""prune-channels: remove whole channels, every coupled layer at once (double pruning)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch.fx as fx
+
+from fxprune.channels import ChannelGraph, ChannelGroup, analyse, bn_scale, magnitude, params_after, remove, taylor
+from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+
+DEFAULT_RATIO = 0.3
+
+
+@register
+@dataclass(frozen=True)
+class PruneChannels(FxPass):
+    """Channels are analysed on the graph (fxprune.channels): a residual add, a concat, a depthwise
+    conv, BatchNorm, an SE gate or a flatten couples channels of several layers into one group,
+    removed together. Any op the analysis does not understand keeps its group whole
+    (`fxprune groups MODEL` prints every group and why it is kept). The model's outputs keep their size.
+
+    Importance of a channel, summed over the layers it touches: l1/l2, the norm of its weight slices
+    (each layer's norms divided by their mean); bn, |gamma| of its BatchNorms (groups without one
+    are kept); taylor, (sum of w*dL/dw over its weights)^2 averaged over the batches of `data=`.
+    Per group (`ratio`): remove that share of its channels. Global (`target-params`): remove the
+    least important channels of the whole model (importance divided by its group's mean) until
+    the model has at most that fraction of its params, decomposed pairs counted as `fold` will
+    leave them. A group always keeps at least one channel,
+    and with `round-to=N` a multiple of N (or all of them).
+    """
+
+    name = "prune-channels"
+    summary = "remove whole channels of coupled layers (residuals, concat, depthwise, BN, SE, flatten)"
+    lossless = False
+    context_keys = ("data", "loss_fn")
+    criterion: Literal["l1", "l2", "bn", "taylor"] = option(
+        "l2", "importance: l1 or l2 (weight norms), bn (|gamma|), taylor ((w*dL/dw)^2, needs data=)")
+    ratio: float | None = option(None, f"share of each group's channels to remove, in [0, 1); {DEFAULT_RATIO} "
+                                       "if no target")
+    target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
+    round_to: int = option(1, "keep a multiple of this many channels per group (or the whole group)")
+
+    def __post_init__(self):
+        if self.ratio is not None and self.target_params is not None:
+            raise self.fail("give one of ratio, target-params, not both")
+        if self.ratio is not None and not 0 <= self.ratio < 1:
+            raise self.fail(f"option 'ratio' must be in [0, 1), got {self.ratio}")
+        if self.target_params is not None and not 0 < self.target_params <= 1:
+            raise self.fail(f"option 'target-params' must be in (0, 1], got {self.target_params}")
+        if self.round_to < 1:
+            raise self.fail(f"option 'round-to' must be at least 1, got {self.round_to}")
+
+    def check_context(self, extra: dict) -> None:
+        if self.criterion == "taylor" and extra.get("data") is None:
+            raise self.fail("criterion=taylor needs data: pass batches of (inputs, targets), e.g. "
+                            "fxprune.prune(model, x, pipeline, data=train_loader)")
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        graph = analyse(gm, ctx.example_inputs)
+        score = self._scores(graph, ctx)
+        scored = [g for g in graph.prunable if all(c in score for c in g.classes)]
+        reached = True
+        if self.target_params is None:
+            removed = set()
+            for g in scored:
+                ranked = sorted(g.classes, key=lambda c: score[c])
+                removed.update(ranked[:g.size - self._keep(g, g.size - math.floor(self.ratio_ * g.size))])
+        else:
+            removed, reached = self._budget(graph, scored, score)
+        before = sum(g.size for g in graph.prunable)
+        changed = remove(graph, removed)
+        stats = {"groups": len(graph.groups), "groups-prunable": len(graph.prunable),
+                 "groups-unscored": len(graph.prunable) - len(scored), "channels-before": before,
+                 "channels-after": before - len(removed), "layers-changed": changed}
+        if not reached:
+            stats["budget-reached"] = False
+            warnings.warn(f"{self}: the budget cannot be reached: every prunable group is down to its minimum",
+                          stacklevel=2)
+        return PassResult(gm, changed > 0, stats)
+
+    @property
+    def ratio_(self) -> float:
+        return DEFAULT_RATIO if self.ratio is None else self.ratio
+
+    def _keep(self, group: ChannelGroup, keep: int) -> int:
+        """Channels a group keeps when asked to keep `keep`: at least 1, a multiple of round-to."""
+        return min(group.size, max(1, math.ceil(keep / self.round_to) * self.round_to))
+
+    def _scores(self, graph: ChannelGraph, ctx: PassContext) -> dict[int, float]:
+        if self.criterion in ("l1", "l2"):
+            return magnitude(graph, 1 if self.criterion == "l1" else 2)
+        if self.criterion == "bn":
+            return bn_scale(graph)
+        return taylor(graph, ctx.extra["data"], ctx.extra.get("loss_fn"))
+
+    def _budget(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float]):
+        """Remove the globally least important channels (score / group mean) until params fit."""
+        order = []
+        for g in groups:
+            mean = sum(score[c] for c in g.classes) / g.size or 1.0
+            order += [(score[c] / mean, c) for c in g.classes]
+        order.sort()
+        group_of = {c: g for g in groups for c in g.classes}
+        left = {id(g): g.size for g in groups}
+        sequence = []  # the removal order, each group stopping at its minimum
+        for _, c in order:
+            g = group_of[c]
+            if left[id(g)] - 1 >= self._keep(g, 1):
+                sequence.append(c)
+                left[id(g)] -= 1
+
+        def removed(k: int) -> set[int]:
+            chosen = set(sequence[:k])
+            for g in groups:  # round-to: give back the most important of the removed channels
+                gone = sorted((c for c in g.classes if c in chosen), key=lambda c: -score[c])
+                chosen.difference_update(gone[:self._keep(g, g.size - len(gone)) - (g.size - len(gone))])
+            return chosen
+
+        budget = self.target_params * params_after(graph, set())
+        lo, hi = 0, len(sequence)  # params_after(removed(k)) does not grow with k
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if params_after(graph, removed(mid)) <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        chosen = removed(lo)
+        return chosen, params_after(graph, chosen) <= budget
