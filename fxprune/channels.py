@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -41,14 +41,19 @@ class ChannelGraph:
     gm: fx.GraphModule
     flow: ChannelFlow
     groups: list[ChannelGroup]
+    _roots: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.blocked is None]
 
     def roots(self, member: Member) -> torch.Tensor:
-        """The class (root element) of each position of `member`."""
-        return torch.tensor([self.flow.find(e) for e in member.ids.tolist()], dtype=torch.long)
+        """The class (root element) of each position of `member` (fixed once the analysis is done,
+        so computed once per member: budgets ask for it at every bisection step)."""
+        key = id(member)
+        if key not in self._roots:
+            self._roots[key] = torch.tensor([self.flow.find(e) for e in member.ids.tolist()], dtype=torch.long)
+        return self._roots[key]
 
 
 def analyse(gm: fx.GraphModule, inputs: tuple) -> ChannelGraph:
@@ -68,9 +73,8 @@ def analyse(gm: fx.GraphModule, inputs: tuple) -> ChannelGraph:
     return ChannelGraph(gm, flow, groups)
 
 
-def _slices(m: nn.Module, role: str) -> torch.Tensor:
-    """The weight as (positions, everything else) for a member role."""
-    w = m.weight
+def _slices(w: torch.Tensor, role: str) -> torch.Tensor:
+    """A weight-shaped tensor as (positions, everything else) for a member role."""
     if role == "in":
         return w.transpose(0, 1).reshape(w.shape[1], -1)
     return w.reshape(w.shape[0], -1)
@@ -83,7 +87,7 @@ def magnitude(graph: ChannelGraph, p: int) -> dict[int, float]:
     for member in graph.flow.members:
         if member.role == "bn":
             continue
-        norms = _slices(graph.gm.get_submodule(member.path), member.role).detach().double().norm(p=p, dim=1)
+        norms = _slices(graph.gm.get_submodule(member.path).weight, member.role).detach().double().norm(p=p, dim=1)
         norms = norms / norms.mean().clamp_min(1e-30)
         for root, v in zip(graph.roots(member).tolist(), norms.tolist()):
             score[root] += v
@@ -131,7 +135,7 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None)
                             continue
                         prod = (t.detach() * g).double()
                         if name == "weight" and member.role != "bn":
-                            prod = _slices_of(prod, member.role)
+                            prod = _slices(prod, member.role).sum(1)
                         for root, v in zip(roots.tolist(), prod.tolist()):
                             per_class[root] += v
                 for root, v in per_class.items():
@@ -143,13 +147,6 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None)
     if not batches:
         raise ValueError("data= yielded no batch")
     return {root: v / batches for root, v in total.items()}
-
-
-def _slices_of(t: torch.Tensor, role: str) -> torch.Tensor:
-    """Sum a weight-shaped tensor over each position's slice."""
-    if role == "in":
-        return t.transpose(0, 1).reshape(t.shape[1], -1).sum(1)
-    return t.reshape(t.shape[0], -1).sum(1)
 
 
 def params_after(graph: ChannelGraph, removed: set[int]) -> int:
