@@ -25,7 +25,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .meta import ROLE
-from .nn import BasisScalingConv
+from .nn import BasisScalingConv, ChannelScaling
 
 STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
              nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
@@ -52,7 +52,8 @@ def is_batchnorm(m: nn.Module) -> bool:
 @dataclass
 class Member:
     """A parameterised module that slices along a channel axis: role `out` (weight rows), `in`
-    (weight columns), `dw` (depthwise conv: both) or `bn` (per-channel affine and statistics)."""
+    (weight columns), `dw` (depthwise conv: both), `bn` (per-channel affine and statistics) or
+    `scale` (fxprune.nn.ChannelScaling)."""
 
     path: str
     role: str
@@ -159,6 +160,8 @@ class _Propagator:
             return
         if is_batchnorm(m):
             self.keep(node, src, member=(path, "bn"), axis=1)
+        elif isinstance(m, ChannelScaling):
+            self.keep(node, src, member=(path, "scale"), axis=m.dim % len(_shape(node)))
         elif type(m) is nn.Conv2d or isinstance(m, BasisScalingConv) and m.pointwise_dims == 2:
             self.conv(node, m, path, tracked)
         elif type(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:

@@ -23,6 +23,9 @@ from .importance import split_batch
 from .lowrank import find_pairs, set_module
 
 
+PER_CHANNEL = ("bn", "scale")  # roles whose weight is one value per channel, not a slice of a layer
+
+
 @dataclass(frozen=True)
 class ChannelGroup:
     members: tuple[tuple[str, str], ...]  # (module path, role), sorted
@@ -85,7 +88,7 @@ def magnitude(graph: ChannelGraph, p: int) -> dict[int, float]:
     norms divided by their mean so that layers of any scale count alike."""
     score: dict[int, float] = defaultdict(float)
     for member in graph.flow.members:
-        if member.role == "bn":
+        if member.role in PER_CHANNEL:
             continue
         norms = _slices(graph.gm.get_submodule(member.path).weight, member.role).detach().double().norm(p=p, dim=1)
         norms = norms / norms.mean().clamp_min(1e-30)
@@ -104,6 +107,20 @@ def bn_scale(graph: ChannelGraph) -> dict[int, float]:
             for root, v in zip(graph.roots(member).tolist(), (gamma / gamma.mean().clamp_min(1e-30)).tolist()):
                 score[root] += v
     return score
+
+
+def channel_scale(graph: ChannelGraph) -> dict[int, float]:
+    """Per class: mean |s| over its ChannelScaling modules (classes without one get no score). Not
+    normalised: the scales start at 1 everywhere and an L1 penalty drives unneeded ones to 0."""
+    total: dict[int, float] = defaultdict(float)
+    count: dict[int, int] = defaultdict(int)
+    for member in graph.flow.members:
+        if member.role == "scale":
+            s = graph.gm.get_submodule(member.path).weight.detach().double().abs()
+            for root, v in zip(graph.roots(member).tolist(), s.tolist()):
+                total[root] += v
+                count[root] += 1
+    return {root: v / count[root] for root, v in total.items()}
 
 
 def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None) -> dict[int, float]:
@@ -134,7 +151,7 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None)
                         if t is None or g is None or (name == "bias" and member.role == "in"):
                             continue
                         prod = (t.detach() * g).double()
-                        if name == "weight" and member.role != "bn":
+                        if name == "weight" and member.role not in PER_CHANNEL:
                             prod = _slices(prod, member.role).sum(1)
                         for root, v in zip(roots.tolist(), prod.tolist()):
                             per_class[root] += v
@@ -184,7 +201,7 @@ def zero(graph: ChannelGraph, classes: set[int]) -> None:
     with torch.no_grad():
         for member in graph.flow.members:
             m = graph.gm.get_submodule(member.path)
-            if member.role == "bn":
+            if member.role in PER_CHANNEL:
                 continue
             hit = torch.tensor([r in classes for r in graph.roots(member).tolist()])
             if member.role == "in":

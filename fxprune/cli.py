@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--out", required=True, help="folder for results.jsonl, summary.md and summary.csv")
     zoo.add_argument("--resume", action="store_true", help="skip the models already in OUT/results.jsonl")
     zoo.add_argument("--jobs", type=int, default=1, help="models run in parallel processes (1 thread each)")
+    zoo.add_argument("--compile", action="store_true",
+                     help="also compile each pruned model (inductor, fullgraph) and compare it with eager")
     groups = sub.add_parser("groups", help="print the channel groups prune-channels sees, and why any is kept")
     groups.add_argument("model", help="tv:NAME or timm:NAME")
     groups.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             from .zoo_run import run_zoo, summary_table
 
             print(summary_table(run_zoo(args.config, args.pipeline, args.out, resume=args.resume,
-                                        jobs=args.jobs), fmt="simple"))
+                                        jobs=args.jobs, compile=args.compile), fmt="simple"))
             return 0
         from .commands import run_model, show_groups
 

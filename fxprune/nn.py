@@ -1,5 +1,5 @@
-"""fxprune.nn: the one module fxprune adds while a model trains; `fold` removes it again
-(`fxprune.lowrank.unscaled_coef`)."""
+"""fxprune.nn: the modules fxprune adds while a model trains (trainable scales); `fold` folds
+them into the weights again."""
 
 from __future__ import annotations
 
@@ -35,3 +35,26 @@ class BasisScalingConv(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bases={self.scale.numel()}, out={self.weight.shape[0]}, groups={self.groups}"
+
+
+class ChannelScaling(nn.Module):
+    """A trainable scale per channel of the layer output before it: y = x * weight along `dim`.
+
+    `weight` starts at 1, so inserting this module changes nothing. Trained with an L1 penalty
+    (`fxprune.train_scaling(l1=...)`), it tells which channels the task needs: prune-channels
+    `criterion=scale` removes the channels with the smallest |weight|, and `fold` multiplies the
+    weights into the rows of the layer before it.
+    """
+
+    def __init__(self, channels: int, dim: int, like: torch.Tensor):
+        super().__init__()
+        self.dim = dim
+        self.weight = nn.Parameter(torch.ones(channels, dtype=like.dtype, device=like.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1] * x.dim()
+        shape[self.dim] = -1
+        return x * self.weight.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.numel()}, dim={self.dim}"

@@ -75,6 +75,32 @@ class FxPass:
     def fail(self, message: str) -> PipelineError:
         return PipelineError(f"{self.name}: {message}")
 
+    def check_options(self, exclusive: tuple[str, ...] = (), ranges: dict[str, str] | None = None) -> None:
+        """Raise PipelineError naming the option when more than one of `exclusive` is given, or a
+        given option lies outside its range: "(0, 1]", "[0, 1)" or ">= 1"."""
+        given = [f for f in exclusive if getattr(self, f) is not None]
+        if len(given) > 1:
+            names = ", ".join(f.replace("_", "-") for f in exclusive)
+            raise self.fail(f"give one of {names}, not {' and '.join(g.replace('_', '-') for g in given)}")
+        for f, text in (ranges or {}).items():
+            v = getattr(self, f)
+            if v is None:
+                continue
+            if text.startswith(">="):
+                inside = v >= float(text[2:])
+            else:
+                low, high = (float(t) for t in text[1:-1].split(","))
+                inside = (low < v if text[0] == "(" else low <= v) and (v <= high if text[-1] == "]" else v < high)
+            if not inside:
+                wording = f"at least {text[2:].strip()}" if text.startswith(">=") else f"in {text}"
+                raise self.fail(f"option '{f.replace('_', '-')}' must be {wording}, got {v}")
+
+    def check_data_for_taylor(self, extra: dict[str, Any]) -> None:
+        """criterion=taylor needs batches of (inputs, targets) under `data`."""
+        if getattr(self, "criterion", None) == "taylor" and extra.get("data") is None:
+            raise self.fail("criterion=taylor needs data: pass batches of (inputs, targets), e.g. "
+                            "fxprune.prune(model, x, pipeline, data=train_loader)")
+
     def __str__(self) -> str:
         shown = [
             f"{o.name}={format_value(getattr(self, o.field))}"

@@ -18,8 +18,8 @@ from .analysis import total_macs, total_params
 from .api import as_inputs, prune
 from .importance import split_batch
 from .lowrank import find_pairs
+from .nn import BasisScalingConv, ChannelScaling
 from .pipeline import Pipeline
-from .nn import BasisScalingConv
 
 
 def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = None) -> dict[str, float]:
@@ -40,18 +40,21 @@ def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = Non
 def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: float = 1e-2,
                   optimizer: str = "adam", loss_fn: Callable | None = None, val_data: Iterable | None = None,
                   l1: float = 0.0, progress: bool = True) -> list[dict[str, float]]:
-    """Train what insert-scaling left trainable; `l1` adds l1 * sum|s| to drive unneeded bases to 0.
+    """Train what insert-scaling / insert-channel-scaling left trainable; `l1` adds l1 * sum|s| over
+    every scale (of bases and of channels) to drive unneeded ones to 0.
 
     Returns one dict per epoch: train loss/accuracy and, with `val_data`, val loss/accuracy.
     """
     params = [p for p in gm.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("train_scaling: nothing requires grad; run the 'decompose-conv,insert-scaling' pipeline first")
+        raise ValueError("train_scaling: nothing requires grad; run the 'decompose-conv,insert-scaling' "
+                         "or 'insert-channel-scaling' pipeline first")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"train_scaling: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
     loss_fn = loss_fn or F.cross_entropy
-    scales = [m.scale for m in gm.modules() if isinstance(m, BasisScalingConv)]
+    scales = [m.scale if isinstance(m, BasisScalingConv) else m.weight for m in gm.modules()
+              if isinstance(m, (BasisScalingConv, ChannelScaling))]
     gm.eval()
     history = []
     for epoch in range(1, epochs + 1):

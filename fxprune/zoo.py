@@ -65,13 +65,15 @@ def wake(model):
     return model
 
 
-def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None) -> dict:
+def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compile: bool = False) -> dict:
     """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status.
 
     Status: a lossless pipeline is "ok" when the logits match within the entry's tolerance
     ("mismatch" otherwise, "vacuous" when they are all zero); a lossy one is "ok" when the outputs
     keep their shapes and params fell ("no-gain", "shape-changed" otherwise). Failures are "error"
     with the reason. With `layers_dir`, the per-layer savings table is written there (.md and .csv).
+    With `compile`, the pruned model is also compiled (inductor, fullgraph) and must match its eager
+    outputs within the lossless tolerance ("compile-mismatch" otherwise).
     """
     import time
 
@@ -109,6 +111,10 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None) -> dic
                       for out in (reference, run_model(small, x))]
             row["status"] = ("shape-changed" if shapes[0] != shapes[1] else
                              "ok" if row["params_after"] < row["params_before"] else "no-gain")
+        if compile:
+            row.update(compiled_check(small, x))
+            if row["status"] == "ok" and row["compiled_rel_l2_error"] >= entry.rel_l2:
+                row["status"] = "compile-mismatch"
         if layers_dir is not None:
             report = savings(model, small, x)
             name = entry.id.replace(":", "_")
@@ -120,3 +126,27 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None) -> dic
                "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
     row["seconds"] = round(time.perf_counter() - start, 2)
     return row
+
+
+def compiled_check(model, x: tuple) -> dict:
+    """Compile `model` with inductor (fullgraph) and compare with its eager outputs. Dynamo's caches
+    are reset before and after: many models in one process would otherwise hit the recompile limit
+    and silently run eagerly."""
+    import time
+
+    import torch
+
+    from .errors import FxPruneError
+    from .verify import output_error, run_model
+
+    torch._dynamo.reset()
+    start = time.perf_counter()
+    try:
+        compiled = torch.compile(model, fullgraph=True, backend="inductor")
+        err = output_error(run_model(compiled, x), run_model(model, x))
+    except Exception as e:  # noqa: BLE001 - named and re-raised as the model's failure
+        raise FxPruneError(f"torch.compile(fullgraph=True) of the pruned model failed: {type(e).__name__}: "
+                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+    finally:
+        torch._dynamo.reset()
+    return {"compiled_rel_l2_error": err.rel_l2, "compile_seconds": round(time.perf_counter() - start, 2)}

@@ -18,20 +18,23 @@ from .zoo import ZooEntry, check, load
 
 RESULTS = "results.jsonl"
 LAYERS = "layers"
-SUMMARY_COLUMNS = ["model", "status", "params_before", "params_after", "macs_before", "macs_after",
-                   "rel_l2_error", "seconds", "reason"]
+SUMMARY_COLUMNS = ["model", "status", "params_before", "params_after", "params_saved", "macs_before",
+                   "macs_after", "macs_saved", "rel_l2_error", "seconds", "reason"]
+COMPILE_COLUMNS = ["compiled_rel_l2_error", "compile_seconds"]
 
 
-def _check_one_thread(entry: ZooEntry, pipeline: str, layers_dir: Path) -> dict:
+def _check_one_thread(entry: ZooEntry, pipeline: str, layers_dir: Path, compile: bool) -> dict:
     import torch
 
     torch.set_num_threads(1)  # parallel workers share the cores
-    return check(entry, pipeline, layers_dir)
+    return check(entry, pipeline, layers_dir, compile)
 
 
-def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1) -> list[dict]:
+def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1,
+            compile: bool = False) -> list[dict]:
     """Run every entry of `config`; rows are appended to OUT/results.jsonl as models finish, and
-    each model's per-layer table is written to OUT/layers/."""
+    each model's per-layer table is written to OUT/layers/. With `compile`, each pruned model is
+    also compiled with inductor and checked against its eager outputs (see `zoo.check`)."""
     entries = load(config)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -40,14 +43,17 @@ def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs:
     if not resume:
         path.unlink(missing_ok=True)
     todo = [e for e in entries if e.id not in done]
+    finished = len(entries) - len(todo)
+    _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:max(jobs, 1)])}")
     with open(path, "a") as log:
-        for i, row in enumerate(_rows(todo, pipeline, jobs, out_dir / LAYERS), 1):
+        for row, running in _rows(todo, pipeline, jobs, out_dir / LAYERS, compile):
             log.write(json.dumps(row) + "\n")
             log.flush()
             os.fsync(log.fileno())
             done[row["model"]] = row
-            _progress(f"[{i + len(entries) - len(todo)}/{len(entries)}] {row['model']}: {row['status']} "
-                      f"({row['seconds']} s)")
+            finished += 1
+            _progress(f"[{finished}/{len(entries)}] {row['model']}: {row['status']} ({row['seconds']} s)"
+                      + (f"; running {', '.join(running)}" if running else ""))
     _progress("", last=True)
     rows = [done[e.id] for e in entries if e.id in done]
     write_summary(rows, out_dir, config, pipeline)
@@ -62,13 +68,16 @@ def _progress(text: str, last: bool = False) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, layers_dir: Path):
+def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, layers_dir: Path, compile: bool):
+    """(row, ids of the models now running) as models finish."""
     if jobs <= 1:
-        yield from (check(e, pipeline, layers_dir) for e in todo)
+        for i, e in enumerate(todo):
+            yield check(e, pipeline, layers_dir, compile), [n.id for n in todo[i + 1:i + 2]]
         return
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_check_one_thread, e, pipeline, layers_dir) for e in todo]
-        yield from (f.result() for f in as_completed(futures))
+        futures = {pool.submit(_check_one_thread, e, pipeline, layers_dir, compile): e.id for e in todo}
+        for f in as_completed(futures):
+            yield f.result(), [futures[g] for g in futures if g.running()]
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
@@ -89,13 +98,30 @@ def _read_rows(path: Path) -> dict[str, dict]:
     return rows
 
 
+def _columns(rows: list[dict]) -> list[str]:
+    compiled = any("compiled_rel_l2_error" in r for r in rows)
+    return SUMMARY_COLUMNS[:-2] + (COMPILE_COLUMNS if compiled else []) + SUMMARY_COLUMNS[-2:]
+
+
+def _with_reductions(row: dict) -> dict:
+    """The row plus params_saved / macs_saved: the reduction in percent."""
+    row = dict(row)
+    for what in ("params", "macs"):
+        if row.get(f"{what}_before"):
+            row[f"{what}_saved"] = f"{100 * (1 - row[f'{what}_after'] / row[f'{what}_before']):.1f}%"
+    return row
+
+
 def summary_table(rows: list[dict], fmt: str = "github") -> str:
     def cell(row, c):
         v = row.get(c, "")
-        return f"{v:.2e}" if c == "rel_l2_error" and v != "" else v
+        if isinstance(v, int):
+            return f"{v:,}"
+        return f"{v:.2e}" if c.endswith("rel_l2_error") and v != "" else v
 
-    table = [[cell(r, c) for c in SUMMARY_COLUMNS] for r in rows]
-    return tabulate(table, headers=SUMMARY_COLUMNS, tablefmt=fmt, intfmt=",")
+    columns = _columns(rows)
+    table = [[cell(_with_reductions(r), c) for c in columns] for r in rows]
+    return tabulate(table, headers=columns, tablefmt=fmt, disable_numparse=True)
 
 
 def write_summary(rows: list[dict], out_dir: Path, config: str, pipeline: str) -> None:
@@ -103,10 +129,13 @@ def write_summary(rows: list[dict], out_dir: Path, config: str, pipeline: str) -
     head = (f"# Zoo run: `{config}`\n\nPipeline: `{pipeline}`; random weights (zero-initialised parameters "
             "given small random values, BatchNorm given random statistics: `fxprune.zoo.wake`), batch 1, "
             "float32, CPU.\n"
-            f"MACs are multiply-accumulates. Status counts: {counts}.\n\n")
+            f"MACs are multiply-accumulates. Status counts: {counts}.\n"
+            + ("Compiled: each pruned model through `torch.compile(fullgraph=True)` (inductor), "
+               "`torch._dynamo.reset()` between models; compiled_rel_l2_error is against its eager outputs.\n"
+               if "compiled_rel_l2_error" in _columns(rows) else "") + "\n")
     atomic_write_text(out_dir / "summary.md", head + summary_table(rows) + "\n")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=_columns(rows), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(_with_reductions(r) for r in rows)
     atomic_write_text(out_dir / "summary.csv", buf.getvalue())

@@ -1,7 +1,9 @@
-"""fold: fold eval-mode BatchNorm into the layer before it; merge pairs that no longer pay."""
+"""fold: fold scales and eval-mode BatchNorm into the layer before them; merge pairs that no longer pay."""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 
 import torch.fx as fx
@@ -11,6 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module, unscaled_coef
 from fxprune.meta import RANK, SOURCE
+from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.pass_base import FxPass, PassContext, PassResult, register
 
 try:
@@ -24,7 +27,9 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @register
 @dataclass(frozen=True)
 class Fold(FxPass):
-    """Scaling factors are folded into the coef weights first (U S diag(s)).
+    """Scaling factors are folded into the coef weights first (U S diag(s)), channel scales into
+    the rows of the layer before them (conv, linear or coef; left in place, with a warning, where
+    that layer has other users or is called twice).
     The result uses only torch.nn modules and is never bigger than its input (params and MACs).
 
     BatchNorm (torch's, and timm's BatchNormAct2d, whose activation stays) is folded into a
@@ -44,6 +49,7 @@ class Fold(FxPass):
             if pair.scale is not None:
                 set_module(gm, pair.coef_node.target, unscaled_coef(pair))
                 scales += 1
+        scales += sum(_fold_channel_scale(gm, node) for node in list(gm.graph.nodes))
         folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
         merged = kept = 0
         for pair in find_pairs(gm):
@@ -96,6 +102,28 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
         gm.graph.erase_node(node)
     else:
         set_module(gm, node.target, rest)
+    return True
+
+
+def _fold_channel_scale(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op != "call_module" or not isinstance(scale := gm.get_submodule(node.target), ChannelScaling):
+        return False
+    prev = node.args[0]
+    layer = gm.get_submodule(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
+    if (not isinstance(layer, (*CONVS, nn.Linear, BasisScalingConv)) or len(prev.users) != 1
+            or len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1):
+        warnings.warn(f"fold: channel scale {node.target} stays: the module before it is not a conv/linear "
+                      "layer used only there", stacklevel=2)
+        return False
+    new = copy.deepcopy(layer)
+    s = scale.weight.detach()
+    new.weight = nn.Parameter(layer.weight.detach() * s.view(-1, *[1] * (layer.weight.dim() - 1)),
+                              requires_grad=layer.weight.requires_grad)
+    if layer.bias is not None:
+        new.bias = nn.Parameter(layer.bias.detach() * s, requires_grad=layer.bias.requires_grad)
+    set_module(gm, prev.target, new)
+    node.replace_all_uses_with(prev)
+    gm.graph.erase_node(node)
     return True
 
 

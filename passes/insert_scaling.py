@@ -9,7 +9,7 @@ import torch.fx as fx
 from fxprune.analysis import is_counted
 from fxprune.lowrank import find_pairs, set_module
 from fxprune.meta import SOURCE
-from fxprune.nn import BasisScalingConv
+from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
 
@@ -34,17 +34,22 @@ class InsertScaling(FxPass):
             if not isinstance(pair.coef, BasisScalingConv):
                 set_module(gm, pair.coef_node.target, BasisScalingConv(pair.coef))
                 inserted += 1
+        return PassResult(gm, inserted > 0, {"scales-inserted": inserted, "trainable-params": self._freeze(gm)})
+
+    def _freeze(self, gm: fx.GraphModule) -> int:
+        """Freeze every parameter but the scales (of bases and of channels) and the `train`
+        modules; returns how many parameters stay trainable."""
         for p in gm.parameters():
             p.requires_grad_(False)
         for m in gm.modules():
             if isinstance(m, BasisScalingConv):
                 m.scale.requires_grad_(True)
+            elif isinstance(m, ChannelScaling):
+                m.weight.requires_grad_(True)
         for path in self._trainable(gm):
             for p in gm.get_submodule(path).parameters():
                 p.requires_grad_(True)
-        stats = {"scales-inserted": inserted,
-                 "trainable-params": sum(p.numel() for p in gm.parameters() if p.requires_grad)}
-        return PassResult(gm, inserted > 0, stats)
+        return sum(p.numel() for p in gm.parameters() if p.requires_grad)
 
     def _trainable(self, gm: fx.GraphModule) -> list[str]:
         if self.train == "none":

@@ -45,20 +45,11 @@ class PruneBasis(FxPass):
     target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
 
     def __post_init__(self):
-        given = [o for o in ("energy", "target_params", "target_macs") if getattr(self, o) is not None]
-        if len(given) > 1:
-            raise self.fail(f"give one of energy, target-params, target-macs, not {' and '.join(given)}"
-                            .replace("_", "-"))
-        for o in given:
-            if not 0 < getattr(self, o) <= 1:
-                raise self.fail(f"option '{o.replace('_', '-')}' must be in (0, 1], got {getattr(self, o)}")
-        if self.min_rank < 1:
-            raise self.fail(f"option 'min-rank' must be at least 1, got {self.min_rank}")
+        self.check_options(("energy", "target_params", "target_macs"),
+                           {"energy": "(0, 1]", "target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1"})
 
     def check_context(self, extra: dict) -> None:
-        if self.criterion == "taylor" and extra.get("data") is None:
-            raise self.fail("criterion=taylor needs data: pass batches of (inputs, targets), e.g. "
-                            "fxprune.prune(gm, x, pipeline, data=train_loader)")
+        self.check_data_for_taylor(extra)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         pairs = find_pairs(gm)

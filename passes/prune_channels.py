@@ -9,7 +9,8 @@ from typing import Literal
 
 import torch.fx as fx
 
-from fxprune.channels import ChannelGraph, ChannelGroup, analyse, bn_scale, magnitude, params_after, remove, taylor
+from fxprune.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, magnitude, params_after,
+                              remove, taylor)
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
 DEFAULT_RATIO = 0.3
@@ -25,7 +26,9 @@ class PruneChannels(FxPass):
 
     Importance of a channel, summed over the layers it touches: l1/l2, the norm of its weight slices
     (each layer's norms divided by their mean); bn, |gamma| of its BatchNorms (groups without one
-    are kept); taylor, (sum of w*dL/dw over its weights)^2 averaged over the batches of `data=`.
+    are kept); scale, |s| of its trained channel scales (insert-channel-scaling; groups without one
+    are kept); taylor, (sum of w*dL/dw over its weights, channel scales included)^2 averaged over
+    the batches of `data=`.
     Per group (`ratio`): remove that share of its channels. Global (`target-params`): remove the
     least important channels of the whole model (importance divided by its group's mean) until
     the model has at most that fraction of its params, decomposed pairs counted as `fold` will
@@ -37,27 +40,20 @@ class PruneChannels(FxPass):
     summary = "remove whole channels of coupled layers (residuals, concat, depthwise, BN, SE, flatten)"
     lossless = False
     context_keys = ("data", "loss_fn")
-    criterion: Literal["l1", "l2", "bn", "taylor"] = option(
-        "l2", "importance: l1 or l2 (weight norms), bn (|gamma|), taylor ((w*dL/dw)^2, needs data=)")
+    criterion: Literal["l1", "l2", "bn", "scale", "taylor"] = option(
+        "l2", "importance: l1 or l2 (weight norms), bn (|gamma|), scale (|s| of channel scales), "
+              "taylor ((w*dL/dw)^2, needs data=)")
     ratio: float | None = option(None, f"share of each group's channels to remove, in [0, 1); {DEFAULT_RATIO} "
                                        "if no target")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
     round_to: int = option(1, "keep a multiple of this many channels per group (or the whole group)")
 
     def __post_init__(self):
-        if self.ratio is not None and self.target_params is not None:
-            raise self.fail("give one of ratio, target-params, not both")
-        if self.ratio is not None and not 0 <= self.ratio < 1:
-            raise self.fail(f"option 'ratio' must be in [0, 1), got {self.ratio}")
-        if self.target_params is not None and not 0 < self.target_params <= 1:
-            raise self.fail(f"option 'target-params' must be in (0, 1], got {self.target_params}")
-        if self.round_to < 1:
-            raise self.fail(f"option 'round-to' must be at least 1, got {self.round_to}")
+        self.check_options(("ratio", "target_params"),
+                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "round_to": ">= 1"})
 
     def check_context(self, extra: dict) -> None:
-        if self.criterion == "taylor" and extra.get("data") is None:
-            raise self.fail("criterion=taylor needs data: pass batches of (inputs, targets), e.g. "
-                            "fxprune.prune(model, x, pipeline, data=train_loader)")
+        self.check_data_for_taylor(extra)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         graph = analyse(gm, ctx.example_inputs)
@@ -95,6 +91,11 @@ class PruneChannels(FxPass):
             return magnitude(graph, 1 if self.criterion == "l1" else 2)
         if self.criterion == "bn":
             return bn_scale(graph)
+        if self.criterion == "scale":
+            if not any(m.role == "scale" for m in graph.flow.members):
+                raise self.fail("criterion=scale needs channel scales: run insert-channel-scaling and "
+                                "fxprune.train_scaling(gm, data, l1=...) first")
+            return channel_scale(graph)
         return taylor(graph, ctx.extra["data"], ctx.extra.get("loss_fn"))
 
     def _budget(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float]):

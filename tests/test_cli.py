@@ -55,3 +55,16 @@ def test_zoo_run_resumes_without_redoing_or_corrupting(tmp_path, capsys):
     assert [r["model"] for r in rows2] == ["tv:squeezenet1_1", "tv:nope", "tv:alexnet"]
     assert rows2[0] == rows[0]
     assert "| tv:squeezenet1_1 | ok" in (out / "summary.md").read_text()
+
+
+def test_zoo_run_compiles_each_pruned_model_and_compares_with_eager(tmp_path, capsys):
+    config = tmp_path / "z.toml"
+    config.write_text('[[model]]\nid = "tv:squeezenet1_1"\ninput-size = "3,64,64"\n')
+    out = tmp_path / "out"
+    assert main(["zoo", str(config), "--pipeline", "prune-channels{ratio=0.3},fold", "--out", str(out),
+                 "--compile"]) == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["status"] == "ok" and row["params_after"] < row["params_before"]
+    assert row["compiled_rel_l2_error"] < 1e-5
+    assert "compiled_rel_l2_error" in (out / "summary.md").read_text().splitlines()[-3]
+    assert "[0/1] running tv:squeezenet1_1" in capsys.readouterr().err

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl
 
 Per model and tool: status (ok: runs, output shape kept, params fell; otherwise the error), params
-after, and the wall time of the pruning call alone (1 thread). Also fxprune's lossless check (zeroed
+after, and the wall time of the pruning call alone (1 thread; a call is stopped after LIMIT_S). Also fxprune's lossless check (zeroed
 channels are removed and the outputs do not change). Random weights (fxprune.zoo.wake).
 Resumable: models already in --out are skipped.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -34,11 +35,23 @@ def classifier(model: torch.nn.Module) -> list[torch.nn.Module]:
     return layers[-1:]
 
 
+LIMIT_S = 600  # per tool and model; Torch-Pruning's dependency search never ends on some models
+
+
+def _out_of_time(signum, frame):
+    raise TimeoutError(f"gave up after {LIMIT_S} s")
+
+
 def attempt(prune, model, x, shape: torch.Size) -> dict:
     params = sum(p.numel() for p in model.parameters())
     start = time.perf_counter()
+    signal.signal(signal.SIGALRM, _out_of_time)
     try:
-        pruned = prune(model, x)
+        signal.alarm(LIMIT_S)
+        try:
+            pruned = prune(model, x)
+        finally:
+            signal.alarm(0)
         seconds = time.perf_counter() - start
         with torch.no_grad():
             same = pruned(x).shape == shape

@@ -4,6 +4,7 @@ Run: .venv/bin/python bench/zoo/summarize.py
 """
 
 import json
+import statistics
 from pathlib import Path
 
 from fxprune import zoo
@@ -11,6 +12,45 @@ from fxprune import zoo
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent.parent / "zoo_configs"
 RUNS = [("torchvision", "lossless-torchvision", "torchvision.toml"), ("timm", "lossless-timm", "timm.toml")]
+DEFAULT_RUNS = [("torchvision", "default-torchvision", "torchvision.toml"), ("timm", "default-timm", "timm.toml")]
+
+
+def read(folder: str) -> dict[str, dict]:
+    path = HERE / folder / "results.jsonl"
+    return {r["model"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+
+
+def default_section() -> list[str]:
+    """The default pipeline (lossy): how much it saves per model on random weights."""
+    from fxprune import DEFAULT_PIPELINE
+
+    lines = ["", "## The default pipeline", "",
+             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME`, 2 torch threads, one",
+             "model at a time). On random weights the singular values are flat, so a 95% energy threshold",
+             "keeps most of each layer and `fold` merges most pairs back: the savings below are a floor, not",
+             "what pretrained weights give. Status `ok`: output shapes kept and params fell; `no-gain`: nothing",
+             "was worth removing. Per-layer tables: `default-NAME/layers/`.", "",
+             "| zoo | models | ok | no-gain | error | skipped | not run yet | params saved (median, best) "
+             "| MACs saved (median) | total time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, folder, config in DEFAULT_RUNS:
+        ids = [e.id for e in zoo.load(CONFIGS / config)]
+        rows = read(folder)
+        count = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "no-gain", "error", "skipped")}
+        sized = [r for r in rows.values() if "params_after" in r]
+        saved = {r["model"]: 1 - r["params_after"] / r["params_before"] for r in sized}
+        macs = [1 - r["macs_after"] / r["macs_before"] for r in sized]
+        best = max(saved, key=saved.get, default=None)
+        lines.append(
+            f"| [{name}]({folder}/summary.md) | {len(ids)} | {count['ok']} | {count['no-gain']} | {count['error']} | "
+            f"{count['skipped']} | {sum(i not in rows for i in ids)} | "
+            + (f"{statistics.median(saved.values()):.1%}, {saved[best]:.1%} ({best}) | {statistics.median(macs):.1%} | "
+               if sized else "- | - | ")
+            + f"{sum(r['seconds'] for r in rows.values()) / 60:.0f} min |")
+        notes += [f"- {r['model']}: {r['status']}: {r.get('reason', '')}" for r in rows.values()
+                  if r["status"] in ("error", "skipped")]
+    return lines + [""] + notes
 
 
 def main() -> None:
@@ -25,8 +65,7 @@ def main() -> None:
     notes = []
     for name, folder, config in RUNS:
         ids = [e.id for e in zoo.load(CONFIGS / config)]
-        path = HERE / folder / "results.jsonl"
-        rows = {r["model"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
+        rows = read(folder)
         count = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "mismatch", "vacuous", "error", "skipped")}
         ok = [r for r in rows.values() if r["status"] == "ok"]
         worst = max(ok, key=lambda r: r["rel_l2_error"], default=None)
@@ -41,7 +80,7 @@ def main() -> None:
                 notes.append(f"- {r['model']}: {r['status']}: {r.get('reason', '')}")
         if missing:
             notes.append(f"- {name}: not run yet: {', '.join(missing)}")
-    (HERE / "README.md").write_text("\n".join(lines + [""] + notes) + "\n")
+    (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section()) + "\n")
 
 
 if __name__ == "__main__":

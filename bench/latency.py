@@ -1,0 +1,100 @@
+"""CPU latency of original against pruned models, eager and torch.compile'd, batch 1 and 16, beside
+the MAC reduction: how much of the speedup the arithmetic promises do we get?
+
+    .venv/bin/python -m bench.latency [--out bench/results/latency.md] [--models ...] [--repeats 10]
+
+Random weights (timm models, nothing downloaded). Median wall time of `repeats` calls after warm-up,
+torch.no_grad, float32. Compiled: inductor, one compile per batch size; torch._dynamo.reset() between models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+from tabulate import tabulate
+
+import fxprune
+from fxprune.analysis import total_macs, total_params
+from fxprune.io import atomic_write_text
+from fxprune.models import create
+
+MODELS = ("timm:resnet50", "timm:mobilenetv3_large_100", "timm:vit_small_patch16_224")
+PIPELINES = {
+    "bases, MACs 0.5": "decompose-conv,prune-basis{target-macs=0.5},fold",
+    "channels 0.3": "prune-channels{ratio=0.3},fold",
+}
+
+
+def latency(fn, x: torch.Tensor, repeats: int) -> float:
+    """Median seconds per call (after two warm-up calls, which also compile)."""
+    with torch.no_grad():
+        for _ in range(2):
+            fn(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(model_id: str, repeats: int) -> list[dict]:
+    torch.manual_seed(0)
+    original = create(model_id).eval()
+    x1 = torch.randn(1, 3, 224, 224)
+    variants = {"original": original}
+    variants.update({name: fxprune.prune(original, x1, p) for name, p in PIPELINES.items()})
+    rows = []
+    base: dict[tuple[str, int], float] = {}
+    macs0 = total_macs(original, (x1,))
+    for name, model in variants.items():
+        macs = total_macs(model, (x1,))
+        for mode in ("eager", "compiled"):
+            torch._dynamo.reset()  # a fresh cache per model: no silent fallback to eager
+            fn = model if mode == "eager" else torch.compile(model, dynamic=False)
+            for batch in (1, 16):
+                x = torch.randn(batch, 3, 224, 224)
+                t = latency(fn, x, repeats if batch == 1 else max(3, repeats // 3))
+                base.setdefault((mode, batch), t)
+                rows.append({"model": model_id, "variant": name, "mode": mode, "batch": batch,
+                             "ms": t * 1e3, "params": total_params(model), "macs_kept": macs / macs0,
+                             "speedup": base[(mode, batch)] / t, "promised": macs0 / macs})
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench/results/latency.md")
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args(argv)
+    rows = []
+    for model_id in args.models:
+        rows += measure(model_id, args.repeats)
+        print(f"{model_id} done", flush=True)
+    table = tabulate([[r["model"], r["variant"], r["mode"], r["batch"], f"{r['ms']:.1f}", f"{r['params']:,}",
+                       f"{r['macs_kept']:.2f}", f"{r['speedup']:.2f}x", f"{r['promised']:.2f}x",
+                       f"{(r['speedup'] - 1) / (r['promised'] - 1):.0%}" if r["promised"] > 1.001 else ""]
+                      for r in rows],
+                     ["model", "variant", "mode", "batch", "ms", "params", "MACs kept", "speedup", "MAC speedup",
+                      "share of promise"], tablefmt="github", disable_numparse=True)
+    text = f"""# Latency: original against pruned, eager and compiled (CPU)
+
+Reproduce: `.venv/bin/python -m bench.latency`. {platform.processor() or platform.machine()}, {torch.get_num_threads()}
+torch threads, torch {torch.__version__}, float32, median of {args.repeats} calls at batch 1 ({max(3, args.repeats // 3)} at
+batch 16) after warm-up. Random weights; pipelines: {', '.join(f'{k}: `{v}`' for k, v in PIPELINES.items())}.
+"speedup" is against the original in the same mode and batch; "MAC speedup" is MACs before / after, the
+speedup the arithmetic promises; "share of promise" is (speedup - 1) / (MAC speedup - 1).
+
+{table}
+"""
+    atomic_write_text(args.out, text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
