@@ -166,21 +166,32 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None)
     return {root: v / batches for root, v in total.items()}
 
 
-def params_after(graph: ChannelGraph, removed: set[int]) -> int:
-    """Parameters of `graph.gm` once the classes in `removed` are gone, every decomposed pair counted
-    as `fold` will leave it (merged back into one layer where it no longer pays; scales folded)."""
+def _kept(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, float]]:
+    """Per member module, the share of its "in" and "out" channels left once `removed` are gone."""
     gone = torch.tensor(sorted(removed), dtype=torch.long)
     kept: dict[str, dict[str, float]] = defaultdict(dict)
     for member in graph.flow.members:
         roots = graph.roots(member)
         kept[member.path]["in" if member.role == "in" else "out"] = 1 - torch.isin(roots, gone).float().mean().item()
+    return kept
+
+
+def _pair_cost(pair, kept: dict[str, dict[str, float]]) -> tuple[int, int, int]:
+    """(m, n, r * (m + n) or m * n, whichever fold leaves) per group of a pair after removal."""
+    m = round(pair.m * kept.get(pair.coef_node.target, {}).get("out", 1.0))
+    n = round(pair.n * kept.get(pair.basis_node.target, {}).get("in", 1.0))
+    return m, n, min(pair.rank * (m + n), m * n)
+
+
+def params_after(graph: ChannelGraph, removed: set[int]) -> int:
+    """Parameters of `graph.gm` once the classes in `removed` are gone, every decomposed pair counted
+    as `fold` will leave it (merged back into one layer where it no longer pays; scales folded)."""
+    kept = _kept(graph, removed)
     total, in_pairs = 0, set()
     for pair in find_pairs(graph.gm):
-        basis, coef = pair.basis_node.target, pair.coef_node.target
-        in_pairs.update((basis, coef))
-        m = round(pair.m * kept.get(coef, {}).get("out", 1.0))
-        n = round(pair.n * kept.get(basis, {}).get("in", 1.0))
-        total += pair.groups * (min(pair.rank * (m + n), m * n) + (m if pair.coef.bias is not None else 0))
+        in_pairs.update((pair.basis_node.target, pair.coef_node.target))
+        m, _, weights = _pair_cost(pair, kept)
+        total += pair.groups * (weights + (m if pair.coef.bias is not None else 0))
     for name, p in graph.gm.named_parameters():
         path, _, attr = name.rpartition(".")
         share = kept.get(path)
@@ -191,6 +202,23 @@ def params_after(graph: ChannelGraph, removed: set[int]) -> int:
         else:
             fraction = share.get("out", 1.0) * (share.get("in", 1.0) if attr == "weight" else 1.0)
             total += round(p.numel() * fraction)
+    return total
+
+
+def macs_after(graph: ChannelGraph, removed: set[int], macs: dict[str, int]) -> int:
+    """MACs of the conv/linear nodes (`macs`: analysis.node_macs of `graph.gm`) once the classes in
+    `removed` are gone, pairs counted as `fold` will leave them. Other MACs (attention matmuls)
+    do not depend on prunable channels and are not included."""
+    kept = _kept(graph, removed)
+    total, in_pairs = 0, set()
+    for pair in find_pairs(graph.gm):
+        in_pairs.update((pair.basis_node.target, pair.coef_node.target))
+        positions = macs[pair.coef_node.name] // (pair.m * pair.rank)  # output positions x groups
+        total += positions * _pair_cost(pair, kept)[2]
+    for node in graph.gm.graph.find_nodes(op="call_module"):
+        if node.name in macs and node.target not in in_pairs:
+            share = kept.get(node.target, {})
+            total += round(macs[node.name] * share.get("out", 1.0) * share.get("in", 1.0))
     return total
 
 

@@ -103,13 +103,11 @@ def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float) ->
         return f"prune-basis{{criterion={criterion} {budget}={1 - step}}}"
     if prune_what not in ("channels", "double"):
         raise ValueError(f"prune_what={prune_what!r}: write 'bases', 'channels' or 'double'")
-    if budget != "target-params":
-        raise ValueError("prune-channels takes a params budget only: use until='params=...' or 'accuracy=...'")
     if prune_what == "channels":
-        return f"prune-channels{{criterion={criterion} target-params={1 - step}}}"
+        return f"prune-channels{{criterion={criterion} {budget}={1 - step}}}"
     half = round((1 - step) ** 0.5, 6)
-    return (f"prune-basis{{criterion={criterion} target-params={half}}},"
-            f"prune-channels{{criterion={criterion} target-params={half}}}")
+    return (f"prune-basis{{criterion={criterion} {budget}={half}}},"
+            f"prune-channels{{criterion={criterion} {budget}={half}}}")
 
 
 def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch.fx as fx
 
-from fxprune.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, magnitude, params_after,
-                              remove, taylor)
+from fxprune.analysis import node_macs, total_macs
+from fxprune.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, macs_after, magnitude,
+                              params_after, remove, taylor)
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
 DEFAULT_RATIO = 0.3
@@ -29,10 +30,10 @@ class PruneChannels(FxPass):
     are kept); scale, |s| of its trained channel scales (insert-channel-scaling; groups without one
     are kept); taylor, (sum of w*dL/dw over its weights, channel scales included)^2 averaged over
     the batches of `data=`.
-    Per group (`ratio`): remove that share of its channels. Global (`target-params`): remove the
-    least important channels of the whole model (importance divided by its group's mean) until
-    the model has at most that fraction of its params, decomposed pairs counted as `fold` will
-    leave them. A group always keeps at least one channel,
+    Per group (`ratio`): remove that share of its channels. Global (`target-params` /
+    `target-macs`): remove the least important channels of the whole model (importance divided by
+    its group's mean) until the model has at most that fraction of its params / MACs, decomposed
+    pairs counted as `fold` will leave them. A group always keeps at least one channel,
     and with `round-to=N` a multiple of N (or all of them).
     """
 
@@ -46,11 +47,12 @@ class PruneChannels(FxPass):
     ratio: float | None = option(None, f"share of each group's channels to remove, in [0, 1); {DEFAULT_RATIO} "
                                        "if no target")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
+    target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
     round_to: int = option(1, "keep a multiple of this many channels per group (or the whole group)")
 
     def __post_init__(self):
-        self.check_options(("ratio", "target_params"),
-                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "round_to": ">= 1"})
+        self.check_options(("ratio", "target_params", "target_macs"),
+                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "target_macs": "(0, 1]", "round_to": ">= 1"})
 
     def check_context(self, extra: dict) -> None:
         self.check_data_for_taylor(extra)
@@ -60,13 +62,13 @@ class PruneChannels(FxPass):
         score = self._scores(graph, ctx)
         scored = [g for g in graph.prunable if all(c in score for c in g.classes)]
         reached = True
-        if self.target_params is None:
+        if self.target_params is None and self.target_macs is None:
             removed = set()
             for g in scored:
                 ranked = sorted(g.classes, key=lambda c: score[c])
                 removed.update(ranked[:g.size - self._keep(g, g.size - math.floor(self.ratio_ * g.size))])
         else:
-            removed, reached = self._budget(graph, scored, score)
+            removed, reached = self._budget(graph, scored, score, self._size(graph, ctx))
         before = sum(g.size for g in graph.prunable)
         changed = remove(graph, removed)
         stats = {"groups": len(graph.groups), "groups-prunable": len(graph.prunable),
@@ -98,8 +100,19 @@ class PruneChannels(FxPass):
             return channel_scale(graph)
         return taylor(graph, ctx.extra["data"], ctx.extra.get("loss_fn"))
 
-    def _budget(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float]):
-        """Remove the globally least important channels (score / group mean) until params fit."""
+    def _size(self, graph: ChannelGraph, ctx: PassContext) -> tuple[Callable[[set[int]], int], float]:
+        """What the budget counts (params or MACs, as fold will leave them) given the channels
+        removed, and the most it may be."""
+        if self.target_params is not None:
+            return (lambda removed: params_after(graph, removed)), self.target_params * params_after(graph, set())
+        macs = node_macs(graph.gm, ctx.example_inputs)
+        fixed = total_macs(graph.gm, ctx.example_inputs) - sum(macs.values())  # attention: not prunable here
+        return (lambda removed: fixed + macs_after(graph, removed, macs)), self.target_macs * (
+            fixed + macs_after(graph, set(), macs))
+
+    def _budget(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float],
+                size: tuple[Callable[[set[int]], int], float]):
+        """Remove the globally least important channels (score / group mean) until the size fits."""
         order = []
         for g in groups:
             mean = sum(score[c] for c in g.classes) / g.size or 1.0
@@ -121,13 +134,13 @@ class PruneChannels(FxPass):
                 chosen.difference_update(gone[:self._keep(g, g.size - len(gone)) - (g.size - len(gone))])
             return chosen
 
-        budget = self.target_params * params_after(graph, set())
-        lo, hi = 0, len(sequence)  # params_after(removed(k)) does not grow with k
+        count, budget = size
+        lo, hi = 0, len(sequence)  # count(removed(k)) does not grow with k
         while lo < hi:
             mid = (lo + hi) // 2
-            if params_after(graph, removed(mid)) <= budget:
+            if count(removed(mid)) <= budget:
                 hi = mid
             else:
                 lo = mid + 1
         chosen = removed(lo)
-        return chosen, params_after(graph, chosen) <= budget
+        return chosen, count(chosen) <= budget

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.analysis import total_params
+from fxprune.analysis import total_macs, total_params
 from fxprune.channels import analyse, zero
 from fxprune.models import create
 from fxprune.zoo import wake
@@ -169,6 +169,16 @@ def test_target_params_is_met_exactly_counted():
     assert 0.45 * total_params(model) < total_params(small) <= 0.5 * total_params(model)
 
 
+@pytest.mark.parametrize("model_id", ["tv:resnet18", "tv:mobilenet_v3_small"])
+@pytest.mark.parametrize("before", ["", "decompose-conv,prune-basis{energy=0.9},"])
+def test_target_macs_is_met_exactly_counted(model_id, before):
+    model = create(model_id).eval()
+    x = torch.randn(1, 3, 64, 64)
+    start = fxprune.prune(model, x, before + "fold") if before else model
+    small = fxprune.prune(model, x, before + "prune-channels{target-macs=0.5 criterion=l2},fold")
+    assert 0.4 * total_macs(start, (x,)) < total_macs(small, (x,)) <= 0.5 * total_macs(start, (x,))
+
+
 @pytest.mark.parametrize("pipeline", [
     "decompose-conv,prune-basis{energy=0.9},prune-channels{ratio=0.3},fold",
     "prune-channels{ratio=0.3},decompose-conv,prune-basis{energy=0.9},fold",
@@ -195,7 +205,8 @@ def test_taylor_ranks_a_channel_the_loss_ignores_last():
 
 @pytest.mark.parametrize("text, message", [
     ("prune-channels{ratio=1}", "option 'ratio' must be in [0, 1), got 1.0"),
-    ("prune-channels{ratio=0.2 target-params=0.5}", "give one of ratio, target-params, not ratio and target-params"),
+    ("prune-channels{ratio=0.2 target-params=0.5}",
+     "give one of ratio, target-params, target-macs, not ratio and target-params"),
     ("prune-channels{round-to=0}", "option 'round-to' must be at least 1, got 0"),
     ("prune-channels{criterion=taylor}", "criterion=taylor needs data"),
 ])
