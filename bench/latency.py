@@ -1,7 +1,7 @@
 """CPU latency of original against pruned models, eager and torch.compile'd, batch 1 and 16, beside
 the MAC reduction: how much of the speedup the arithmetic promises do we get?
 
-    .venv/bin/python -m bench.latency [--out bench/results/latency.md] [--models ...] [--repeats 10]
+    .venv/bin/python -m bench.latency [--out bench/results/latency.md] [--models ...] [--repeats 10] [--threads N]
 
 Random weights (timm models, nothing downloaded). Median wall time of `repeats` calls after warm-up,
 torch.no_grad, float32. Compiled: inductor, one compile per batch size; torch._dynamo.reset() between models.
@@ -71,7 +71,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="bench/results/latency.md")
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     rows = []
     for model_id in args.models:
         rows += measure(model_id, args.repeats)
@@ -84,7 +86,7 @@ def main(argv=None) -> None:
                       "share of promise"], tablefmt="github", disable_numparse=True)
     text = f"""# Latency: original against pruned, eager and compiled (CPU)
 
-Reproduce: `.venv/bin/python -m bench.latency`. {platform.processor() or platform.machine()}, {torch.get_num_threads()}
+Reproduce: `.venv/bin/python -m bench.latency --threads {args.threads}`. {platform.processor() or platform.machine()}, {torch.get_num_threads()}
 torch threads, torch {torch.__version__}, float32, median of {args.repeats} calls at batch 1 ({max(3, args.repeats // 3)} at
 batch 16) after warm-up. Random weights; pipelines: {', '.join(f'{k}: `{v}`' for k, v in PIPELINES.items())}.
 "speedup" is against the original in the same mode and batch; "MAC speedup" is MACs before / after, the

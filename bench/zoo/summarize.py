@@ -20,6 +20,13 @@ def read(folder: str) -> dict[str, dict]:
     return {r["model"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
 
 
+def tally(folder: str, config: str, statuses: tuple[str, ...]) -> tuple[list[str], dict[str, dict], dict[str, int]]:
+    """The model ids a config lists, the results of a run by model, and how many have each status."""
+    ids = [e.id for e in zoo.load(CONFIGS / config)]
+    rows = read(folder)
+    return ids, rows, {s: sum(r["status"] == s for r in rows.values()) for s in statuses}
+
+
 def default_section() -> list[str]:
     """The default pipeline (lossy): how much it saves per model on random weights."""
     from fxprune import DEFAULT_PIPELINE
@@ -35,9 +42,7 @@ def default_section() -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for name, folder, config in DEFAULT_RUNS:
-        ids = [e.id for e in zoo.load(CONFIGS / config)]
-        rows = read(folder)
-        count = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "no-gain", "error", "skipped")}
+        ids, rows, count = tally(folder, config, ("ok", "no-gain", "error", "skipped"))
         sized = [r for r in rows.values() if "params_after" in r]
         saved = {r["model"]: 1 - r["params_after"] / r["params_before"] for r in sized}
         macs = [1 - r["macs_after"] / r["macs_before"] for r in sized]
@@ -64,9 +69,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for name, folder, config in RUNS:
-        ids = [e.id for e in zoo.load(CONFIGS / config)]
-        rows = read(folder)
-        count = {s: sum(r["status"] == s for r in rows.values()) for s in ("ok", "mismatch", "vacuous", "error", "skipped")}
+        ids, rows, count = tally(folder, config, ("ok", "mismatch", "vacuous", "error", "skipped"))
         ok = [r for r in rows.values() if r["status"] == "ok"]
         worst = max(ok, key=lambda r: r["rel_l2_error"], default=None)
         worst_text = f"{worst['rel_l2_error']:.1e} ({worst['model']})" if worst else "-"
