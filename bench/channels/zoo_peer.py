@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl
 
 Per model and tool: status (ok: runs, output shape kept, params fell; otherwise the error), params
-after, and the wall time of the pruning call alone (1 thread; a call is stopped after LIMIT_S). Also fxprune's lossless check (zeroed
-channels are removed and the outputs do not change). Random weights (fxprune.zoo.wake).
+after, and the wall time of the pruning call alone (1 thread; a call is stopped after LIMIT_S; the
+process may hold MEMORY_GIB, beyond that an allocation fails and is that tool's error). Also
+fxprune's lossless check (zeroed channels are removed and the outputs do not change). Random
+weights (fxprune.zoo.wake).
 Resumable: models already in --out are skipped.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import signal
 import time
 from pathlib import Path
@@ -36,10 +39,17 @@ def classifier(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 LIMIT_S = 600  # per tool and model; Torch-Pruning's dependency search never ends on some models
+MEMORY_GIB = 11  # per process (address space), so two runs side by side fit in 24 GiB: Torch-Pruning
+# grew past 24 GiB on timm:efficientformerv2_s0 and the kernel killed the run
+
+
+class OutOfTime(BaseException):
+    """Not an Exception: a tool's own `except Exception` (Torch-Pruning's shape inference has them)
+    must not swallow the time limit and go on."""
 
 
 def _out_of_time(signum, frame):
-    raise TimeoutError(f"gave up after {LIMIT_S} s")
+    raise OutOfTime(f"gave up after {LIMIT_S} s")
 
 
 def attempt(prune, model, x, shape: torch.Size) -> dict:
@@ -58,7 +68,7 @@ def attempt(prune, model, x, shape: torch.Size) -> dict:
         after = sum(p.numel() for p in pruned.parameters())
         status = "ok" if same and after < params else "shape-changed" if not same else "no-gain"
         return {"status": status, "params_after": after, "seconds": round(seconds, 2)}
-    except Exception as e:  # noqa: BLE001 - the failure is the result
+    except (Exception, OutOfTime) as e:  # noqa: BLE001 - the failure is the result
         text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         return {"status": "error", "reason": f"{type(e).__name__}: {text}",
                 "seconds": round(time.perf_counter() - start, 2)}
@@ -110,6 +120,7 @@ def main(argv=None) -> None:
     ap.add_argument("--ratio", type=float, default=0.3)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_GIB << 30, MEMORY_GIB << 30))
     out = Path(args.out)
     done = set()
     for line in out.read_text().splitlines() if out.exists() else []:
