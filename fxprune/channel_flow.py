@@ -4,8 +4,9 @@ Every output channel of a conv/linear layer is an *element*. Propagating shapes 
 (ShapeProp), each tensor that carries channels gets `(axis, ids)`: the element id behind every
 position of its channel axis. Elementwise ops, BatchNorm, pooling and depthwise convs keep the ids;
 `add`/`mul` of two channel tensors unite the ids position by position (residuals, SE gates);
-`cat` along channels concatenates them (a self-concat repeats them); flatten and permutes move or
-repeat them. Conv/linear layers read them (`in`) and start new ones (`out`). Elements united by
+`cat` along channels concatenates them (a self-concat repeats them); `chunk` along channels cuts
+them into equal parts and unites position j of every part (so every part loses the same positions
+and the chunks stay aligned: gated MLPs); flatten and permutes move or repeat them. Conv/linear layers read them (`in`) and start new ones (`out`). Elements united by
 this make one *class*: channels that must be removed together.
 
 Any op this file does not understand is a *barrier*: every element reaching it is blocked with the
@@ -112,6 +113,7 @@ class _Propagator:
         self.flow = ChannelFlow()
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+        self.parts: dict[fx.Node, list[tuple[int, torch.Tensor]]] = {}  # the chunks of a chunk node
 
     def barrier(self, node: fx.Node, reason: str) -> None:
         for arg in _tensor_args(node):
@@ -225,6 +227,10 @@ class _Propagator:
             self.permute(node, name)
         elif name in ("mean", "sum", "amax"):
             self.reduce(node, name)
+        elif name == "chunk":
+            self.chunk(node)
+        elif name == "getitem" and src in self.parts:
+            self.flow.value[node] = self.parts[src][node.args[1]]
         elif name == "getitem":
             self.getitem(node)
         elif name == "pad" and len(_shape(src) or ()) - len(node.args[1]) // 2 > self.flow.value[src][0]:
@@ -285,6 +291,25 @@ class _Propagator:
             for t in tracked[1:]:
                 self.flow.union(tracked[0][1], t[1])
             self.flow.value[node] = tracked[0]
+
+    def chunk(self, node: fx.Node) -> None:
+        """x.chunk(k, dim) along the channel axis into k equal parts (sizes that do not divide
+        evenly would shift when channels go: a barrier). The node itself keeps every id, so any
+        user but getitem blocks them all."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        k = node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if dim % len(_shape(src)) != axis:
+            self.parts[node] = [(axis, ids)] * k
+        elif len(ids) % k:
+            return self.barrier(node, f"chunk ({node.name}) into unequal parts")
+        else:
+            parts = ids.view(k, -1)
+            for part in parts[1:]:
+                self.flow.union(parts[0], part)
+            self.parts[node] = [(axis, part) for part in parts]
+        self.flow.value[node] = (axis, ids)
 
     def merge(self, node: fx.Node, name: str) -> None:
         """flatten / view / reshape that only merge consecutive dims."""

@@ -68,7 +68,8 @@ def test_concat_and_self_concat_and_depthwise():
 
 
 class Gate(nn.Module):
-    """An SE gate (understood), a grouped conv, a LayerNorm and a chunk (barriers)."""
+    """An SE gate (understood), a grouped conv and a LayerNorm (barriers); a chunk of the grouped
+    conv pairs its channels j and j + 4."""
 
     def __init__(self):
         super().__init__()
@@ -87,7 +88,7 @@ def test_se_gate_couples_and_unknown_ops_block_with_reasons():
     assert groups_of(Gate()) == {
         frozenset({("a", "out"), ("se1", "in"), ("se2", "out"), ("n", "in")}): (8, "grouped conv g (groups=2)"),
         frozenset({("se1", "out"), ("se2", "in")}): (2, None),
-        frozenset({("g", "out")}): (8, "grouped conv g (groups=2)"),
+        frozenset({("g", "out")}): (4, "grouped conv g (groups=2)"),
         frozenset({("n", "out")}): (4, "module norm (LayerNorm)"),
         frozenset({("d", "out")}): (3, "reaches the model output"),
     }
@@ -113,6 +114,35 @@ def test_a_broadcast_channel_is_a_barrier_not_a_coupling():
     }
 
 
+class Glu(nn.Module):
+    """A gated MLP (fc1 -> chunk -> silu(g) * v -> fc2) on channels-last, and a 3-way chunk of
+    which one part is used: chunks couple position j of every part."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.fc1, self.fc2 = nn.Conv2d(3, 8, 1), nn.Linear(8, 2 * 6), nn.Linear(6, 8)
+        self.odd, self.head = nn.Linear(8, 9), nn.Linear(3, 4)
+
+    def forward(self, x):
+        x = self.a(x).permute(0, 2, 3, 1)
+        g, v = self.fc1(x).chunk(2, dim=-1)
+        x = x + self.fc2(F.silu(g) * v)
+        return self.head(self.odd(x).chunk(3, -1)[1].mean((1, 2)))
+
+
+def test_chunk_couples_position_j_of_every_part():
+    assert groups_of(Glu()) == {
+        frozenset({("a", "out"), ("fc1", "in"), ("fc2", "out"), ("odd", "in")}): (8, None),
+        frozenset({("fc1", "out"), ("fc2", "in")}): (6, None),
+        frozenset({("odd", "out"), ("head", "in")}): (3, None),
+        frozenset({("head", "out")}): (4, "reaches the model output"),
+    }
+    small = fxprune.prune(Glu().eval(), X, "prune-channels{ratio=0.5}")
+    assert small.get_submodule("fc1").weight.shape == (6, 4)  # 3 of 6 pairs, 4 of 8
+    assert small.get_submodule("odd").weight.shape == (6, 4)  # 2 of 3 triples
+    assert small.get_submodule("head").weight.shape == (4, 2) and small(X).shape == (2, 4)
+
+
 def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True):
     """Zero half the channels of every prunable group; prune-channels{criterion=l1 ratio=0.5} must
     remove exactly those and leave the outputs as they were."""
@@ -132,7 +162,7 @@ def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True):
         torch.testing.assert_close(small(x), reference, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("model", [Residual, Concat, Gate, SpatialGate])
+@pytest.mark.parametrize("model", [Residual, Concat, Gate, SpatialGate, Glu])
 def test_zeroed_channels_are_removed_losslessly_on_hand_made_graphs(model):
     check_zeroed_channels_are_removed_losslessly(randomize_bn(model()), X)
 

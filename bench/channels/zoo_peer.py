@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import resource
 import signal
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import torch
@@ -39,7 +42,7 @@ def classifier(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 LIMIT_S = 600  # per tool and model; Torch-Pruning's dependency search never ends on some models
-MEMORY_GIB = 11  # per process (address space), so two runs side by side fit in 24 GiB: Torch-Pruning
+MEMORY_GIB = 16  # address space of the process measuring one model; Torch-Pruning
 # grew past 24 GiB on timm:efficientformerv2_s0 and the kernel killed the run
 
 
@@ -113,14 +116,33 @@ def tp_prune(ratio: float):
     return run
 
 
+def measure(model_id: str, input_size: tuple[int, ...], ratio: float) -> dict:
+    """One model, both tools and the lossless check; runs in a fresh process (see main)."""
+    torch.set_num_threads(1)
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_GIB << 30, MEMORY_GIB << 30))
+    torch.manual_seed(0)
+    row = {"model": model_id, "ratio": ratio}
+    x = torch.randn(1, *input_size)
+    try:
+        model = wake(create(model_id)).eval()
+        with torch.no_grad():
+            shape = model(x).shape
+    except Exception as e:  # noqa: BLE001
+        row["error"] = f"cannot build or run: {e}"
+        return row
+    row["params_before"] = sum(p.numel() for p in model.parameters())
+    row["fxprune"] = attempt(fxprune_prune(ratio), model, x, shape)
+    row["torch_pruning"] = attempt(tp_prune(ratio), model, x, shape)
+    row["fxprune_lossless"] = zeroed_channels_check(model, x)
+    return row
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
     ap.add_argument("--out", required=True)
     ap.add_argument("--ratio", type=float, default=0.3)
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_GIB << 30, MEMORY_GIB << 30))
     out = Path(args.out)
     done = set()
     for line in out.read_text().splitlines() if out.exists() else []:
@@ -131,20 +153,14 @@ def main(argv=None) -> None:
     for entry in load(args.config):
         if entry.id in done or entry.skip:
             continue
-        torch.manual_seed(0)
-        row = {"model": entry.id, "ratio": args.ratio}
-        x = torch.randn(1, *entry.input_size)
-        try:
-            model = wake(create(entry.id)).eval()
-            with torch.no_grad():
-                shape = model(x).shape
-        except Exception as e:  # noqa: BLE001
-            row["error"] = f"cannot build or run: {e}"
-        else:
-            row["params_before"] = sum(p.numel() for p in model.parameters())
-            row["fxprune"] = attempt(fxprune_prune(args.ratio), model, x, shape)
-            row["torch_pruning"] = attempt(tp_prune(args.ratio), model, x, shape)
-            row["fxprune_lossless"] = zeroed_channels_check(model, x)
+        # A fresh process per model: memory one model (or Torch-Pruning) leaves behind must not
+        # make the next one fail, and a run the kernel kills is that model's result, not the end.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                row = pool.submit(measure, entry.id, entry.input_size, args.ratio).result()
+            except BrokenProcessPool:
+                row = {"model": entry.id, "ratio": args.ratio,
+                       "error": f"the process was killed (more than {MEMORY_GIB} GiB or the machine's memory)"}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(entry.id, *(row.get(k, {}).get("status") for k in ("fxprune", "torch_pruning", "fxprune_lossless")),
