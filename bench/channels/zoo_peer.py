@@ -4,7 +4,7 @@
 
 Per model and tool: status (ok: runs, output shape kept, params fell; otherwise the error), params
 after, and the wall time of the pruning call alone (1 thread; a call is stopped after LIMIT_S; the
-process may hold MEMORY_GIB, beyond that an allocation fails and is that tool's error). Also
+process measuring a model may hold --memory-gib of address space, beyond that an allocation fails and is that tool's error). Also
 fxprune's lossless check (zeroed channels are removed and the outputs do not change). Random
 weights (fxprune.zoo.wake).
 Resumable: models already in --out are skipped.
@@ -42,8 +42,8 @@ def classifier(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 LIMIT_S = 600  # per tool and model; Torch-Pruning's dependency search never ends on some models
-MEMORY_GIB = 16  # address space of the process measuring one model; Torch-Pruning
-# grew past 24 GiB on timm:efficientformerv2_s0 and the kernel killed the run
+MEMORY_GIB = 11  # default address-space limit of the process measuring one model (--memory-gib):
+# Torch-Pruning grew past 24 GiB on timm:efficientformerv2_s0 and the kernel killed the run
 
 
 class OutOfTime(BaseException):
@@ -116,10 +116,10 @@ def tp_prune(ratio: float):
     return run
 
 
-def measure(model_id: str, input_size: tuple[int, ...], ratio: float) -> dict:
+def measure(model_id: str, input_size: tuple[int, ...], ratio: float, memory_gib: int) -> dict:
     """One model, both tools and the lossless check; runs in a fresh process (see main)."""
     torch.set_num_threads(1)
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_GIB << 30, MEMORY_GIB << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_gib << 30, memory_gib << 30))
     torch.manual_seed(0)
     row = {"model": model_id, "ratio": ratio}
     x = torch.randn(1, *input_size)
@@ -142,6 +142,8 @@ def main(argv=None) -> None:
     ap.add_argument("config")
     ap.add_argument("--out", required=True)
     ap.add_argument("--ratio", type=float, default=0.3)
+    ap.add_argument("--memory-gib", type=int, default=MEMORY_GIB, help="address space per model (GiB)")
+    ap.add_argument("--models", nargs="*", help="only these model ids (default: all of the config)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     done = set()
@@ -151,16 +153,16 @@ def main(argv=None) -> None:
         except json.JSONDecodeError:  # a torn last line of a killed run: that model runs again
             pass
     for entry in load(args.config):
-        if entry.id in done or entry.skip:
+        if entry.id in done or entry.skip or args.models and entry.id not in args.models:
             continue
         # A fresh process per model: memory one model (or Torch-Pruning) leaves behind must not
         # make the next one fail, and a run the kernel kills is that model's result, not the end.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             try:
-                row = pool.submit(measure, entry.id, entry.input_size, args.ratio).result()
+                row = pool.submit(measure, entry.id, entry.input_size, args.ratio, args.memory_gib).result()
             except BrokenProcessPool:
                 row = {"model": entry.id, "ratio": args.ratio,
-                       "error": f"the process was killed (more than {MEMORY_GIB} GiB or the machine's memory)"}
+                       "error": "the process was killed (out of the machine's memory)"}
         with open(out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(entry.id, *(row.get(k, {}).get("status") for k in ("fxprune", "torch_pruning", "fxprune_lossless")),
