@@ -33,7 +33,7 @@ def default_section() -> list[str]:
 
     lines = ["", "## The default pipeline", "",
              f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME`, 2 torch threads, one",
-             "model at a time). On random weights the singular values are flat, so a 95% energy threshold",
+             "model at a time; partial: stopped for lack of time, `--resume` continues). On random weights the singular values are flat, so a 95% energy threshold",
              "keeps most of each layer and `fold` merges most pairs back: the savings below are a floor, not",
              "what pretrained weights give. Status `ok`: output shapes kept and params fell; `no-gain`: nothing",
              "was worth removing. Per-layer tables: `default-NAME/layers/`.", "",
@@ -48,7 +48,7 @@ def default_section() -> list[str]:
         macs = [1 - r["macs_after"] / r["macs_before"] for r in sized]
         best = max(saved, key=saved.get, default=None)
         lines.append(
-            f"| [{name}]({folder}/summary.md) | {len(ids)} | {count['ok']} | {count['no-gain']} | {count['error']} | "
+            f"| {f'[{name}]({folder}/summary.md)' if (HERE / folder / 'summary.md').exists() else name} | {len(ids)} | {count['ok']} | {count['no-gain']} | {count['error']} | "
             f"{count['skipped']} | {sum(i not in rows for i in ids)} | "
             + (f"{statistics.median(saved.values()):.1%}, {saved[best]:.1%} ({best}) | {statistics.median(macs):.1%} | "
                if sized else "- | - | ")
