@@ -64,8 +64,7 @@ Reproduce (1 thread, random weights with `fxprune.zoo.wake`):
 
 1 thread, at most 600 s per pruning call. The script measures each model in a fresh process with an
 address-space limit (`--memory-gib`: 10 to 12 GiB in the runs here, so two runs fit beside each
-other; 20 GiB for vit_h_14 and deepseek_vit_412m, run alone
-); a tool that needs more fails with a MemoryError or "can't allocate memory". The runs here
+other; 20 GiB for vit_h_14 and deepseek_vit_412m, run alone); a tool that needs more fails with a MemoryError or "can't allocate memory". The runs here
 were resumed several times: the rows made before Torch-Pruning twice ran the machine out of memory
 (swin_t, efficientformerv2_s0) came from one long process without that limit.
 Both tools get each model at channel ratio {ratio}, the classifier kept. "ok": the pruned model runs,
