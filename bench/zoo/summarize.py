@@ -32,8 +32,8 @@ def default_section() -> list[str]:
     from fxprune import DEFAULT_PIPELINE
 
     lines = ["", "## The default pipeline", "",
-             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME`, 2 torch threads, one",
-             "model at a time; partial: stopped for lack of time, `--resume` continues). On random weights the singular values are flat, so a 95% energy threshold",
+             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME`, timm: 2 torch threads,",
+             "one model at a time; torchvision: `--jobs 2`, 1 thread each; partial: stopped for lack of time, `--resume` continues). On random weights the singular values are flat, so a 95% energy threshold",
              "keeps most of each layer and `fold` merges most pairs back: the savings below are a floor, not",
              "what pretrained weights give. Status `ok`: output shapes kept and params fell; `no-gain`: nothing",
              "was worth removing. Per-layer tables: `default-NAME/layers/`.", "",
