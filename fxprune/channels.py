@@ -176,11 +176,11 @@ def _kept(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, float]]
     return kept
 
 
-def _pair_cost(pair, kept: dict[str, dict[str, float]]) -> tuple[int, int, int]:
-    """(m, n, r * (m + n) or m * n, whichever fold leaves) per group of a pair after removal."""
+def _pair_cost(pair, kept: dict[str, dict[str, float]]) -> tuple[int, int]:
+    """(m, r * (m + n) or m * n, whichever fold leaves) per group of a pair after removal."""
     m = round(pair.m * kept.get(pair.coef_node.target, {}).get("out", 1.0))
     n = round(pair.n * kept.get(pair.basis_node.target, {}).get("in", 1.0))
-    return m, n, min(pair.rank * (m + n), m * n)
+    return m, min(pair.rank * (m + n), m * n)
 
 
 def params_after(graph: ChannelGraph, removed: set[int]) -> int:
@@ -190,7 +190,7 @@ def params_after(graph: ChannelGraph, removed: set[int]) -> int:
     total, in_pairs = 0, set()
     for pair in find_pairs(graph.gm):
         in_pairs.update((pair.basis_node.target, pair.coef_node.target))
-        m, _, weights = _pair_cost(pair, kept)
+        m, weights = _pair_cost(pair, kept)
         total += pair.groups * (weights + (m if pair.coef.bias is not None else 0))
     for name, p in graph.gm.named_parameters():
         path, _, attr = name.rpartition(".")
@@ -214,7 +214,7 @@ def macs_after(graph: ChannelGraph, removed: set[int], macs: dict[str, int]) -> 
     for pair in find_pairs(graph.gm):
         in_pairs.update((pair.basis_node.target, pair.coef_node.target))
         positions = macs[pair.coef_node.name] // (pair.m * pair.rank)  # output positions x groups
-        total += positions * _pair_cost(pair, kept)[2]
+        total += positions * _pair_cost(pair, kept)[1]
     for node in graph.gm.graph.find_nodes(op="call_module"):
         if node.name in macs and node.target not in in_pairs:
             share = kept.get(node.target, {})

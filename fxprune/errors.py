@@ -5,6 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message ("" if it has none): enough to name a failure in a table."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 class FxPruneError(Exception):
     """Base class of every error fxprune raises on purpose."""
 
@@ -17,7 +23,7 @@ class TraceError(FxPruneError):
         where = (
             f"inside module '{path[-1][0]}' ({path[-1][1]})" if path else f"in {type(model).__name__}.forward"
         )
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        reason = first_line(cause) or type(cause).__name__
         hint = (
             f"mark that module's class as a leaf: fxprune.trace(model, leaf_modules=[{path[-1][1]}])"
             if path

@@ -82,6 +82,7 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
 
     from .analysis import total_macs, total_params
     from .api import prune
+    from .errors import first_line
     from .io import atomic_write_text
     from .models import create
     from .pipeline import Pipeline
@@ -123,7 +124,7 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
             report.to_csv(Path(layers_dir) / f"{name}.csv")
     except Exception as e:  # noqa: BLE001 - one model's failure is recorded, the run goes on
         row = {"model": entry.id, "pipeline": pipeline, "status": "error",
-               "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+               "reason": f"{type(e).__name__}: {first_line(e)}"}
     row["seconds"] = round(time.perf_counter() - start, 2)
     return row
 
@@ -136,7 +137,7 @@ def compiled_check(model, x: tuple) -> dict:
 
     import torch
 
-    from .errors import FxPruneError
+    from .errors import FxPruneError, first_line
     from .verify import output_error, run_model
 
     torch._dynamo.reset()
@@ -146,7 +147,7 @@ def compiled_check(model, x: tuple) -> dict:
         err = output_error(run_model(compiled, x), run_model(model, x))
     except Exception as e:  # noqa: BLE001 - named and re-raised as the model's failure
         raise FxPruneError(f"torch.compile(fullgraph=True) of the pruned model failed: {type(e).__name__}: "
-                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+                           f"{first_line(e)}") from e
     finally:
         torch._dynamo.reset()
     return {"compiled_rel_l2_error": err.rel_l2, "compile_seconds": round(time.perf_counter() - start, 2)}

@@ -27,6 +27,7 @@ import torch
 
 import fxprune
 from fxprune.channels import analyse, zero
+from fxprune.errors import first_line
 from fxprune.models import create
 from fxprune.verify import output_error
 from fxprune.zoo import load, wake
@@ -72,7 +73,7 @@ def attempt(prune, model, x, shape: torch.Size) -> dict:
         status = "ok" if same and after < params else "shape-changed" if not same else "no-gain"
         return {"status": status, "params_after": after, "seconds": round(seconds, 2)}
     except (Exception, OutOfTime) as e:  # noqa: BLE001 - the failure is the result
-        text = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        text = first_line(e)[:160]
         return {"status": "error", "reason": f"{type(e).__name__}: {text}",
                 "seconds": round(time.perf_counter() - start, 2)}
 
