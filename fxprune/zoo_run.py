@@ -7,7 +7,8 @@ import io
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -74,10 +75,24 @@ def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, layers_dir: Path, comp
         for i, e in enumerate(todo):
             yield check(e, pipeline, layers_dir, compile), [n.id for n in todo[i + 1:i + 2]]
         return
+    # At most `jobs` models are submitted at a time, so every pending future is really running
+    # (the pool would otherwise mark queued ones as running too).
+    queue = iter(todo)
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_check_one_thread, e, pipeline, layers_dir, compile): e.id for e in todo}
-        for f in as_completed(futures):
-            yield f.result(), [futures[g] for g in futures if g.running()]
+        pending: dict = {}
+
+        def fill() -> None:
+            for e in islice(queue, jobs - len(pending)):
+                pending[pool.submit(_check_one_thread, e, pipeline, layers_dir, compile)] = e.id
+
+        fill()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                del pending[f]
+            fill()
+            for f in finished:
+                yield f.result(), list(pending.values())
 
 
 def _read_rows(path: Path) -> dict[str, dict]:

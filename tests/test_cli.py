@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -68,3 +69,20 @@ def test_zoo_run_compiles_each_pruned_model_and_compares_with_eager(tmp_path, ca
     assert row["compiled_rel_l2_error"] < 1e-5
     assert "compiled_rel_l2_error" in (out / "summary.md").read_text().splitlines()[-3]
     assert "[0/1] running tv:squeezenet1_1" in capsys.readouterr().err
+
+
+def test_parallel_zoo_progress_names_only_the_models_really_running(tmp_path, capsys):
+    config = tmp_path / "z.toml"
+    config.write_text("".join(f'[[model]]\nid = "tv:nope{i}"\n\n' for i in range(4)))
+    out = tmp_path / "out"
+    assert main(["zoo", str(config), "--pipeline", "fold", "--out", str(out), "--jobs", "2"]) == 0
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["model"] for r in rows) == [f"tv:nope{i}" for i in range(4)]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("[")]
+    assert lines[0] == "[0/4] running tv:nope0, tv:nope1"
+    done = set()
+    for line in lines[1:]:
+        done.add(re.match(r"\[\d/4\] (tv:\w+): ", line).group(1))
+        running = line.split("; running ")[1].split(", ") if "; running " in line else []
+        assert len(running) <= 2 and not done & set(running), line
+    assert "running" not in lines[-1] and len(done) == 4
