@@ -24,6 +24,25 @@ def total_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def unused_params(model: nn.Module, traced: fx.GraphModule) -> dict[str, int]:
+    """Parameters of `model` that its traced eval graph never uses (googlenet's training-only aux
+    heads, for one): numel by the outermost module path (or parameter name) holding only unused ones."""
+    kept = {name for name, _ in traced.named_parameters(remove_duplicate=False)}
+    params = dict(model.named_parameters())
+    unused = {name for name in params if name not in kept}
+
+    def all_unused(path: str) -> bool:
+        return all(f"{path}.{n}" in unused for n, _ in model.get_submodule(path).named_parameters())
+
+    out: dict[str, int] = {}
+    for name in sorted(unused):
+        path, parent = name, name.rpartition(".")[0]
+        while parent and all_unused(parent):
+            path, parent = parent, parent.rpartition(".")[0]
+        out[path] = out.get(path, 0) + params[name].numel()
+    return out
+
+
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     *batch, lq, d = query_shape
     lk, dv = key_shape[-2], value_shape[-1]
@@ -48,10 +67,16 @@ def is_counted(m: nn.Module) -> bool:
     return isinstance(m, (*CONVS, nn.Linear, BasisScalingConv))
 
 
-def node_macs(gm: fx.GraphModule, example_inputs: tuple) -> dict[str, int]:
-    """MACs of every call_module conv/linear node, by node name (shapes from ShapeProp)."""
+def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """ShapeProp under no_grad: a leaf module that caches a tensor on its first call (timm's
+    efficientvit attention biases) must not keep one with a grad_fn, which deepcopy refuses."""
     with torch.no_grad():
         ShapeProp(gm).propagate(*example_inputs)
+
+
+def node_macs(gm: fx.GraphModule, example_inputs: tuple) -> dict[str, int]:
+    """MACs of every call_module conv/linear node, by node name (shapes from ShapeProp)."""
+    propagate_shapes(gm, example_inputs)
     macs = {}
     for node in gm.graph.nodes:
         if node.op != "call_module" or not is_counted(layer := gm.get_submodule(node.target)):

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
+from .analysis import propagate_shapes
 from .meta import ROLE
 from .nn import BasisScalingConv, ChannelScaling
 
@@ -128,7 +128,7 @@ class _Propagator:
         self.flow.value[node] = (axis, ids)
 
     def run(self, inputs: tuple) -> ChannelFlow:
-        ShapeProp(self.gm).propagate(*inputs)
+        propagate_shapes(self.gm, inputs)
         for node in self.gm.graph.nodes:
             if node.op == "output":
                 self.barrier(node, "reaches the model output")

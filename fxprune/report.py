@@ -7,14 +7,14 @@ import csv
 import io
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.fx as fx
 from tabulate import tabulate
 from torch import nn
 
-from .analysis import node_macs, total_macs, total_params
+from .analysis import node_macs, total_macs, total_params, unused_params
 from .io import atomic_write_text
 from .lowrank import CONVS, groups_of
 from .meta import RANK, ROLE, SOURCE
@@ -28,23 +28,33 @@ _HEADERS = ["layer", "kind", "form", "rank kept/full", "out ch kept/full", "para
 
 @dataclass
 class SavingsReport:
-    """`rows`: list of dicts (COLUMNS); `totals`: the totals row. MACs are multiply-accumulates."""
+    """`rows`: list of dicts (COLUMNS); `totals`: the totals row. MACs are multiply-accumulates.
+    `unused`: parameters the original holds but its eval forward never uses (training-only heads),
+    by module path; tracing drops them, so they are outside the rows and totals."""
 
     rows: list[dict[str, Any]]
     totals: dict[str, Any]
+    unused: dict[str, int] = field(default_factory=dict)
 
     def _table(self) -> list[list[Any]]:
         return [[r[c] for c in COLUMNS] + [_saved(r)] for r in [*self.rows, self.totals]]
 
     def __str__(self) -> str:
-        return tabulate(self._table(), headers=_HEADERS, intfmt=",")
+        return tabulate(self._table(), headers=_HEADERS, intfmt=",") + self._unused_note()
 
     def to_markdown(self) -> str:
-        return tabulate(self._table(), headers=_HEADERS, tablefmt="github", intfmt=",")
+        return tabulate(self._table(), headers=_HEADERS, tablefmt="github", intfmt=",") + self._unused_note()
 
     def to_json(self) -> str:
-        return json.dumps({"units": {"macs": "multiply-accumulates"}, "rows": self.rows, "totals": self.totals},
-                          indent=1)
+        return json.dumps({"units": {"macs": "multiply-accumulates"}, "rows": self.rows, "totals": self.totals,
+                           "unused": self.unused}, indent=1)
+
+    def _unused_note(self) -> str:
+        if not self.unused:
+            return ""
+        where = ", ".join(f"{path} ({n:,})" for path, n in self.unused.items())
+        return (f"\n\nNot counted: {sum(self.unused.values()):,} parameters the model holds but never uses in "
+                f"eval, so tracing drops them: {where}.")
 
     def to_csv(self, path) -> None:
         buf = io.StringIO()
@@ -68,13 +78,13 @@ def savings(original: nn.Module, pruned: nn.Module, example_inputs) -> SavingsRe
     before, after = _layers(before_gm, inputs), _layers(after_gm, inputs)
     rows = [_row(source, layer, after.get(source)) for source, layer in before.items()]
     totals = {"layer": "total", "kind": "", "form": "", "rank": "", "channels": "",
-              "params_before": total_params(original), "params_after": total_params(pruned),
+              "params_before": total_params(before_gm), "params_after": total_params(pruned),
               "macs_before": total_macs(before_gm, inputs), "macs_after": total_macs(after_gm, inputs)}
     other = {"layer": "(other: norms, embeddings, attention matmuls, ...)", "kind": "", "form": "", "rank": "",
              "channels": ""}
     for key in ("params_before", "params_after", "macs_before", "macs_after"):
         other[key] = totals[key] - sum(r[key] for r in rows)
-    return SavingsReport(rows + [other], totals)
+    return SavingsReport(rows + [other], totals, unused_params(original, before_gm))
 
 
 @dataclass

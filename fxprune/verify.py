@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils._pytree import tree_leaves
 
+from .analysis import propagate_shapes
 from .errors import VerificationError
 
 # Float32 tolerance for passes meant to be lossless; see README "Numerics" for the evidence.
@@ -58,7 +58,7 @@ def verify_after(pass_text: str, gm: fx.GraphModule, example_inputs: tuple, refe
     """
     try:
         gm.graph.lint()
-        ShapeProp(gm).propagate(*example_inputs)
+        propagate_shapes(gm, example_inputs)
     except Exception as e:  # noqa: BLE001 - re-raised naming the pass
         raise VerificationError(f"after pass {pass_text}: the graph is invalid: {type(e).__name__}: {e}") from e
     out = run_model(gm, example_inputs)

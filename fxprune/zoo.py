@@ -80,7 +80,6 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     import torch
     from torch.utils._pytree import tree_leaves
 
-    from .analysis import total_macs, total_params
     from .api import prune
     from .errors import first_line
     from .io import atomic_write_text
@@ -100,9 +99,12 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
         small = prune(model, x, pipeline)
         reference = run_model(model, x)
         err = output_error(run_model(small, x), reference)
+        report = savings(model, small, x)
+        t = report.totals
         row = {"model": entry.id, "pipeline": pipeline,
-               "params_before": total_params(model), "params_after": total_params(small),
-               "macs_before": total_macs(model, x), "macs_after": total_macs(small, x),
+               "params_before": t["params_before"], "params_after": t["params_after"],
+               "params_unused": sum(report.unused.values()), "macs_before": t["macs_before"],
+               "macs_after": t["macs_after"],
                "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
         if all(p.lossless for p in Pipeline.of(pipeline).passes):
             nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
@@ -117,7 +119,6 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
             if row["status"] == "ok" and row["compiled_rel_l2_error"] >= entry.rel_l2:
                 row["status"] = "compile-mismatch"
         if layers_dir is not None:
-            report = savings(model, small, x)
             name = entry.id.replace(":", "_")
             atomic_write_text(Path(layers_dir) / f"{name}.md", f"# {entry.id}: `{pipeline}`\n\n"
                               f"{report.to_markdown()}\n")

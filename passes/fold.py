@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
+from fxprune.analysis import propagate_shapes
 from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module, unscaled_coef
 from fxprune.meta import RANK, SOURCE
 from fxprune.nn import BasisScalingConv, ChannelScaling
@@ -43,7 +43,7 @@ class Fold(FxPass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         if any(type(m) is nn.BatchNorm1d for m in gm.modules()):  # Linear+BN1d needs output ranks
-            ShapeProp(gm).propagate(*ctx.example_inputs)
+            propagate_shapes(gm, ctx.example_inputs)
         scales = 0
         for pair in find_pairs(gm):
             if pair.scale is not None:

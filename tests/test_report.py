@@ -79,3 +79,46 @@ def test_outputs_csv_markdown_json(resnet50_case, tmp_path):
     md = report.to_markdown()
     assert md.splitlines()[1].startswith("|--") and "layer1.0.conv2" in md
     assert "params saved" in str(report)
+
+
+def test_training_only_heads_are_named_and_left_out_of_the_totals():
+    # googlenet's aux1/aux2 run only in training: the eval graph drops them, and counting them as
+    # "saved" would credit pruning with 49% of the model
+    torch.manual_seed(0)
+    model = create("tv:googlenet").eval()
+    x = torch.randn(1, 3, 64, 64)
+    small = fxprune.prune(model, x, "decompose-conv,fold")
+    report = fxprune.savings(model, small, x)
+    aux = {name: params(getattr(model, name)) for name in ("aux1", "aux2")}
+    assert report.unused == aux == {"aux1": 3_188_968, "aux2": 3_191_016}
+    assert report.totals["params_before"] == params(model) - sum(aux.values()) == 6_624_904
+    assert sum(r["params_before"] for r in report.rows) == report.totals["params_before"]
+    assert str(report).endswith("tracing drops them: aux1 (3,188,968), aux2 (3,191,016).")
+    assert json.loads(report.to_json())["unused"] == aux
+
+
+def test_unused_parameters_are_grouped_by_their_outermost_wholly_unused_module():
+    from torch import nn
+
+    from fxprune.analysis import unused_params
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.extra = nn.Parameter(torch.ones(3))  # unused beside a used layer
+
+        def forward(self, x):
+            return self.lin(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+            self.aux = nn.Sequential(nn.Linear(4, 2), nn.Linear(2, 2))
+
+        def forward(self, x):
+            return self.block(x)
+
+    net = Net()
+    assert unused_params(net, fxprune.trace(net)) == {"aux": 10 + 6, "block.extra": 3}

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +101,13 @@ def test_none_and_bool_defaults_are_traced_as_their_defaults():
     assert torch.equal(fxprune.trace(model)(x), model(x))
     flipped = fxprune.trace(model, concrete_args={"flip": True})
     assert torch.equal(flipped(x, None, True), model(x, flip=True))
+
+
+def test_a_pruned_model_with_a_caching_leaf_module_can_be_deep_copied():
+    # timm's efficientvit attention (a leaf) caches its bias table on the first eval call; a shape
+    # pass run with grad enabled left a cached tensor with a grad_fn, which deepcopy refuses
+    model = create("timm:efficientvit_m0").eval()
+    x = torch.randn(1, 3, 224, 224)
+    small = fxprune.prune(model, x, "decompose-conv,prune-basis{energy=0.95},fold")
+    torch.testing.assert_close(copy.deepcopy(small)(x), small(x))
+    assert fxprune.savings(model, small, x).totals["params_after"] < sum(p.numel() for p in model.parameters())
