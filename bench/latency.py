@@ -1,9 +1,11 @@
 """CPU latency of original against pruned models, eager and torch.compile'd, batch 1 and 16, beside
 the MAC reduction: how much of the speedup the arithmetic promises do we get?
 
-    .venv/bin/python -m bench.latency [--out bench/results/latency.md] [--models ...] [--repeats 10] [--threads N]
+    .venv/bin/python -m bench.latency [--out bench/results/latency.md] [--models ...] [--repeats 10] [--runs 3]
+                                      [--threads N]
 
-Random weights (timm models, nothing downloaded). Median wall time of `repeats` calls after warm-up,
+Random weights (timm models, nothing downloaded). The least, over `runs` runs, of the median wall time
+of `repeats` calls after warm-up (a busy moment of the machine spoils one run, not the result),
 torch.no_grad, float32. Compiled: inductor, one compile per batch size; torch._dynamo.reset() between models.
 """
 
@@ -29,20 +31,23 @@ PIPELINES = {
 }
 
 
-def latency(fn, x: torch.Tensor, repeats: int) -> float:
-    """Median seconds per call (after two warm-up calls, which also compile)."""
+def latency(fn, x: torch.Tensor, repeats: int, runs: int) -> float:
+    """Least over `runs` of the median seconds per call (after two warm-up calls, which also compile)."""
     with torch.no_grad():
         for _ in range(2):
             fn(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        medians = []
+        for _ in range(runs):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - start)
+            medians.append(statistics.median(times))
+    return min(medians)
 
 
-def measure(model_id: str, repeats: int) -> list[dict]:
+def measure(model_id: str, repeats: int, runs: int) -> list[dict]:
     torch.manual_seed(0)
     original = create(model_id).eval()
     x1 = torch.randn(1, 3, 224, 224)
@@ -58,7 +63,7 @@ def measure(model_id: str, repeats: int) -> list[dict]:
             fn = model if mode == "eager" else torch.compile(model, dynamic=False)
             for batch in (1, 16):
                 x = torch.randn(batch, 3, 224, 224)
-                t = latency(fn, x, repeats if batch == 1 else max(3, repeats // 3))
+                t = latency(fn, x, repeats if batch == 1 else max(3, repeats // 3), runs)
                 base.setdefault((mode, batch), t)
                 rows.append({"model": model_id, "variant": name, "mode": mode, "batch": batch,
                              "ms": t * 1e3, "params": total_params(model), "macs_kept": macs / macs0,
@@ -71,12 +76,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="bench/results/latency.md")
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=3, help="runs of `repeats` calls; the least median counts")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     for model_id in args.models:
-        rows += measure(model_id, args.repeats)
+        rows += measure(model_id, args.repeats, args.runs)
         print(f"{model_id} done", flush=True)
     table = tabulate([[r["model"], r["variant"], r["mode"], r["batch"], f"{r['ms']:.1f}", f"{r['params']:,}",
                        f"{r['macs_kept']:.2f}", f"{r['speedup']:.2f}x", f"{r['promised']:.2f}x",
@@ -86,9 +92,9 @@ def main(argv=None) -> None:
                       "share of promise"], tablefmt="github", disable_numparse=True)
     text = f"""# Latency: original against pruned, eager and compiled (CPU)
 
-Reproduce: `.venv/bin/python -m bench.latency --threads {args.threads}`. {platform.processor() or platform.machine()}, {torch.get_num_threads()}
-torch threads, torch {torch.__version__}, float32, median of {args.repeats} calls at batch 1 ({max(3, args.repeats // 3)} at
-batch 16) after warm-up. Random weights; pipelines: {', '.join(f'{k}: `{v}`' for k, v in PIPELINES.items())}.
+Reproduce: `.venv/bin/python -m bench.latency --threads {args.threads} --runs {args.runs}`. {platform.processor() or platform.machine()}, {torch.get_num_threads()}
+torch threads, torch {torch.__version__}, float32; the least over {args.runs} runs of the median of {args.repeats} calls at
+batch 1 ({max(3, args.repeats // 3)} at batch 16), after warm-up, on an otherwise idle machine. Random weights; pipelines: {', '.join(f'{k}: `{v}`' for k, v in PIPELINES.items())}.
 "speedup" is against the original in the same mode and batch; "MAC speedup" is MACs before / after, the
 speedup the arithmetic promises; "share of promise" is (speedup - 1) / (MAC speedup - 1).
 
