@@ -27,13 +27,19 @@ def tally(folder: str, config: str, statuses: tuple[str, ...]) -> tuple[list[str
     return ids, rows, {s: sum(r["status"] == s for r in rows.values()) for s in statuses}
 
 
+def unused_notes(rows: dict[str, dict]) -> list[str]:
+    return [f"- {r['model']}: its {r['params_unused']:,} parameters of training-only heads never run in eval; "
+            "they are outside the counts (named under its layer table)." for r in rows.values()
+            if r.get("params_unused")]
+
+
 def default_section() -> list[str]:
     """The default pipeline (lossy): how much it saves per model on random weights."""
     from fxprune import DEFAULT_PIPELINE
 
     lines = ["", "## The default pipeline", "",
-             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME`, timm: 2 torch threads,",
-             "one model at a time; torchvision: `--jobs 2`, 1 thread each; partial: stopped for lack of time, `--resume` continues). On random weights the singular values are flat, so a 95% energy threshold",
+             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME --jobs 2`, 1 torch",
+             "thread per worker). On random weights the singular values are flat, so a 95% energy threshold",
              "keeps most of each layer and `fold` merges most pairs back: the savings below are a floor, not",
              "what pretrained weights give. Status `ok`: output shapes kept and params fell; `no-gain`: nothing",
              "was worth removing. Per-layer tables: `default-NAME/layers/`.", "",
@@ -55,6 +61,7 @@ def default_section() -> list[str]:
             + f"{sum(r['seconds'] for r in rows.values()) / 60:.0f} min |")
         notes += [f"- {r['model']}: {r['status']}: {r.get('reason', '')}" for r in rows.values()
                   if r["status"] in ("error", "skipped")]
+        notes += unused_notes(rows)
     return lines + [""] + notes
 
 
@@ -83,6 +90,7 @@ def main() -> None:
                 notes.append(f"- {r['model']}: {r['status']}: {r.get('reason', '')}")
         if missing:
             notes.append(f"- {name}: not run yet: {', '.join(missing)}")
+        notes += unused_notes(rows)
     (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section()) + "\n")
 
 
