@@ -20,7 +20,7 @@ from .zoo import ZooEntry, check, load
 RESULTS = "results.jsonl"
 LAYERS = "layers"
 SUMMARY_COLUMNS = ["model", "status", "params_before", "params_after", "params_saved", "macs_before",
-                   "macs_after", "macs_saved", "rel_l2_error", "seconds", "reason"]
+                   "macs_after", "macs_saved", "rel_l2_error", "max_abs_error", "seconds", "reason"]
 COMPILE_COLUMNS = ["compiled_rel_l2_error", "compile_seconds"]
 
 
@@ -132,7 +132,7 @@ def summary_table(rows: list[dict], fmt: str = "github") -> str:
         v = row.get(c, "")
         if isinstance(v, int):
             return f"{v:,}"
-        return f"{v:.2e}" if c.endswith("rel_l2_error") and v != "" else v
+        return f"{v:.2e}" if c.endswith("_error") and v != "" else v
 
     columns = _columns(rows)
     table = [[cell(_with_reductions(r), c) for c in columns] for r in rows]

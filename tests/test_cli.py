@@ -55,7 +55,12 @@ def test_zoo_run_resumes_without_redoing_or_corrupting(tmp_path, capsys):
     rows2 = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert [r["model"] for r in rows2] == ["tv:squeezenet1_1", "tv:nope", "tv:alexnet"]
     assert rows2[0] == rows[0]
-    assert "| tv:squeezenet1_1 | ok" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| tv:squeezenet1_1 | ok" in summary
+    header = next(x for x in summary.splitlines() if x.startswith("| model"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "model", "status", "params_before", "params_after", "params_saved", "macs_before", "macs_after",
+        "macs_saved", "rel_l2_error", "max_abs_error", "seconds", "reason"]
 
 
 def test_zoo_run_compiles_each_pruned_model_and_compares_with_eager(tmp_path, capsys):
