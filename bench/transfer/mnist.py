@@ -72,6 +72,21 @@ def iterative(gm, x, train, test, reference, prune_what: str, step: float, until
             for h in history[1:]]
 
 
+def channel_scaling(model, x, train, test, reference, epochs: int, budgets, l1: float) -> list[dict]:
+    """Wong et al.'s channel-scaling layers: train basis and channel scales (and the head) with an L1
+    penalty on every scale, then remove the channels whose scales are smallest and fold."""
+    gm = fxprune.prune(model, x, "decompose-conv,insert-scaling,insert-channel-scaling")
+    print(f"transfer with channel scales: {epochs} epochs, l1={l1}", flush=True)
+    fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, l1=l1, val_data=test)
+    rows = [measure(fxprune.prune(gm, x, "fold"), x, test, reference, method="transferred with channel scales",
+                    setting=f"l1={l1}, unpruned, scales folded")]
+    for b in budgets:
+        pipeline = f"prune-channels{{criterion=scale target-params={b}}}"
+        rows.append(measure(fxprune.prune(gm, x, pipeline + ",fold"), x, test, reference,
+                            method="fxprune one-shot channels scale", setting=f"{pipeline.replace('prune-', '')}, l1={l1}"))
+    return rows
+
+
 def peer(folded, x, test, reference, data, budgets) -> list[dict]:
     rows = []
     for how in ("magnitude", "taylor"):
@@ -89,6 +104,7 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=6, help="epochs of scales + head before pruning")
     ap.add_argument("--step", type=float, default=0.15, help="share of params pruned per iterative step")
     ap.add_argument("--until", type=float, default=0.15, help="iterative run stops at this share of params")
+    ap.add_argument("--l1", type=float, default=1e-5, help="L1 weight on the scales in the channel-scaling run")
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the flow")
     args = ap.parse_args(argv)
     start = time.time()
@@ -110,10 +126,11 @@ def main(argv=None) -> None:
     a0 = measure(folded, x, test, reference, method="transferred (A0)", setting="unpruned, BN folded")
     rows = [a0]
     rows += one_shot(gm, x, test, reference, train[:16], budgets, energies)
+    rows += channel_scaling(model, x, train, test, reference, epochs, budgets, args.l1)
     rows += peer(folded, x, test, reference, train[:4], budgets)
     for prune_what in ("bases", "channels", "double"):
         rows += iterative(gm, x, train, test, reference, prune_what, args.step, args.until, train[:8])
-    meta = {"size": args.size, "epochs": epochs, "train": len(y_train), "test": len(y_test), "step": args.step,
+    meta = {"size": args.size, "epochs": epochs, "train": len(y_train), "test": len(y_test), "step": args.step, "l1": args.l1,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "original_params": total_params(model), "seconds": round(time.time() - start),
             "transfer_history": transfer, "quick": args.quick}

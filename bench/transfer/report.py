@@ -62,10 +62,12 @@ def equal_budgets(rows: list[dict]) -> str:
     for row in body[:len(budgets)]:  # one-shot double pruning splits the budget: sqrt(b) each
         b = float(row[0].split()[-1])
         row.insert(3, acc("fxprune one-shot double taylor", f"target-params={round(b ** 0.5, 4)}}},"))
+        row.insert(3, acc("fxprune one-shot channels scale", f"target-params={b}}}"))
     for row in body[len(budgets):]:
+        row[3:3] = [""]
         row.append("")
-    return tabulate(body, ["", "bases (taylor)", "channels (taylor)", "double (taylor)", "Torch-Pruning taylor"],
-                    tablefmt="github", disable_numparse=True)
+    return tabulate(body, ["", "bases (taylor)", "channels (taylor)", "channels (scale, L1-trained)", "double (taylor)",
+                           "Torch-Pruning taylor"], tablefmt="github", disable_numparse=True)
 
 
 def table(rows: list[dict]) -> str:
@@ -124,6 +126,10 @@ rows prune {meta['step']:.0%} of the remaining params per step (Taylor importanc
 each) and retrain only the scaling factors and the head for one epoch between steps. Torch-Pruning (MetaPruner, per-layer channel ratio bisected to meet the same
 parameter budget, classifier kept) prunes the A0 model once, no fine-tuning. Taylor importance uses
 1,024 training images (fxprune one-shot), 512 (fxprune iterative, per step), 256 (Torch-Pruning).
+Channel scaling (the paper's channel-scaling layers): a second transfer adds `insert-channel-scaling`
+and trains basis scales, channel scales and the head for {meta['epochs']} epochs with an L1 penalty of
+{meta.get('l1', '-')} x sum |s| over every scale; `prune-channels{{criterion=scale}}` then removes the channels with the
+smallest scales, one shot.
 The headline picks, per family, the smallest model within 1 point of A0 on the test set.
 
 ## Headline
@@ -134,6 +140,12 @@ The headline picks, per family, the smallest model within 1 point of A0 on the t
   (r(m + n) < mn), and most of Lite0's parameters sit in 1x1 convs.
 
 ![accuracy against parameters](accuracy_vs_params.png)
+
+## Bases, channels and both at equal budgets
+
+Test accuracy (params kept) at each one-shot target and after each iterative step.
+
+{equal_budgets(rows)}
 
 ## All runs
 
