@@ -100,11 +100,11 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
         reference = run_model(model, x)
         err = output_error(run_model(small, x), reference)
         report = savings(model, small, x)
-        t = report.totals
+        totals = report.totals
         row = {"model": entry.id, "pipeline": pipeline,
-               "params_before": t["params_before"], "params_after": t["params_after"],
-               "params_unused": sum(report.unused.values()), "macs_before": t["macs_before"],
-               "macs_after": t["macs_after"],
+               "params_before": totals["params_before"], "params_after": totals["params_after"],
+               "params_unused": sum(report.unused.values()), "macs_before": totals["macs_before"],
+               "macs_after": totals["macs_after"],
                "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
         if all(p.lossless for p in Pipeline.of(pipeline).passes):
             nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
