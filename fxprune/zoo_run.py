@@ -7,8 +7,11 @@ import io
 import json
 import os
 import sys
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from itertools import islice
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -75,24 +78,59 @@ def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, layers_dir: Path, comp
         for i, e in enumerate(todo):
             yield check(e, pipeline, layers_dir, compile), [n.id for n in todo[i + 1:i + 2]]
         return
+    work = partial(_check_one_thread, pipeline=pipeline, layers_dir=layers_dir, compile=compile)
+    yield from parallel_rows(todo, jobs, work, pipeline)
+
+
+def parallel_rows(todo: list[ZooEntry], jobs: int, work: Callable[[ZooEntry], dict], pipeline: str):
+    """`work` on each entry in `jobs` spawned processes: (row, ids now running) as models finish.
+
+    A worker the OS kills (most often for memory: two big models at once) breaks the whole pool; the
+    models then in flight run again one at a time after the others, and one that dies alone too gets
+    an error row. The run goes on either way."""
+    queue, retry = deque(todo), []
+    while queue:
+        retry += yield from _pool_rows(queue, jobs, work)
+    for e in retry:
+        if (yield from _pool_rows(deque([e]), 1, work)):
+            yield {"model": e.id, "pipeline": e.pipeline or pipeline, "status": "error", "seconds": 0.0,
+                   "reason": "its worker process was killed (by the OS, most often for lack of memory), "
+                             "also when run alone"}, []
+
+
+def _pool_rows(queue: deque, jobs: int, work):
+    """Run entries from `queue` in one pool; returns the entries in flight if a worker dies."""
     # At most `jobs` models are submitted at a time, so every pending future is really running
     # (the pool would otherwise mark queued ones as running too).
-    queue = iter(todo)
+    pending: dict = {}
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        pending: dict = {}
 
         def fill() -> None:
-            for e in islice(queue, jobs - len(pending)):
-                pending[pool.submit(_check_one_thread, e, pipeline, layers_dir, compile)] = e.id
+            while queue and len(pending) < jobs:
+                e = queue.popleft()
+                pending[pool.submit(work, e)] = e
 
-        fill()
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                del pending[f]
+        try:
             fill()
-            for f in finished:
-                yield f.result(), list(pending.values())
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                rows, broken = [], False
+                for f in finished:
+                    try:
+                        rows.append(f.result())
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    del pending[f]
+                if not broken:
+                    fill()
+                for row in rows:
+                    yield row, [e.id for e in pending.values()]
+                if broken:
+                    return list(pending.values())
+            return []
+        except BrokenProcessPool:  # raised by submit once the pool is broken
+            return list(pending.values())
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
