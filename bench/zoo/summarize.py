@@ -44,7 +44,7 @@ def default_section() -> list[str]:
              "what pretrained weights give. Status `ok`: output shapes kept and params fell; `no-gain`: nothing",
              "was worth removing. Per-layer tables: `default-NAME/layers/`.", "",
              "| zoo | models | ok | no-gain | error | skipped | not run yet | params saved (median, best) "
-             "| MACs saved (median) | total time |",
+             "| MACs saved (median) | time, summed over models |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for name, folder, config in DEFAULT_RUNS:
