@@ -1,7 +1,7 @@
 """Transfer ImageNet EfficientNet-Lite0 to MNIST digits by training only the basis scaling factors
 and the new head, then prune without fine-tuning any weight; Torch-Pruning as the peer.
 
-    .venv/bin/python -m bench.transfer.mnist            # about 25 minutes on 2 cores
+    .venv/bin/python -m bench.transfer.mnist            # about 20 minutes on 2 cores
     .venv/bin/python -m bench.transfer.mnist --quick    # a 2-minute check of the whole flow
 
 Writes results.json, README.md (tables, headline) and accuracy_vs_params.png to --out.
