@@ -107,8 +107,8 @@ def _pool_rows(queue: deque, jobs: int, work):
 
         def fill() -> None:
             while queue and len(pending) < jobs:
-                e = queue.popleft()
-                pending[pool.submit(work, e)] = e
+                future = pool.submit(work, queue[0])  # taken off the queue only once submitted:
+                pending[future] = queue.popleft()    # a broken pool refuses it, and it must not be lost
 
         try:
             fill()
