@@ -43,6 +43,22 @@ def unused_params(model: nn.Module, traced: fx.GraphModule) -> dict[str, int]:
     return out
 
 
+def tied_modules(gm: nn.Module) -> dict[str, str]:
+    """Module path -> another module path holding one of the same Parameter objects (tied weights,
+    or one module registered under two names). Such a layer cannot be rewritten alone: a new weight
+    would untie it and the model would grow."""
+    holders: dict[int, list[str]] = {}
+    for name, p in gm.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), []).append(name.rpartition(".")[0])
+    tied: dict[str, str] = {}
+    for paths in holders.values():
+        for path in paths:
+            other = next((q for q in paths if q != path), None)
+            if other is not None:
+                tied.setdefault(path, other)
+    return tied
+
+
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
     *batch, lq, d = query_shape
     lk, dv = key_shape[-2], value_shape[-1]

@@ -24,7 +24,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .analysis import propagate_shapes
+from .analysis import propagate_shapes, tied_modules
 from .meta import ROLE
 from .nn import BasisScalingConv, ChannelScaling
 
@@ -113,6 +113,7 @@ class _Propagator:
         self.flow = ChannelFlow()
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+        self.tied = tied_modules(gm)
         self.parts: dict[fx.Node, list[tuple[int, torch.Tensor]]] = {}  # the chunks of a chunk node
 
     def barrier(self, node: fx.Node, reason: str) -> None:
@@ -154,7 +155,8 @@ class _Propagator:
             self.merge(node, "flatten")
             return
         shared = (f"module {path} is called {self.calls[path]} times" if self.calls[path] > 1 else
-                  f"the graph reads the weights of {path} directly" if path in self.read_directly else None)
+                  f"the graph reads the weights of {path} directly" if path in self.read_directly else
+                  f"{path} shares its weights with {self.tied[path]}" if path in self.tied else None)
         if shared and any(True for _ in m.parameters(recurse=False)):
             self.barrier(node, shared)
             if type(m) in (nn.Conv2d, nn.Linear):

@@ -15,10 +15,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .meta import ROLE, SOURCE
+from .meta import RANK, ROLE, SOURCE
 from .nn import BasisScalingConv
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ORIGINAL = "_fxprune_original"  # attribute of a pair container: the layer it was made from
 
 
 def is_dense_layer(m: nn.Module) -> bool:
@@ -167,8 +168,53 @@ def unscaled_coef(pair: Pair) -> nn.Module:
     return _set_weights(coef, pair.coef_matrix() * pair.scale[:, None, :], pair.coef.bias, pair.coef.weight)
 
 
-def merge_pair(pair: Pair) -> nn.Module:
-    """One dense layer equal to the pair (coef @ basis per group, computed in float64)."""
-    w = torch.bmm(pair.coef_matrix().double(), pair.basis_matrix().double())
-    dense = _layer(pair.basis, pair.groups * pair.m, pair.groups, pair.coef.bias is not None)
-    return _set_weights(dense, w, pair.coef.bias, pair.coef.weight)
+def keep_original(container: nn.Module, layer: nn.Module) -> None:
+    """Remember on a pair's container the layer it was made from, so that merging it back gives that
+    layer bit for bit while the pair still equals it. A plain attribute, not a submodule: it is in
+    no count, no state_dict and no graph."""
+    container.__dict__[ORIGINAL] = layer
+
+
+def forget_original(container: nn.Module) -> None:
+    container.__dict__.pop(ORIGINAL, None)
+
+
+def merge_pair(pair: Pair, original: nn.Module | None = None) -> nn.Module:
+    """One dense layer equal to the pair, scales folded (coef @ basis per group, computed in float64).
+    `original` (the layer decompose-conv started from) is returned instead where the product equals
+    it to 1e-5 of its largest weight and the bias is the same: nothing was cut, so nothing may change."""
+    coef = pair.coef_matrix().double()
+    if pair.scale is not None:
+        coef = coef * pair.scale.double()[:, None, :]
+    w = torch.bmm(coef, pair.basis_matrix().double())
+    bias = pair.coef.bias
+    if original is not None and _equals(original, w, bias, pair.groups):
+        original.weight.requires_grad_(pair.coef.weight.requires_grad)
+        if bias is not None:
+            original.bias.requires_grad_(bias.requires_grad)
+        return original
+    dense = _layer(pair.basis, pair.groups * pair.m, pair.groups, bias is not None)
+    return _set_weights(dense, w, bias, pair.coef.weight)
+
+
+def _equals(original: nn.Module, w: torch.Tensor, bias, groups: int) -> bool:
+    o = original.weight.detach()
+    if o.numel() != w.numel() or groups_of(original) != groups or (original.bias is None) != (bias is None):
+        return False
+    o = as_groups(o, groups).double()
+    if o.shape != w.shape or (w - o).abs().max() > 1e-5 * o.abs().max():
+        return False
+    return bias is None or torch.equal(original.bias.detach(), bias.detach())
+
+
+def merge_back(gm: fx.GraphModule, pair: Pair) -> fx.Node:
+    """Replace `pair` in `gm` (module and graph) by one dense layer at its path; returns its node."""
+    original = gm.get_submodule(pair.path).__dict__.get(ORIGINAL)
+    set_module(gm, pair.path, merge_pair(pair, original))
+    with gm.graph.inserting_after(pair.coef_node):
+        node = gm.graph.call_module(pair.path, pair.basis_node.args, pair.basis_node.kwargs)
+    node.meta.update({SOURCE: pair.source, RANK: (pair.rank * pair.groups, min(pair.m, pair.n) * pair.groups)})
+    pair.coef_node.replace_all_uses_with(node)
+    gm.graph.erase_node(pair.coef_node)
+    gm.graph.erase_node(pair.basis_node)
+    return node

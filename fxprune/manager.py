@@ -58,14 +58,14 @@ class PassManager:
             start = time.perf_counter()
             try:
                 result = p.run(gm, ctx)
+                gm = result.graph_module
+                gm.graph.lint()  # a pass that leaves a broken graph fails here, named like any other
+                gm.recompile()
             except FxPruneError:
                 raise
             except Exception as e:  # noqa: BLE001 - re-raised naming the pass and those before it
                 before = ",".join(r.text for r in done) or "none"
                 raise PassError(f"pass {p} failed: {type(e).__name__}: {e} (passes before it: {before})") from e
-            gm = result.graph_module
-            gm.graph.lint()
-            gm.recompile()
             seconds = time.perf_counter() - start
             if self.verify:
                 reference = verify_after(str(p), gm, ctx.example_inputs, reference, p.lossless)

@@ -1,25 +1,85 @@
-"""Model ids used by the CLI and the zoo: `tv:NAME` (torchvision) and `timm:NAME`, random weights."""
+"""Model ids used by the CLI and the zoo: `tv:NAME` (torchvision), `timm:NAME`, or
+`path/to/file.py:factory` (a function returning an nn.Module). Random weights unless asked."""
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+from pathlib import Path
+
 from torch import nn
 
+from .errors import FxPruneError
 
-def create(model_id: str, **kwargs) -> nn.Module:
-    """Build a model with random weights (nothing is downloaded)."""
+
+def create(model_id: str, *, num_classes: int | None = None, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build a model (random weights; `pretrained=True` asks timm/torchvision for theirs, which
+    needs the network or their cache). `num_classes` builds it with a new head of that size."""
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    if ".py:" in model_id or model_id.endswith(".py"):
+        return _from_file(model_id, pretrained, kwargs)
     source, sep, name = model_id.partition(":")
     if not sep or source not in ("tv", "torchvision", "timm"):
-        raise ValueError(f"model id {model_id!r}: write tv:NAME or timm:NAME, e.g. tv:resnet18 or timm:resnet50")
-    if source == "timm":
-        import timm
+        raise ValueError(f"model id {model_id!r}: write tv:NAME, timm:NAME or path/to/file.py:factory, "
+                         "e.g. tv:resnet18 or timm:resnet50")
+    build = _timm if source == "timm" else _torchvision
+    if not pretrained:
+        return build(name, False, kwargs)
+    build(name, False, dict(kwargs))  # a wrong name fails here, before any download is tried
+    try:
+        return build(name, True, kwargs)
+    except Exception as e:  # noqa: BLE001 - offline: a download failure, named in one line
+        raise FxPruneError(f"--pretrained: cannot get the pretrained weights of {model_id} ({type(e).__name__}; "
+                           "offline?). Download them where there is a network and pass --weights PATH") from None
 
-        if name not in timm.list_models():
-            close = timm.list_models(f"*{name}*")[:5]
-            raise ValueError(f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
-        return timm.create_model(name, pretrained=False, **kwargs)
+
+def _timm(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models():
+        close = timm.list_models(f"*{name}*")[:5]
+        raise ValueError(f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _torchvision(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
     import torchvision.models as tvm
 
-    names = tvm.list_models()
-    if name not in names:
+    if name not in tvm.list_models():
         raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
-    return tvm.get_model(name, weights=None, **kwargs)
+    if pretrained and "num_classes" in kwargs:  # torchvision refuses weights with another head size
+        model = tvm.get_model(name, weights=None, **kwargs)
+        reference = tvm.get_model(name, weights="DEFAULT", **{k: v for k, v in kwargs.items() if k != "num_classes"})
+        from .checkpoint import load_state
+
+        load_state(model, reference.state_dict(), new_head=True, origin=f"torchvision's {name} weights")
+        return model
+    return tvm.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
+
+
+def _from_file(model_id: str, pretrained: bool, kwargs: dict) -> nn.Module:
+    file, _, factory = model_id.rpartition(":")
+    path = Path(file)
+    if not factory or not file.endswith(".py"):
+        raise ValueError(f"model id {model_id!r}: write path/to/file.py:factory (a function returning an nn.Module)")
+    if pretrained:
+        raise ValueError(f"--pretrained applies to tv:/timm: models; load the weights of {model_id} with --weights")
+    if not path.is_file():
+        raise ValueError(f"model id {model_id!r}: no file {file}")
+    spec = importlib.util.spec_from_file_location(f"fxprune_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise ValueError(f"model id {model_id!r}: {file} defines no function {factory!r}")
+    params = inspect.signature(fn).parameters
+    if kwargs and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        missing = [k for k in kwargs if k not in params]
+        if missing:
+            raise ValueError(f"model id {model_id!r}: {factory}() takes no argument {missing[0]!r} "
+                             f"(asked for by --{missing[0].replace('_', '-')})")
+    model = fn(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model id {model_id!r}: {factory}() returned {type(model).__name__}, not an nn.Module")
+    return model

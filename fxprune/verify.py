@@ -44,10 +44,14 @@ def output_error(actual, expected) -> OutputError:
             continue
         if x.shape != y.shape:
             return OutputError(float("inf"), float("inf"))
-        d = (x.double() - y.double())
+        x, y = x.double(), y.double()
+        same = (x == y) | (x.isnan() & y.isnan())  # equal infinities and NaN where the reference has NaN
+        if not (same | (x.isfinite() & y.isfinite())).all():
+            return OutputError(float("inf"), float("inf"))  # NaN or inf that the reference has not
+        d = torch.where(same, 0.0, x - y)
         max_abs = max(max_abs, d.abs().max().item() if d.numel() else 0.0)
         num += d.pow(2).sum().item()
-        den += y.double().pow(2).sum().item()
+        den += torch.where(y.isfinite(), y, 0.0).pow(2).sum().item()
     return OutputError(max_abs, (num / den) ** 0.5 if den else num ** 0.5)
 
 
@@ -62,9 +66,12 @@ def verify_after(pass_text: str, gm: fx.GraphModule, example_inputs: tuple, refe
     except Exception as e:  # noqa: BLE001 - re-raised naming the pass
         raise VerificationError(f"after pass {pass_text}: the graph is invalid: {type(e).__name__}: {e}") from e
     out = run_model(gm, example_inputs)
-    if lossless and reference is not None:
+    if reference is not None:
         err = output_error(out, reference)
-        if not err.ok():
+        if err.max_abs == float("inf"):
+            raise VerificationError(f"after pass {pass_text}: the outputs hold NaN or inf that they did not hold "
+                                    "before, or changed structure or shape")
+        if lossless and not err.ok():
             raise VerificationError(
                 f"after pass {pass_text}: outputs changed ({err}) although the pass is meant to be "
                 f"lossless (tolerance: relative L2 < 1e-5 or max abs <= {ATOL})"

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from fxprune.lowrank import as_groups, build_pair, find_pairs, is_dense_layer, matrix_shape, pays, set_module
+from fxprune.analysis import tied_modules
+from fxprune.lowrank import (as_groups, build_pair, find_pairs, is_dense_layer, keep_original,
+                             matrix_shape, pays, set_module)
 from fxprune.meta import ROLE, SOURCE
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -20,7 +22,8 @@ class DecomposeConv(FxPass):
 
     Skipped, and counted: layers where even a rank-1 pair would not be smaller (depthwise convs),
     subclasses of Conv/Linear (they may change forward), layers whose weights the graph reads
-    directly, and layers already decomposed.
+    directly, layers sharing a weight with another module (tied: a pair would untie them and the
+    model would grow), and layers already decomposed.
     """
 
     name = "decompose-conv"
@@ -30,9 +33,10 @@ class DecomposeConv(FxPass):
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         stats = {"convs-decomposed": 0, "linears-decomposed": 0, "depthwise-skipped": 0, "no-gain-skipped": 0,
-                 "weights-read-skipped": 0}
+                 "weights-read-skipped": 0, "tied-skipped": 0}
         in_pairs = {n.target for p in find_pairs(gm) for n in (p.basis_node, p.coef_node)}
         read = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+        tied = tied_modules(gm)
         calls: dict[str, list[fx.Node]] = defaultdict(list)
         for node in gm.graph.nodes:
             if node.op == "call_module" and node.target not in in_pairs:
@@ -42,8 +46,8 @@ class DecomposeConv(FxPass):
             if not is_dense_layer(layer) or (isinstance(layer, torch.nn.Linear) and not self.linear):
                 continue
             g, m, n = matrix_shape(layer)
-            if path in read:
-                stats["weights-read-skipped"] += 1
+            if path in read or path in tied:
+                stats["weights-read-skipped" if path in read else "tied-skipped"] += 1
                 continue
             if not pays(1, m, n):
                 stats["depthwise-skipped" if m == 1 and g > 1 else "no-gain-skipped"] += 1
@@ -59,7 +63,9 @@ def decompose(layer: torch.nn.Module) -> torch.nn.Module:
     """The full-rank pair equal to `layer` (SVD in the weight's own dtype)."""
     g, _, _ = matrix_shape(layer)
     u, s, vh = torch.linalg.svd(as_groups(layer.weight.detach(), g).double(), full_matrices=False)
-    return build_pair(layer, vh, u * s[:, None, :], layer.bias)
+    container = build_pair(layer, vh, u * s[:, None, :], layer.bias)
+    keep_original(container, layer)  # fold gives it back bit for bit if nothing is cut
+    return container
 
 
 def _rewire(gm: fx.GraphModule, node: fx.Node, path: str) -> None:

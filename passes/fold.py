@@ -10,9 +10,8 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from fxprune.analysis import propagate_shapes
-from fxprune.lowrank import CONVS, find_pairs, merge_pair, pays, set_module, unscaled_coef
-from fxprune.meta import RANK, SOURCE
+from fxprune.analysis import propagate_shapes, tied_modules
+from fxprune.lowrank import CONVS, find_pairs, forget_original, merge_back, pays, set_module, unscaled_coef
 from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.pass_base import FxPass, PassContext, PassResult, register
 
@@ -27,14 +26,14 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 @register
 @dataclass(frozen=True)
 class Fold(FxPass):
-    """Scaling factors are folded into the coef weights first (U S diag(s)), channel scales into
-    the rows of the layer before them (conv, linear or coef; left in place, with a warning, where
-    that layer has other users or is called twice).
+    """First every pair: merged back into one dense layer unless r*(m + n) < m*n per group, its
+    basis scales folded in (U S diag(s)); a pair that still equals the layer decompose-conv made it
+    from gives that layer back bit for bit. Then channel scales into the rows of the layer before
+    them (conv, linear or coef; left in place, with a warning, where that layer has other users,
+    is called twice or shares its weights). Then BatchNorm (torch's, and timm's BatchNormAct2d,
+    whose activation stays) into a preceding conv/linear/coef layer when it is in eval mode, has
+    running statistics and is that layer's only user.
     The result uses only torch.nn modules and is never bigger than its input (params and MACs).
-
-    BatchNorm (torch's, and timm's BatchNormAct2d, whose activation stays) is folded into a
-    preceding conv/linear/coef layer when it is in eval mode, has running statistics and is that
-    layer's only user. A pair is merged back into one layer unless r*(m + n) < m*n per group.
     """
 
     name = "fold"
@@ -42,29 +41,23 @@ class Fold(FxPass):
     lossless = True
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        if any(type(m) is nn.BatchNorm1d for m in gm.modules()):  # Linear+BN1d needs output ranks
-            propagate_shapes(gm, ctx.example_inputs)
-        scales = 0
-        for pair in find_pairs(gm):
-            if pair.scale is not None:
-                set_module(gm, pair.coef_node.target, unscaled_coef(pair))
-                scales += 1
-        scales += sum(_fold_channel_scale(gm, node) for node in list(gm.graph.nodes))
-        folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
-        merged = kept = 0
+        scales = merged = kept = 0
         for pair in find_pairs(gm):
             if pays(pair.rank, pair.m, pair.n):
+                if pair.scale is not None:
+                    set_module(gm, pair.coef_node.target, unscaled_coef(pair))
+                    scales += 1
+                forget_original(gm.get_submodule(pair.path))
                 kept += 1
-                continue
-            set_module(gm, pair.path, merge_pair(pair))
-            with gm.graph.inserting_after(pair.coef_node):
-                node = gm.graph.call_module(pair.path, pair.basis_node.args, pair.basis_node.kwargs)
-            full = min(pair.m, pair.n) * pair.groups
-            node.meta.update({SOURCE: pair.source, RANK: (pair.rank * pair.groups, full)})
-            pair.coef_node.replace_all_uses_with(node)
-            gm.graph.erase_node(pair.coef_node)
-            gm.graph.erase_node(pair.basis_node)
-            merged += 1
+            else:  # merged first, so a pair nothing was cut from gives back its original layer exactly
+                scales += pair.scale is not None
+                merge_back(gm, pair)
+                merged += 1
+        scales += sum(_fold_channel_scale(gm, node) for node in list(gm.graph.nodes))
+        if any(type(m) is nn.BatchNorm1d for m in gm.modules()):  # Linear+BN1d needs output ranks
+            gm.recompile()
+            propagate_shapes(gm, ctx.example_inputs)
+        folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
         gm.delete_all_unused_submodules()
         stats = {"scales-folded": scales, "bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
         return PassResult(gm, scales + folded + merged > 0, stats)
@@ -91,8 +84,8 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
                                       bn.weight, bn.bias)
     else:
         return False
-    if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1:
-        return False  # a layer called twice cannot take one call's BatchNorm
+    if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied_modules(gm):
+        return False  # a layer called twice, or sharing its weight, cannot take one call's BatchNorm
     w.requires_grad_(layer.weight.requires_grad)
     b.requires_grad_(layer.weight.requires_grad)
     layer.weight, layer.bias = w, b
@@ -111,9 +104,9 @@ def _fold_channel_scale(gm: fx.GraphModule, node: fx.Node) -> bool:
     prev = node.args[0]
     layer = gm.get_submodule(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
     if (not isinstance(layer, (*CONVS, nn.Linear, BasisScalingConv)) or len(prev.users) != 1
-            or len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1):
+            or len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied_modules(gm)):
         warnings.warn(f"fold: channel scale {node.target} stays: the module before it is not a conv/linear "
-                      "layer used only there", stacklevel=2)
+                      "layer used only there, with weights of its own", stacklevel=2)
         return False
     new = copy.deepcopy(layer)
     s = scale.weight.detach()

@@ -8,6 +8,7 @@ import torch.fx as fx
 
 from fxprune.channels import analyse
 from fxprune.lowrank import set_module
+from fxprune.meta import ROLE
 from fxprune.nn import ChannelScaling
 from fxprune.pass_base import PassContext, PassResult, register
 
@@ -29,6 +30,9 @@ class InsertChannelScaling(InsertScaling):
     requires = {}
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        merged = self._merge_trained(gm)
+        if merged:
+            gm.recompile()
         graph = analyse(gm, ctx.example_inputs)
         producers = sorted({path for g in graph.prunable for path, role in g.members if role == "out"})
         inserted = 0
@@ -39,11 +43,15 @@ class InsertChannelScaling(InsertScaling):
                 continue
             weight = gm.get_submodule(path).weight
             dim = 1 if weight.dim() > 2 else -1  # convs: channels first; linear: channels last
-            target = f"{path}_channel_scale"
+            # beside a pair's container, not inside it: prune-basis and fold replace the container whole
+            owner = path.rpartition(".")[0] if node.meta.get(ROLE) == "coef" else path
+            target = f"{owner}_channel_scale"
             set_module(gm, target, ChannelScaling(weight.shape[0], dim, weight))
             with gm.graph.inserting_after(node):
                 scaled = gm.graph.call_module(target, (node,))
             node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
             inserted += 1
-        return PassResult(gm, inserted > 0, {"channel-scales-inserted": inserted, "trainable-params": self._freeze(gm)})
+        stats = {"channel-scales-inserted": inserted, "trained-pairs-merged": merged,
+                 "trainable-params": self._freeze(gm)}
+        return PassResult(gm, inserted + merged > 0, stats)
 

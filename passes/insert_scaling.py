@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch.fx as fx
 
 from fxprune.analysis import is_counted
-from fxprune.lowrank import find_pairs, set_module
+from fxprune.lowrank import find_pairs, merge_back, pays, set_module
 from fxprune.meta import SOURCE
 from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
@@ -18,7 +18,9 @@ from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 class InsertScaling(FxPass):
     """Each pair's coef layer becomes a BasisScalingConv (scale = 1: lossless). Afterwards only the
     scales and the modules named by `train` require grad, so transfer learning trains no individual
-    weight of the backbone. `fxprune.train_scaling` trains them.
+    weight of the backbone. `fxprune.train_scaling` trains them. Pairs inside the `train` modules
+    that do not pay (a new head decomposed at full rank) are first merged back into one plain layer,
+    so the head trains as the layer it is, not as two layers and a scale.
     """
 
     name = "insert-scaling"
@@ -29,12 +31,27 @@ class InsertScaling(FxPass):
                                 "layer), none, or module paths separated by commas")
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        merged = self._merge_trained(gm)
         inserted = 0
         for pair in find_pairs(gm):
             if not isinstance(pair.coef, BasisScalingConv):
                 set_module(gm, pair.coef_node.target, BasisScalingConv(pair.coef))
                 inserted += 1
-        return PassResult(gm, inserted > 0, {"scales-inserted": inserted, "trainable-params": self._freeze(gm)})
+        stats = {"scales-inserted": inserted, "trained-pairs-merged": merged, "trainable-params": self._freeze(gm)}
+        return PassResult(gm, inserted + merged > 0, stats)
+
+    def _merge_trained(self, gm: fx.GraphModule) -> int:
+        """Merge back the pairs inside the `train` modules that do not pay (a new head at full rank):
+        a layer that trains is trained as one plain layer, never as a product of two layers and a
+        scale, which trains badly from a random init. Lossless (bit for bit where nothing was cut)."""
+        paths = self._trainable(gm)
+        merged = 0
+        for pair in find_pairs(gm):
+            if not pays(pair.rank, pair.m, pair.n) and any(pair.path == p or pair.path.startswith(p + ".")
+                                                           for p in paths):
+                merge_back(gm, pair)
+                merged += 1
+        return merged
 
     def _freeze(self, gm: fx.GraphModule) -> int:
         """Freeze every parameter but the scales (of bases and of channels) and the `train`

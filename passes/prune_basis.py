@@ -11,7 +11,7 @@ import torch.fx as fx
 
 from fxprune.analysis import node_macs, total_macs, total_params
 from fxprune.importance import taylor_scores
-from fxprune.lowrank import Pair, find_pairs, rebuild_pair, set_module
+from fxprune.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
 DEFAULT_ENERGY = 0.95
@@ -25,10 +25,13 @@ class PruneBasis(FxPass):
     (loss `loss_fn=`, default cross-entropy). Squared values are compared, so energy keeps (S_i*|s_i|)^2.
 
     Per layer (`energy`): keep the smallest rank whose cumulative squared importance reaches that
-    fraction of the layer's total, in every group. Global (`target-params` / `target-macs`): until
+    fraction of the layer's total, in every group; a layer where that rank would not pay
+    (r*(m + n) >= m*n per group: fold would merge it back) keeps every basis and is counted in
+    `no-gain-kept`, so no layer loses accuracy for no saving. Global (`target-params` / `target-macs`): until
     the model, counted as `fold` will leave it (a pair that no longer pays is merged back), is at
     most that fraction of its size, cut the rank of the layer that loses the least importance per
-    param (MAC) saved. taylor and scale are compared across layers as they are (loss units; every
+    param (MAC) saved; only cuts that save count, so a budget never leaves a pair that does not pay
+    at a lower rank either. taylor and scale are compared across layers as they are (loss units; every
     scale starts at 1); energy as a share of its layer's energy.
     """
 
@@ -60,6 +63,9 @@ class PruneBasis(FxPass):
         else:
             energy = DEFAULT_ENERGY if self.energy is None else self.energy
             ranks, reached = [self._energy_rank(p, e, energy) for p, e in zip(pairs, scores)], True
+        no_gain = sum(r < p.rank and not pays(r, p.m, p.n) for p, r in zip(pairs, ranks))
+        # a cut that does not pay would be merged back by fold at the lower rank: loss for no saving
+        ranks = [r if pays(r, p.m, p.n) else p.rank for p, r in zip(pairs, ranks)]
         changed = 0
         for pair, score, rank in zip(pairs, scores, ranks):
             if rank < pair.rank:
@@ -67,7 +73,7 @@ class PruneBasis(FxPass):
                 set_module(gm, pair.path, rebuild_pair(pair, keep))
                 changed += 1
         after = sum(r * p.groups for p, r in zip(pairs, ranks))
-        stats = {"bases-before": before, "bases-after": after, "layers-pruned": changed}
+        stats = {"bases-before": before, "bases-after": after, "layers-pruned": changed, "no-gain-kept": no_gain}
         if not reached:
             stats["budget-reached"] = False
             warnings.warn(f"{self}: the budget cannot be reached with min-rank={self.min_rank}; "

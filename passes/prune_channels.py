@@ -86,7 +86,7 @@ class PruneChannels(FxPass):
 
     def _keep(self, group: ChannelGroup, keep: int) -> int:
         """Channels a group keeps when asked to keep `keep`: at least 1, a multiple of round-to."""
-        return min(group.size, max(1, math.ceil(keep / self.round_to) * self.round_to))
+        return min(group.size, max(1, -(-keep // self.round_to) * self.round_to))  # integer ceil: no underflow
 
     def _scores(self, graph: ChannelGraph, ctx: PassContext) -> dict[int, float]:
         if self.criterion in ("l1", "l2"):

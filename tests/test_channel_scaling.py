@@ -32,7 +32,8 @@ def test_scales_sit_after_every_prunable_producer_and_only_they_and_the_head_tra
     trainable = {n for n, p in gm.named_parameters() if p.requires_grad}
     assert trainable == {"a_channel_scale.weight", "b_channel_scale.weight", "c_channel_scale.weight",
                          "head.weight", "head.bias"}
-    assert fxprune.history(gm)[-1].stats == {"channel-scales-inserted": 3, "trainable-params": 22 + 6 * 64 * 4 + 4}
+    assert fxprune.history(gm)[-1].stats == {"channel-scales-inserted": 3, "trained-pairs-merged": 0,
+                                             "trainable-params": 22 + 6 * 64 * 4 + 4}
     with torch.no_grad():
         torch.testing.assert_close(gm(X), model(X), rtol=0, atol=0)
 

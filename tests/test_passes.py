@@ -16,7 +16,7 @@ def test_decompose_conv_splits_every_layer_that_can_gain(tiny):
     gm = fxprune.prune(tiny, X, "decompose-conv")
     stats = fxprune.history(gm)[-1].stats
     assert stats == {"convs-decomposed": 3, "linears-decomposed": 1, "depthwise-skipped": 1,
-                     "no-gain-skipped": 0, "weights-read-skipped": 0}
+                     "no-gain-skipped": 0, "weights-read-skipped": 0, "tied-skipped": 0}
     pairs = {p.source: p for p in find_pairs(gm)}
     assert sorted(pairs) == ["grouped", "head", "pw", "stem"]
     assert isinstance(gm.get_submodule("dw"), nn.Conv2d)  # depthwise: rank 1 per group, left alone

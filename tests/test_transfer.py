@@ -95,7 +95,7 @@ def test_taylor_ranks_a_basis_that_cannot_affect_the_loss_last():
         x = torch.randn(16, 6)
         x = x - (x @ model.v[:, :1]) @ model.v[:, :1].T  # no component along the top direction
         data.append((x, torch.randint(0, 4, (16,))))
-    gm = fxprune.prune(model, data[0][0], "decompose-conv,insert-scaling")
+    gm = fxprune.prune(model, data[0][0], "decompose-conv,insert-scaling{train=none}")
     pair = find_pairs(gm)[0]
     assert pair.rank == 4
     from fxprune.importance import taylor_scores
@@ -125,7 +125,7 @@ def test_scale_criterion_needs_insert_scaling(tiny):
 
 
 @pytest.mark.parametrize("criterion", ["energy", "scale", "taylor"])
-@pytest.mark.parametrize("form", ["energy=0.8", "target-params=0.7", "target-macs=0.7"])
+@pytest.mark.parametrize("form", ["energy=0.5", "target-params=0.7", "target-macs=0.7"])
 def test_every_criterion_works_with_every_form(tiny, criterion, form):
     gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
     fxprune.train_scaling(gm, batches(2), lr=0.05, progress=False)

@@ -1,0 +1,77 @@
+"""The whole user job in one call: a pretrained model and labelled data in, a small accurate model out.
+
+transfer() = decompose-conv,insert-scaling (lossless; a new head stays one plain layer), train the
+basis scales and the head, prune iteratively (retraining the scales after each step) until the stop
+rule, then fold into plain torch modules. No backbone weight is fine-tuned.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .analysis import total_macs, total_params
+from .api import as_inputs, prune
+from .transfer import evaluate, prune_iteratively, train_scaling
+
+
+@dataclass
+class TransferResult:
+    model: fx.GraphModule  # folded: plain torch modules
+    params: tuple[int, int]  # (transferred, pruned), BatchNorm folded in both
+    macs: tuple[int, int]
+    accuracy: tuple[float, float]  # val accuracy (transferred, pruned)
+    until: str  # the stop rule as applied (accuracy-drop resolved to accuracy=A)
+    epochs: list[dict] = field(default_factory=list)  # train_scaling's per-epoch history
+    steps: list[dict] = field(default_factory=list)  # prune_iteratively's per-step history
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def stop_rule(until: str, transferred_accuracy: float) -> str:
+    """`accuracy-drop=D` (at most D below the transferred model's val accuracy) as accuracy=A;
+    the other rules of prune_iteratively (params=F, macs=F, accuracy=A) as they are."""
+    key, _, value = until.partition("=")
+    if key != "accuracy-drop":
+        return until
+    try:
+        drop = float(value)
+    except ValueError:
+        drop = -1.0
+    if not 0 <= drop < 1:
+        raise ValueError(f"until={until!r}: write accuracy-drop=D with D in [0, 1), e.g. accuracy-drop=0.01")
+    return f"accuracy={max(transferred_accuracy - drop, 1e-9):.6f}"
+
+
+def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable, epochs: int = 5, lr: float = 1e-2,
+             prune_what: str = "bases", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
+             step: float = 0.05, max_steps: int = 50, progress: bool = True) -> TransferResult:
+    """Train the basis scales and the head of `model` (pretrained backbone, new head) on `train`,
+    then prune `prune_what` ('bases', 'channels' or 'double') iteratively with `criterion`,
+    `step` of the params per step, retraining the scales one epoch after each, until `until`
+    (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
+    and fold. `model` is not modified."""
+    inputs = as_inputs(example_inputs)
+    clock = {}
+    start = time.perf_counter()
+    gm = prune(model, inputs, "decompose-conv,insert-scaling")
+    epochs_run = train_scaling(gm, train, epochs=epochs, lr=lr, val_data=val, progress=progress)
+    clock["train"] = time.perf_counter() - start
+    base = prune(gm, inputs, "fold")
+    a0 = evaluate(base, val)["accuracy"]
+    rule = stop_rule(until, a0)
+    start = time.perf_counter()
+    pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
+                                      prune_what=prune_what, step=step, until=rule, epochs=1, lr=lr,
+                                      max_steps=max_steps, progress=progress)
+    small = prune(pruned, inputs, "fold")
+    clock["prune"] = time.perf_counter() - start
+    with torch.no_grad():
+        accuracy = evaluate(small, val)["accuracy"]
+    return TransferResult(small, (total_params(base), total_params(small)),
+                          (total_macs(base, inputs), total_macs(small, inputs)), (a0, accuracy), rule,
+                          epochs_run, steps, clock)
