@@ -11,16 +11,49 @@ from .api import DEFAULT_PIPELINE
 from .errors import FxPruneError
 
 
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="tv:NAME (torchvision), timm:NAME or path/to/file.py:factory")
+    parser.add_argument("--weights", help="a state_dict to load (.pt/.pth from torch.save, a {'state_dict': ...} "
+                                          "or {'model': ...} checkpoint, or .safetensors)")
+    parser.add_argument("--num-classes", type=int, help="build the model with a new head of N classes and load "
+                                                        "every weight but the old head's")
+    parser.add_argument("--pretrained", action="store_true", help="timm's / torchvision's own weights (needs the "
+                                                                   "network or their cache)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow --weights to be a whole pickled model: loading it runs code from the file")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fxprune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="prune one model and print the savings table")
-    run.add_argument("model", help="tv:NAME (torchvision) or timm:NAME, e.g. tv:resnet18")
+    _model_args(run)
     run.add_argument("--pipeline", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
     run.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
     run.add_argument("--batch", type=int, default=1, help="batch size of the example input (default 1)")
     run.add_argument("--verify", action="store_true", help="check the graph after every pass")
     run.add_argument("--out", help="also write the savings table (.md, .csv, .json) or the model (.pt2)")
+    transfer = sub.add_parser("transfer", help="train the scales and a new head on an image folder, then prune "
+                                               "until the accuracy floor, fold and save")
+    _model_args(transfer)
+    transfer.add_argument("--data", required=True, help="image folder: DIR/train/CLASS/*.png and DIR/val/CLASS/*.png, "
+                                                        "or DIR/CLASS/*.png (split by --val-split)")
+    transfer.add_argument("--image-size", type=int, help="input size (default: the model's pretrained config)")
+    transfer.add_argument("--val-split", type=float, default=0.2, help="share of each class kept for validation "
+                                                                        "when DIR has no train/ and val/ (0.2)")
+    transfer.add_argument("--epochs", type=int, default=5, help="epochs of training the scales and head (5)")
+    transfer.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
+    transfer.add_argument("--batch-size", type=int, default=32, help="batch size (32)")
+    transfer.add_argument("--prune", default="channels", choices=["bases", "channels", "double"],
+                          help="what to prune (channels)")
+    transfer.add_argument("--criterion", default="taylor", help="importance (taylor)")
+    transfer.add_argument("--until", default="accuracy-drop=0.01",
+                          help="stop rule: accuracy-drop=D (default 0.01: within 1 point of the transferred "
+                               "model), accuracy=A, params=F or macs=F")
+    transfer.add_argument("--step", type=float, default=0.05, help="share of the params pruned per step (0.05)")
+    transfer.add_argument("--max-steps", type=int, default=50, help="at most this many pruning steps (50)")
+    transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
+                                                            "history (.json) are written beside it")
     zoo = sub.add_parser("zoo", help="run a pipeline over every model of a zoo config")
     zoo.add_argument("config", help="a zoo config, e.g. zoo_configs/smoke.toml")
     zoo.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline (entries may override it)")
@@ -30,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--compile", action="store_true",
                      help="also compile each pruned model (inductor, fullgraph) and compare it with eager")
     groups = sub.add_parser("groups", help="print the channel groups prune-channels sees, and why any is kept")
-    groups.add_argument("model", help="tv:NAME or timm:NAME")
+    _model_args(groups)
     groups.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
+    demo = sub.add_parser("demo", help="transfer ImageNet EfficientNet-Lite0 to MNIST digits and prune it (the "
+                                       "bench extra's weights and data; a few minutes)")
+    demo.add_argument("--out", default="fxprune-demo", help="folder for the data, weights, model and report")
     sub.add_parser("passes", help="list every registered pass with its options and defaults")
     args = parser.parse_args(argv)
     try:
@@ -46,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             print(summary_table(run_zoo(args.config, args.pipeline, args.out, resume=args.resume,
                                         jobs=args.jobs, compile=args.compile), fmt="simple"))
             return 0
+        if args.command in ("transfer", "demo"):
+            from .transfer_cli import run_demo, run_transfer
+
+            return run_transfer(args) if args.command == "transfer" else run_demo(args)
         from .commands import run_model, show_groups
 
         return show_groups(args) if args.command == "groups" else run_model(args)

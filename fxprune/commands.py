@@ -12,7 +12,7 @@ from .api import prune
 from .export import save_exported
 from .io import atomic_write_text
 from .manager import history
-from .models import create
+from .models import load_model
 from .report import savings
 
 
@@ -26,17 +26,24 @@ def parse_size(text: str) -> tuple[int, ...]:
     return size
 
 
+def load_model_args(args: argparse.Namespace):
+    """The model named on the command line, with --weights/--num-classes/--pretrained/--trust-pickle."""
+    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, pretrained=args.pretrained,
+                      trust_pickle=args.trust_pickle)
+
+
 def run_model(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix not in (".md", ".csv", ".json", ".pt2"):
         raise ValueError(f"--out {args.out}: write a .md, .csv or .json file (the table) or .pt2 (the model)")
     torch.manual_seed(0)
-    model = create(args.model).eval()
+    model, notes = load_model_args(args)
     x = torch.randn(args.batch, *parse_size(args.input_size))
     small = prune(model, x, args.pipeline, verify=args.verify)
     report = savings(model, small, x)
     passes = [[r.text, f"{r.seconds:.2f}", ", ".join(f"{k}={v}" for k, v in r.stats.items())] for r in history(small)]
     print(f"{args.model}: pipeline {args.pipeline}, input {tuple(x.shape)}, threads {torch.get_num_threads()}")
+    print(*notes, sep="\n")
     print(tabulate(passes, headers=["pass", "seconds", "statistics"]))
     print()
     print(report)
@@ -47,7 +54,7 @@ def run_model(args: argparse.Namespace) -> int:
     if any(r.stats.get("bn-folded") for r in history(small)):
         print("Folding BatchNorm adds a bias to the layer before it (its row grows a little); the BatchNorm "
               "parameters leave the (other) row.")
-    if "prune-basis" in args.pipeline and "target-" not in args.pipeline:
+    if "prune-basis" in args.pipeline and "target-" not in args.pipeline and not (args.weights or args.pretrained):
         print(f"Note: {args.model} has random weights (nothing is downloaded). Their singular values are flat, "
               "so an energy threshold removes little; pretrained weights concentrate the energy. To see a budget "
               "at work: --pipeline 'decompose-conv,prune-basis{target-params=0.5},fold'.")
@@ -68,7 +75,7 @@ def show_groups(args: argparse.Namespace) -> int:
     from .tracing import trace
 
     torch.manual_seed(0)
-    model = create(args.model).eval()
+    model, _ = load_model_args(args)
     x = torch.randn(1, *parse_size(args.input_size))
     graph = analyse(trace(model), (x,))
     rows = []

