@@ -99,6 +99,7 @@ def _parse_until(until: str, has_val: bool) -> tuple[str, float]:
 
 
 def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float) -> str:
+    step = round(step, 9)
     if prune_what == "bases":
         return f"prune-basis{{criterion={criterion} {budget}={1 - step}}}"
     if prune_what not in ("channels", "double"):
@@ -120,49 +121,67 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       criterion: str = "taylor", prune_what: str = "bases", step: float = 0.05,
                       until: str = "params=0.5", epochs: int = 1, lr: float = 1e-2, l1: float = 0.0,
                       max_steps: int = 50, importance_data: Iterable | None = None,
-                      loss_fn: Callable | None = None, progress: bool = True):
+                      loss_fn: Callable | None = None, backoffs: int = 3, progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
     `prune_what`: "bases" (prune-basis), "channels" (prune-channels) or "double" (both, each
     taking half the step). `criterion` is the importance of both (taylor, or for bases energy/scale,
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`).
-    Returns (pruned GraphModule, not yet folded; history: one dict per step with bases kept,
-    params, MACs as fold will leave them, and val accuracy). With until='accuracy=A' the last step
-    that kept val accuracy >= A is returned.
+    With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
+    if it is still below, it is undone and tried again at half the step, at most `backoffs` times
+    in a row (then the run ends): one noisy step does not end the run. `max_steps` counts tries.
+    Returns (pruned GraphModule, not yet folded; history: one dict per kept step with bases kept,
+    params, MACs as fold will leave them, the step size and val accuracy). With until='accuracy=A'
+    the last step that kept val accuracy >= A is returned.
     """
     inputs = as_inputs(example_inputs)
     key, goal = _parse_until(until, val_data is not None)
     if not 0 < step < 1:
         raise ValueError(f"step={step}: the share of the model pruned per step must be in (0, 1)")
-    pipeline = _step_pipeline(prune_what, criterion, "target-macs" if key == "macs" else "target-params", step)
-    Pipeline.parse(pipeline)  # a bad criterion fails here, before any work
+    budget = "target-macs" if key == "macs" else "target-params"
+    Pipeline.parse(_step_pipeline(prune_what, criterion, budget, step))  # a bad criterion fails here, before any work
     gm = copy.deepcopy(gm)
 
-    def record(i: int, model: fx.GraphModule) -> dict:
+    def record(i: int, model: fx.GraphModule, size: float) -> dict:
         params, macs = folded_size(model, inputs)
         first = history[0] if history else {"params": params, "macs": macs}
-        row = {"step": i, "bases": sum(p.rank * p.groups for p in find_pairs(model)), "params": params,
-               "macs": macs, "params_kept": params / first["params"], "macs_kept": macs / first["macs"]}
+        row = {"step": i, "step_size": size, "bases": sum(p.rank * p.groups for p in find_pairs(model)),
+               "params": params, "macs": macs, "params_kept": params / first["params"],
+               "macs_kept": macs / first["macs"]}
         if val_data is not None:
             row["val_accuracy"] = evaluate(model, val_data, loss_fn)["accuracy"]
         return row
 
+    def retrain(model: fx.GraphModule) -> None:
+        train_scaling(model, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, progress=False)
+
     history: list[dict] = []
-    history.append(record(0, gm))
+    history.append(record(0, gm, 0.0))
+    size, missed = step, 0
     bar = tqdm(range(1, max_steps + 1), desc="prune", disable=not progress)
-    for i in bar:
+    for _ in bar:
         last = history[-1]
         if key != "accuracy" and last[f"{key}_kept"] <= goal:
             break
-        candidate = prune(gm, inputs, pipeline, data=data if importance_data is None else importance_data,
+        candidate = prune(gm, inputs, _step_pipeline(prune_what, criterion, budget, size),
+                          data=data if importance_data is None else importance_data,
                           **({"loss_fn": loss_fn} if loss_fn else {}))
-        train_scaling(candidate, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, progress=False)
-        row = record(i, candidate)
+        retrain(candidate)
+        row = record(len(history), candidate, size)
         if row["bases"] == last["bases"] and row["params"] == last["params"]:
             break  # nothing left to prune
         if key == "accuracy" and row["val_accuracy"] < goal:
-            break
+            retrain(candidate)  # more retraining where accuracy dropped
+            row = record(len(history), candidate, size)
+        if key == "accuracy" and row["val_accuracy"] < goal:
+            missed += 1
+            if missed > backoffs:
+                break
+            size /= 2  # undo the step; try again with half of it
+            bar.set_postfix(params=f"{last['params_kept']:.3f}", backoff=f"step {size:.3g}")
+            continue
+        missed = 0
         gm = candidate
         history.append(row)
         bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}")
