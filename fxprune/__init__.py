@@ -9,11 +9,13 @@ from .pass_base import FxPass, PassContext, PassResult, register
 from .pipeline import Pipeline
 from .report import SavingsReport, savings
 from .tracing import trace
-from .transfer import evaluate, prune_iteratively, train_scaling
+from .training import evaluate, prune_iteratively, train_scaling
+from .recipe import TransferResult, transfer
 from . import nn  # noqa: F401  (fxprune.nn.BasisScalingConv)
 
 __all__ = [
     "DEFAULT_PIPELINE", "backend", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
-    "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling",
+    "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling", "transfer",
+    "TransferResult",
 ]

@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
                                "model), accuracy=A, params=F or macs=F")
     transfer.add_argument("--step", type=float, default=0.05, help="share of the params pruned per step (0.05)")
     transfer.add_argument("--max-steps", type=int, default=50, help="at most this many pruning steps (50)")
+    transfer.add_argument("--importance-batches", type=int, default=8,
+                          help="train batches that taylor importance is measured on per step (8)")
     transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
                                                             "history (.json) are written beside it")
     zoo = sub.add_parser("zoo", help="run a pipeline over every model of a zoo config")

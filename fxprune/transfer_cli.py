@@ -41,7 +41,7 @@ def run_transfer(args: argparse.Namespace) -> int:
           f"({args.criterion}, {args.step:g} of the params per step) until {args.until}", flush=True)
     result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
                       prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
-                      max_steps=args.max_steps)
+                      max_steps=args.max_steps, importance_batches=args.importance_batches)
     save_exported(result.model, (x,), out)
     settings = {k: v for k, v in vars(args).items() if k not in ("command",)}
     settings.update(classes=data.classes, train_images=len(data.train.labels), val_images=len(data.val.labels),

@@ -130,7 +130,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`).
     With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times
-    in a row (then the run ends): one noisy step does not end the run. `max_steps` counts tries.
+    in a row (then the run ends): one noisy step does not end the run. After a step that holds, the
+    step grows back by 1.5x up to `step`. `max_steps` counts tries.
     Returns (pruned GraphModule, not yet folded; history: one dict per kept step with bases kept,
     params, MACs as fold will leave them, the step size and val accuracy). With until='accuracy=A'
     the last step that kept val accuracy >= A is returned.
@@ -182,6 +183,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
             bar.set_postfix(params=f"{last['params_kept']:.3f}", backoff=f"step {size:.3g}")
             continue
         missed = 0
+        size = min(step, size * 1.5)  # a step that held grows back towards `step`
         gm = candidate
         history.append(row)
         bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}")

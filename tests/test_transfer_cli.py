@@ -1,0 +1,125 @@
+"""`fxprune transfer` end to end on an image folder made here: PNG files of three classes in mixed
+image modes, a corrupt file, and the errors a user's folder can give."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from fxprune.cli import main
+from fxprune.data import load_image_folder, normalization
+
+from .test_cli_weights import FACTORY
+
+MODES = ("L", "RGB", "RGBA", "P")
+
+
+def write_folder(root, per_class=12, classes=("circle", "cross", "stripes")):
+    """Three classes a small net tells apart: a bright disc, a cross, horizontal stripes; noisy."""
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(20), torch.arange(20), indexing="ij")
+    shapes = {"circle": ((yy - 10) ** 2 + (xx - 10) ** 2 < 36).float(),
+              "cross": ((yy - 10).abs() < 2).float().maximum(((xx - 10).abs() < 2).float()),
+              "stripes": (yy % 4 < 2).float()}
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            img = (shapes[c] * 200 + torch.rand(20, 20, generator=g) * 55).to(torch.uint8).numpy()
+            Image.fromarray(img, mode="L").convert(MODES[i % 4]).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def factory(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(FACTORY)
+    return path
+
+
+def transfer(factory, data, out, *extra):
+    return main(["transfer", f"{factory}:tiny", "--num-classes", "3", "--data", str(data), "--image-size", "16",
+                 "--epochs", "3", "--lr", "0.05", "--batch-size", "8", "--until", "params=0.6", "--step", "0.25",
+                 "--out", str(out), *extra])
+
+
+def test_transfer_end_to_end(factory, tmp_path, capsys):
+    data = write_folder(tmp_path / "shapes")
+    (data / "cross" / "broken.png").write_bytes(b"\x89PNG not really")
+    assert transfer(factory, data, tmp_path / "out" / "small.pt2") == 2
+    err = capsys.readouterr().err
+    assert err == f"fxprune: error: --data: cannot read image {data / 'cross' / 'broken.png'}: cannot identify " \
+                  f"image file '{data / 'cross' / 'broken.png'}'\n"
+    (data / "cross" / "broken.png").unlink()
+
+    out = tmp_path / "out" / "small.pt2"
+    assert transfer(factory, data, out) == 0
+    text = capsys.readouterr().out
+    assert "data: " + str(data) + ": 3 classes, 27 train / 9 val images at 16x16" in text
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["settings"]["classes"] == ["circle", "cross", "stripes"]
+    before, after = record["params"]
+    assert after <= 0.6 * before and record["steps"][-1]["params"] == after
+    report = out.with_suffix(".md").read_text()
+    assert f"params {before:,} -> {after:,}" in report and "![val accuracy against params](small.png)" in report
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["small.json", "small.md", "small.png", "small.pt2"]
+
+    # the model loads with torch alone, in a process that never imports fxprune, and gives the reported accuracy
+    norm = normalization(torch.nn.Identity(), 16)
+    val = load_image_folder(data, norm, batch_size=100, progress=False).val
+    x, y = next(iter(val))
+    torch.save({"x": x, "y": y}, tmp_path / "val.pt")
+    code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); d = torch.load(sys.argv[2]); "
+            "assert 'fxprune' not in sys.modules; print((m(d['x']).argmax(1) == d['y']).float().mean().item())")
+    done = subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "val.pt")], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == pytest.approx(record["accuracy"][1], abs=1e-6)
+
+
+@pytest.mark.parametrize("setup, extra, message", [
+    (lambda d: None, [], "--data {d}: no such folder"),
+    (lambda d: d.mkdir(), [], "--data {d}: no class folders (write DIR/CLASS/image.png, or DIR/train/CLASS/... and "
+                              "DIR/val/CLASS/...)"),
+    (lambda d: (write_folder(d), (d / "empty").mkdir()), ["--num-classes", "4"],
+     "--data {d}: class folder empty holds no images"),
+    (lambda d: write_folder(d, classes=("circle", "cross")), [],
+     "--num-classes 3, but --data {d} has 2 class folders (circle, cross)"),
+    (lambda d: write_folder(d), ["--val-split", "1.5"],
+     "--val-split 1.5: the share of each class kept for validation must be in (0, 1)"),
+    (lambda d: write_folder(d), ["--out", "small.onnx"],
+     "--out small.onnx: write a .pt2 file (the model, torch.export); the report goes beside it"),
+])
+def test_bad_folders_get_one_clear_line(factory, tmp_path, capsys, setup, extra, message):
+    data = tmp_path / "data"
+    setup(data)
+    argv = ["transfer", f"{factory}:tiny", "--data", str(data), "--image-size", "16",
+            *(["--num-classes", "3"] if "--num-classes" not in extra else []), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fxprune: error: {message.format(d=data)}") and "Traceback" not in err
+
+
+def test_a_head_of_the_wrong_size_asks_for_num_classes(factory, tmp_path, capsys):
+    data = write_folder(tmp_path / "data")
+    assert main(["transfer", f"{factory}:tiny", "--data", str(data), "--image-size", "16"]) == 2
+    assert capsys.readouterr().err == (f"fxprune: error: {factory}:tiny outputs 1000 classes but --data {data} has 3 "
+                                       "class folders: pass --num-classes 3 for a new head\n")
+
+
+def test_train_and_val_folders_and_every_image_mode(tmp_path):
+    root = tmp_path / "data"
+    write_folder(root / "train", per_class=4)
+    write_folder(root / "val", per_class=4)
+    norm = normalization(torch.nn.Identity(), 16)
+    data = load_image_folder(root, norm, batch_size=5, progress=False)
+    assert data.classes == ["circle", "cross", "stripes"] and len(data.train.labels) == len(data.val.labels) == 12
+    x, y = next(iter(data.val))
+    assert x.shape == (5, 3, 16, 16) and y.tolist() == [0, 0, 0, 0, 1]
+    images = data.val.images[:4].float()  # L, RGB, RGBA, P of the same kind of grey image: three equal channels
+    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
+    # normalised with the config's statistics (ImageNet's for a model without one)
+    torch.testing.assert_close(x[0, 0], (data.val.images[0, 0].float() / 255 - 0.485) / 0.229)
