@@ -3,6 +3,7 @@
 from . import passes  # noqa: F401  (registers the passes)
 from .api import DEFAULT_PIPELINE, prune
 from .backend import backend
+from .export import save_exported as save
 from .errors import FxPruneError, PassError, PipelineError, TraceError, VerificationError
 from .manager import PassManager, PassRecord, history
 from .pass_base import FxPass, PassContext, PassResult, register
@@ -17,5 +18,5 @@ __all__ = [
     "DEFAULT_PIPELINE", "backend", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
     "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling", "transfer",
-    "TransferResult",
+    "TransferResult", "save",
 ]

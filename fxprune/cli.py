@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     _model_args(transfer)
     transfer.add_argument("--data", required=True, help="image folder: DIR/train/CLASS/*.png and DIR/val/CLASS/*.png, "
                                                         "or DIR/CLASS/*.png (split by --val-split)")
+    transfer.add_argument("--test", help="a held-out folder DIR/CLASS/*.png: the transferred and the pruned model's "
+                                         "accuracy on it is reported (it chooses nothing, unlike val)")
     transfer.add_argument("--image-size", type=int, help="input size (default: the model's pretrained config)")
     transfer.add_argument("--val-split", type=float, default=0.2, help="share of each class kept for validation "
                                                                         "when DIR has no train/ and val/ (0.2)")

@@ -93,6 +93,19 @@ def load_image_folder(root: str | Path, norm: Normalization, *, batch_size: int 
                            Batches(*val, norm, batch_size))
 
 
+def load_test_folder(root: str | Path, classes: list[str], norm: Normalization, *, batch_size: int = 100,
+                     progress: bool = True) -> Batches:
+    """A held-out folder DIR/CLASS/*.png with the same class folders as the training data."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FxPruneError(f"--test {root}: no such folder")
+    found = _classes(root)
+    if found != classes:
+        raise FxPruneError(f"--test {root}: its class folders ({', '.join(found[:10])}) are not those of --data "
+                           f"({', '.join(classes[:10])})")
+    return Batches(*_decode(root, classes, norm.size, progress), norm, batch_size)
+
+
 def _classes(folder: Path) -> list[str]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 

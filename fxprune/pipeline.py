@@ -15,8 +15,16 @@ from typing import Any, Iterable, Sequence
 from .errors import PipelineError
 from .pass_base import FxPass, Option, registered
 
-_ITEM = re.compile(r"\s*([A-Za-z0-9_-]+)\s*(?:\{([^{}]*)\})?\s*(,|$)")
-_OPT = re.compile(r"([A-Za-z0-9_-]+)=([^\s=]+)")
+# possessive quantifiers: no backtracking, so parsing is linear in the text's length
+_ITEM = re.compile(r"\s*+([A-Za-z0-9_-]++)\s*+(?:\{([^{}]*+)\})?\s*+(,|$)")
+_OPT = re.compile(r"([A-Za-z0-9_-]++)=([^\s=]++)")
+
+
+def excerpt(text: str, pos: int | None = None, width: int = 40) -> str:
+    """`text` as repr, cut to about `width` characters either side of `pos` (or of its start)."""
+    pos = 0 if pos is None else pos
+    start, end = max(0, pos - width), min(len(text), pos + width)
+    return ("..." if start else "") + repr(text[start:end]) + ("..." if end < len(text) else "")
 
 
 class Pipeline:
@@ -30,25 +38,30 @@ class Pipeline:
 
     @classmethod
     def parse(cls, text: str) -> "Pipeline":
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise PipelineError(f"a pipeline is text or a list of passes, got {type(text).__name__}: write e.g. "
+                                "'decompose-conv,fold'")
+        if not text.strip():
             raise PipelineError("empty pipeline: name at least one pass, e.g. 'decompose-conv,fold'")
-        passes, pos = [], 0
+        passes, pos, last = [], 0, len(text.rstrip())
         while pos < len(text):
             m = _ITEM.match(text, pos)
             if not m or m.end() == pos:
-                raise PipelineError(f"cannot parse pipeline {text!r} at column {pos + 1}: expected "
+                raise PipelineError(f"cannot parse pipeline {excerpt(text, pos)} at column {pos + 1}: expected "
                                     "'pass-name' or 'pass-name{key=value ...}' separated by commas")
             passes.append(_make_pass(m.group(1), m.group(2)))
             pos = m.end()
-            if m.group(3) == "," and pos >= len(text.rstrip()):
-                raise PipelineError(f"pipeline {text!r} ends with a comma: name a pass after it")
+            if m.group(3) == "," and pos >= last:
+                raise PipelineError(f"pipeline {excerpt(text, pos)} ends with a comma: name a pass after it")
         return cls(passes)
 
     @classmethod
     def of(cls, pipeline: "str | Sequence[FxPass] | Pipeline") -> "Pipeline":
         if isinstance(pipeline, Pipeline):
             return pipeline
-        return cls.parse(pipeline) if isinstance(pipeline, str) else cls(pipeline)
+        if isinstance(pipeline, (list, tuple)):
+            return cls(pipeline)
+        return cls.parse(pipeline)  # text, or a clear error for anything else
 
     def check_order(self, applied: Sequence[str] = ()) -> None:
         """Refuse a pass whose prerequisite neither ran before (`applied`) nor comes earlier."""
@@ -77,7 +90,7 @@ def _make_pass(name: str, body: str | None) -> FxPass:
     if name not in passes:
         close = difflib.get_close_matches(name, passes, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise PipelineError(f"unknown pass '{name}': {hint}registered passes: {', '.join(passes)}")
+        raise PipelineError(f"unknown pass {excerpt(name)}: {hint}registered passes: {', '.join(passes)}")
     cls = passes[name]
     opts = {o.name: o for o in cls.options()}
     values: dict[str, Any] = {}
@@ -85,11 +98,11 @@ def _make_pass(name: str, body: str | None) -> FxPass:
     for token in body.split() if body else []:
         m = _OPT.fullmatch(token)
         if not m:
-            raise PipelineError(f"{name}: cannot parse option {token!r}: write key=value, separated by spaces")
+            raise PipelineError(f"{name}: cannot parse option {excerpt(token)}: write key=value, separated by spaces")
         key, raw = m.groups()
         if key not in opts:
             valid = ", ".join(opts) or "none"
-            raise PipelineError(f"{name} has no option '{key}'; valid options: {valid}")
+            raise PipelineError(f"{name} has no option {excerpt(key)}; valid options: {valid}")
         if opts[key].field in values:
             raise PipelineError(f"{name}: option '{key}' is given twice")
         values[opts[key].field] = _convert(name, opts[key], raw)
@@ -113,7 +126,7 @@ def _convert(pass_name: str, opt: Option, raw: str) -> Any:
             return kind(raw)
         except ValueError:
             continue
-    raise PipelineError(f"{pass_name}: option '{opt.name}' expects {_type_name(opt.type)}, got {raw!r}")
+    raise PipelineError(f"{pass_name}: option '{opt.name}' expects {_type_name(opt.type)}, got {excerpt(raw)}")
 
 
 def _type_name(t: Any) -> str:

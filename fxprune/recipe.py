@@ -24,6 +24,7 @@ from .training import evaluate, prune_iteratively, train_scaling
 @dataclass
 class TransferResult:
     model: fx.GraphModule  # folded: plain torch modules
+    transferred: fx.GraphModule  # the transferred model before pruning, folded
     params: tuple[int, int]  # (transferred, pruned), BatchNorm folded in both
     macs: tuple[int, int]
     accuracy: tuple[float, float]  # val accuracy (transferred, pruned)
@@ -31,6 +32,8 @@ class TransferResult:
     epochs: list[dict] = field(default_factory=list)  # train_scaling's per-epoch history
     steps: list[dict] = field(default_factory=list)  # prune_iteratively's per-step history
     seconds: dict[str, float] = field(default_factory=dict)
+    test_accuracy: tuple[float, float] | None = None  # on a held-out set, where one was given (transferred, pruned)
+    test_images: int = 0
 
 
 def stop_rule(until: str, transferred_accuracy: float) -> str:
@@ -77,6 +80,6 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     clock["prune"] = time.perf_counter() - start
     with torch.no_grad():
         accuracy = evaluate(small, val)["accuracy"]
-    return TransferResult(small, (total_params(base), total_params(small)),
+    return TransferResult(small, base, (total_params(base), total_params(small)),
                           (total_macs(base, inputs), total_macs(small, inputs)), (a0, accuracy), rule,
                           epochs_run, steps, clock)

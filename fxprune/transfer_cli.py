@@ -11,11 +11,12 @@ import torch
 from tabulate import tabulate
 
 from .commands import load_model_args
-from .data import load_image_folder, normalization
+from .data import load_image_folder, load_test_folder, normalization
 from .errors import FxPruneError
 from .export import save_exported
 from .io import atomic_write_text
 from .recipe import TransferResult, transfer
+from .training import evaluate
 from .transfer_report import report_markdown, write_plot
 
 
@@ -42,6 +43,10 @@ def run_transfer(args: argparse.Namespace) -> int:
     result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
                       prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
                       max_steps=args.max_steps, importance_batches=args.importance_batches)
+    if args.test:
+        test = load_test_folder(args.test, data.classes, norm)
+        result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (result.transferred, result.model))
+        result.test_images = len(test.labels)
     save_exported(result.model, (x,), out)
     settings = {k: v for k, v in vars(args).items() if k not in ("command",)}
     settings.update(classes=data.classes, train_images=len(data.train.labels), val_images=len(data.val.labels),
@@ -50,6 +55,9 @@ def run_transfer(args: argparse.Namespace) -> int:
     print()
     print(tabulate(steps_table(result), headers="keys", tablefmt="simple"))
     p, a = result.params, result.accuracy
+    if args.test:
+        t = result.test_accuracy
+        print(f"\ntest accuracy ({result.test_images} held-out images) {t[0]:.3f} -> {t[1]:.3f}", end="")
     print(f"\nval accuracy {a[0]:.3f} -> {a[1]:.3f}; params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); "
           f"MACs {result.macs[0]:,} -> {result.macs[1]:,} ({100 * (1 - result.macs[1] / result.macs[0]):.1f}% fewer)")
     print(f"wrote {out} (load: torch.export.load('{out}').module()), {out.with_suffix('.md')}, "
@@ -68,6 +76,8 @@ def write_outputs(out: Path, result: TransferResult, settings: dict) -> None:
     record = {"settings": settings, "until": result.until, "accuracy": list(result.accuracy),
               "params": list(result.params), "macs": list(result.macs), "epochs": result.epochs,
               "steps": result.steps, "seconds": result.seconds}
+    if result.test_accuracy is not None:
+        record.update(test_accuracy=list(result.test_accuracy), test_images=result.test_images)
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     plotted = write_plot(out.with_suffix(".png"), result, settings)
     atomic_write_text(out.with_suffix(".md"), report_markdown(out, result, settings, steps_table(result), plotted))
@@ -78,8 +88,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from .demo import prepare
 
     out = Path(args.out)
-    weights, data = prepare(out)
+    weights, data, test = prepare(out)
     argv = ["transfer", "timm:efficientnet_lite0", "--weights", str(weights), "--num-classes", "10", "--data", str(data),
-            "--image-size", "64", "--epochs", "10", "--step", "0.1", "--out", str(out / "small.pt2")]
+            "--test", str(test), "--image-size", "64", "--epochs", "10", "--step", "0.1", "--max-steps", "30",
+            "--out", str(out / "small.pt2")]
     print("fxprune " + " ".join(argv), flush=True)
     return main(argv)

@@ -25,6 +25,7 @@ def write_plot(path: Path, result: TransferResult, settings: dict) -> bool:
     ax.axhline(result.accuracy[0], color="k", lw=0.8, label=f"transferred: {result.accuracy[0]:.3f}")
     ax.axhline(float(result.until.partition("=")[2]) if result.until.startswith("accuracy=") else float("nan"),
                color="k", lw=0.8, ls=":", label=f"floor ({settings['until']})")
+    ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set(xlabel="parameters (millions, BatchNorm folded)", ylabel=f"val accuracy ({settings['val_images']} images)",
            title=f"{settings['model']} on {Path(settings['data']).name}: pruning without fine-tuning any weight")
@@ -40,6 +41,9 @@ def report_markdown(out: Path, result: TransferResult, settings: dict, table: li
     p, a, m = result.params, result.accuracy, result.macs
     plot = f"![val accuracy against params]({out.with_suffix('.png').name})\n" if plotted else (
         "(install matplotlib for the accuracy-against-params plot)\n")
+    t = result.test_accuracy
+    test = (f"**Test accuracy ({result.test_images} held-out images, which chose nothing): {t[0]:.3f} -> {t[1]:.3f}.** "
+            "Val accuracy chose the step to stop at, so it is the optimistic one.\n\n" if t else "")
     return f"""# fxprune transfer: {settings['model']} on {settings['data']}
 
 - {settings['weights_note'][0].upper() + settings['weights_note'][1:]}
@@ -50,7 +54,7 @@ was changed. Pruned: {settings['prune']} by {settings['criterion']} importance, 
 step, scales retrained one epoch after each, until {settings['until']} ({result.until}).
 - Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads)
 
-**Val accuracy {a[0]:.3f} -> {a[1]:.3f}; params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
+{test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}; params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
 MACs {m[0]:,} -> {m[1]:,} ({100 * (1 - m[1] / m[0]):.1f}% fewer).** Sizes count BatchNorm folded into the layers, \
 before and after.
 

@@ -28,21 +28,51 @@ class ZooEntry:
 
 
 def load(path: str | Path) -> list[ZooEntry]:
-    """Entries of one zoo config file; raises ValueError naming the file and the entry."""
+    """Entries of one zoo config file, every value checked; raises ValueError naming the file, the
+    entry and the key."""
+    from .pipeline import Pipeline
+
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"zoo config {path}: {e}") from e
-    entries = []
-    for i, raw in enumerate(data.get("model", []), 1):
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"zoo config {path}: {e}") from None
+    if set(data) - {"model"}:
+        raise ValueError(f"zoo config {path}: unknown top-level keys {sorted(set(data) - {'model'})}; a config is a "
+                         "list of [[model]] tables")
+    raws = data.get("model", [])
+    if not isinstance(raws, list) or not all(isinstance(r, dict) for r in raws):
+        raise ValueError(f"zoo config {path}: 'model' must be a list of [[model]] tables")
+    entries, seen = [], {}
+    for i, raw in enumerate(raws, 1):
+        where = f"zoo config {path}, model #{i}"
         unknown = set(raw) - _KEYS
         if "id" not in raw or unknown:
             problem = f"unknown keys {sorted(unknown)}" if unknown else "no id"
-            raise ValueError(f"zoo config {path}, model #{i}: {problem}; keys are {sorted(_KEYS)}")
-        size = tuple(int(v) for v in str(raw.get("input-size", "3,224,224")).split(","))
-        entries.append(ZooEntry(raw["id"], size, raw.get("pipeline"), float(raw.get("rel-l2", REL_L2)),
-                                raw.get("skip")))
+            raise ValueError(f"{where}: {problem}; keys are {sorted(_KEYS)}")
+        for key in ("id", "input-size", "pipeline", "skip"):
+            if key in raw and not isinstance(raw[key], str):
+                raise ValueError(f"{where}: '{key}' must be a string, got {raw[key]!r}")
+        where = f"zoo config {path}, model #{i} ({raw['id']})"
+        try:
+            size = tuple(int(v) for v in raw.get("input-size", "3,224,224").split(","))
+        except ValueError:
+            size = ()
+        if not size or min(size) < 1:
+            raise ValueError(f"{where}: 'input-size' must be positive integers separated by commas, e.g. "
+                             f"\"3,224,224\", got {raw['input-size']!r}")
+        rel_l2 = raw.get("rel-l2", REL_L2)
+        if isinstance(rel_l2, bool) or not isinstance(rel_l2, (int, float)) or not rel_l2 > 0:
+            raise ValueError(f"{where}: 'rel-l2' must be a positive number such as 1e-5, got {rel_l2!r}")
+        if raw.get("pipeline") is not None:
+            try:
+                Pipeline.parse(raw["pipeline"])
+            except ValueError as e:
+                raise ValueError(f"{where}: 'pipeline': {e}") from None
+        if raw["id"] in seen:
+            raise ValueError(f"{where}: the same id as model #{seen[raw['id']]}; give each model once")
+        seen[raw["id"]] = i
+        entries.append(ZooEntry(raw["id"], size, raw.get("pipeline"), float(rel_l2), raw.get("skip")))
     if not entries:
         raise ValueError(f"zoo config {path} lists no [[model]]")
     return entries

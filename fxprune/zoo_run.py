@@ -9,6 +9,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -39,29 +40,60 @@ def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs:
     """Run every entry of `config`; rows are appended to OUT/results.jsonl as models finish, and
     each model's per-layer table is written to OUT/layers/. With `compile`, each pruned model is
     also compiled with inductor and checked against its eager outputs (see `zoo.check`)."""
+    from .pipeline import Pipeline
+
+    Pipeline.parse(pipeline)  # a typo fails here, not as an error row for every model
     entries = load(config)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(out)
     path = out_dir / RESULTS
-    done = _read_rows(path) if resume else {}
-    if not resume:
-        path.unlink(missing_ok=True)
-    todo = [e for e in entries if e.id not in done]
-    finished = len(entries) - len(todo)
-    _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:max(jobs, 1)])}")
-    with open(path, "a") as log:
-        for row, running in _rows(todo, pipeline, jobs, out_dir / LAYERS, compile):
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-            done[row["model"]] = row
-            finished += 1
-            _progress(f"[{finished}/{len(entries)}] {row['model']}: {row['status']} ({row['seconds']} s)"
-                      + (f"; running {', '.join(running)}" if running else ""))
-    _progress("", last=True)
-    rows = [done[e.id] for e in entries if e.id in done]
-    write_summary(rows, out_dir, config, pipeline)
+    with _locked(out_dir):
+        done = _read_rows(path, entries, pipeline) if resume else {}
+        if not resume:
+            path.unlink(missing_ok=True)
+        todo = [e for e in entries if e.id not in done]
+        finished = len(entries) - len(todo)
+        _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:max(jobs, 1)])}")
+        with open(path, "a") as log:
+            for row, running in _rows(todo, pipeline, jobs, out_dir / LAYERS, compile):
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                os.fsync(log.fileno())
+                done[row["model"]] = row
+                finished += 1
+                _progress(f"[{finished}/{len(entries)}] {row['model']}: {row['status']} ({row['seconds']} s)"
+                          + (f"; running {', '.join(running)}" if running else ""))
+        _progress("", last=True)
+        rows = [done[e.id] for e in entries if e.id in done]
+        write_summary(rows, out_dir, config, pipeline)
     return rows
+
+
+def _out_dir(out: str) -> Path:
+    """--out as a writable folder, or a ValueError saying what is wrong with it."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out}: is a file; name a folder for results.jsonl and the summaries")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create it ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ValueError(f"--out {out}: not writable; name a folder you can write to")
+    return out_dir
+
+
+@contextmanager
+def _locked(out_dir: Path):
+    """Hold OUT/.lock for the run: a second run on the same --out is refused, not interleaved."""
+    import fcntl
+
+    with open(out_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"--out {out_dir}: another fxprune zoo run is writing there; wait for it or name "
+                             "another folder") from None
+        yield
 
 
 def _progress(text: str, last: bool = False) -> None:
@@ -133,21 +165,32 @@ def _pool_rows(queue: deque, jobs: int, work):
             return list(pending.values())
 
 
-def _read_rows(path: Path) -> dict[str, dict]:
-    """Finished rows of an earlier run; a torn last line (the run was killed mid-write) is dropped."""
+def _read_rows(path: Path, entries: list[ZooEntry], pipeline: str) -> dict[str, dict]:
+    """Finished rows of an earlier run, for --resume. Lines that are not a row (a torn last line of a
+    killed run, a line without a model) are dropped and the file is rewritten with one
+    newline-terminated row per line. A row run with another pipeline than this run's is refused."""
     rows = {}
-    if path.exists():
-        lines = path.read_text().splitlines()
-        good = []
-        for line in lines:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[row["model"]] = row
-            good.append(line)
-        if len(good) != len(lines):
-            atomic_write_text(path, "".join(f"{g}\n" for g in good))
+    if not path.exists():
+        return rows
+    text = path.read_text()
+    lines = text.splitlines()
+    good = []
+    wanted = {e.id: e.pipeline or pipeline for e in entries}
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("model"), str) or "status" not in row:
+            continue
+        ran = row.get("pipeline")
+        if ran is not None and row["model"] in wanted and ran != wanted[row["model"]]:
+            raise ValueError(f"--resume: {path} holds {row['model']} run with pipeline '{ran}', not "
+                             f"'{wanted[row['model']]}'; resume with that pipeline, or name a new --out")
+        rows[row["model"]] = row
+        good.append(line)
+    if len(good) != len(lines) or (text and not text.endswith("\n")):
+        atomic_write_text(path, "".join(f"{g}\n" for g in good))
     return rows
 
 

@@ -91,3 +91,59 @@ def test_parallel_zoo_progress_names_only_the_models_really_running(tmp_path, ca
         running = line.split("; running ")[1].split(", ") if "; running " in line else []
         assert len(running) <= 2 and not done & set(running), line
     assert "running" not in lines[-1] and len(done) == 4
+
+
+def _smoke(tmp_path):
+    config = tmp_path / "z.toml"
+    config.write_text('[[model]]\nid = "tv:nope"\n\n[[model]]\nid = "tv:alexnet"\nskip = "reason here"\n')
+    return config
+
+
+def test_zoo_resume_repairs_and_validates_the_results_file(tmp_path):
+    config, out = _smoke(tmp_path), tmp_path / "out"
+    assert main(["zoo", str(config), "--pipeline", "fold", "--out", str(out)]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    # the last line lost its newline, and a line without a model: resume keeps the good rows, one per line
+    (out / "results.jsonl").write_text(lines[0] + "\n" + '{"status": "ok"}\n' + lines[1])
+    assert main(["zoo", str(config), "--pipeline", "fold", "--out", str(out), "--resume"]) == 0
+    assert (out / "results.jsonl").read_text() == lines[0] + "\n" + lines[1] + "\n"
+
+
+def test_zoo_resume_refuses_another_pipeline(tmp_path, capsys):
+    config, out = _smoke(tmp_path), tmp_path / "out"
+    assert main(["zoo", str(config), "--pipeline", "fold", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["zoo", str(config), "--pipeline", "decompose-conv,fold", "--out", str(out), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"fxprune: error: --resume: {out / 'results.jsonl'} holds tv:nope run with pipeline 'fold', not "
+        "'decompose-conv,fold'; resume with that pipeline, or name a new --out\n")
+
+
+def test_zoo_refuses_a_second_run_on_the_same_out(tmp_path, capsys):
+    import fcntl
+
+    config, out = _smoke(tmp_path), tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert main(["zoo", str(config), "--pipeline", "fold", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"fxprune: error: --out {out}: another fxprune zoo run is writing there; "
+                                       "wait for it or name another folder\n")
+    assert not (out / "results.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["--pipeline", "fold,prune-basiss"], "unknown pass 'prune-basiss'"),
+    (["--out", "{file}"], "--out {file}: is a file; name a folder for results.jsonl and the summaries"),
+])
+def test_zoo_checks_pipeline_and_out_before_running(tmp_path, capsys, argv_tail, message):
+    config = _smoke(tmp_path)
+    (tmp_path / "f").write_text("")
+    tail = [a.format(file=tmp_path / "f") for a in argv_tail]
+    argv = ["zoo", str(config), "--out", str(tmp_path / "out"), *tail]
+    if "--pipeline" not in tail:
+        argv += ["--pipeline", "fold"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxprune: error: ") and message.format(file=tmp_path / "f") in err
+    assert not (tmp_path / "out" / "results.jsonl").exists()

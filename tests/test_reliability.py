@@ -181,3 +181,32 @@ def test_exported_model_takes_any_batch_size_and_files_get_the_usual_mode(tmp_pa
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "m.pt2").stat().st_mode) == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+
+
+@pytest.mark.parametrize("pipeline, message", [
+    (None, "a pipeline is text or a list of passes, got NoneType: write e.g. 'decompose-conv,fold'"),
+    (123, "a pipeline is text or a list of passes, got int: write e.g. 'decompose-conv,fold'"),
+    ([fxprune.passes.Fold(), "fold"], "pipeline items must be fxprune passes, got str"),
+])
+def test_a_pipeline_of_the_wrong_type_is_named(pipeline, message):
+    with pytest.raises(fxprune.PipelineError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        fxprune.prune(nn.Linear(2, 2), torch.randn(1, 2), pipeline)
+
+
+def test_parse_errors_quote_at_most_about_80_characters_of_the_input():
+    with pytest.raises(fxprune.PipelineError) as e:
+        fxprune.Pipeline.parse("fold" + " " * 100_000 + "!")
+    assert str(e.value) == ("cannot parse pipeline 'fold" + " " * 36 + "'... at column 1: expected 'pass-name' or "
+                            "'pass-name{key=value ...}' separated by commas")
+    with pytest.raises(fxprune.PipelineError) as e:
+        fxprune.Pipeline.parse("decompose-conv," + "x" * 100_000 + ",fold")
+    assert str(e.value).startswith("unknown pass '" + "x" * 40 + "'...: registered passes: ")
+    with pytest.raises(fxprune.PipelineError) as e:
+        fxprune.Pipeline.parse("prune-basis{energy=" + "9" * 500_000 + "x}")
+    assert len(str(e.value)) < 200 and str(e.value).startswith("prune-basis: option 'energy' expects a number, got '999")
+
+
+def test_a_megabyte_of_pipeline_text_parses():
+    """Was quadratic in whitespace (70 s for 100 kB); linear now (possessive regexes)."""
+    text = "decompose-conv ," + " " * 1_000_000 + "prune-basis{ energy=0.9" + " " * 100_000 + "},  fold"
+    assert str(fxprune.Pipeline.parse(text)) == "decompose-conv,prune-basis{energy=0.9},fold"

@@ -47,3 +47,22 @@ def test_bad_zoo_config_names_the_entry(tmp_path):
     bad.write_text('[[model]]\nid = "tv:resnet18"\n\n[[model]]\nname = "x"\n')
     with pytest.raises(ValueError, match=r"bad.toml, model #2: unknown keys \['name'\]"):
         zoo.load(bad)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[[model]]\nid = 5\n', "model #1: 'id' must be a string, got 5"),
+    ('[[model]]\nid = "tv:a"\ninput-size = "3,abc"\n', "model #1 (tv:a): 'input-size' must be positive integers "
+                                                       "separated by commas, e.g. \"3,224,224\", got '3,abc'"),
+    ('[[model]]\nid = "tv:a"\nrel-l2 = "tight"\n', "model #1 (tv:a): 'rel-l2' must be a positive number such as "
+                                                   "1e-5, got 'tight'"),
+    ('[[model]]\nid = "tv:a"\npipeline = "fold,"\n', "model #1 (tv:a): 'pipeline': pipeline 'fold,' ends with a "
+                                                     "comma"),
+    ('[[model]]\nid = "tv:a"\n\n[[model]]\nid = "tv:a"\n', "model #2 (tv:a): the same id as model #1"),
+    ('modle = 3\n[[model]]\nid = "tv:a"\n', "unknown top-level keys ['modle']"),
+])
+def test_config_values_are_checked_up_front_naming_file_entry_and_key(tmp_path, text, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(ValueError) as e:
+        zoo.load(bad)
+    assert str(e.value).startswith(f"zoo config {bad}") and message in str(e.value)
