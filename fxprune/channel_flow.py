@@ -25,17 +25,21 @@ import torch.fx as fx
 from torch import nn
 
 from .analysis import propagate_shapes, tied_modules
+from .lowrank import is_conv, is_dense_layer, torch_base
 from .meta import ROLE
 from .nn import BasisScalingConv, ChannelScaling
 
 STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
              nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
-             nn.MaxPool2d, nn.AdaptiveMaxPool2d)
-BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+             nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout1d, nn.Dropout3d, nn.AdaptiveAvgPool1d, nn.AvgPool1d,
+             nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool3d, nn.AvgPool3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "hardsigmoid", "hardswish",
                "hardtanh", "tanh", "mish", "leaky_relu", "elu", "softplus", "dropout", "dropout2d", "contiguous",
                "clone", "clamp", "clamp_", "clamp_min", "neg", "abs", "exp", "sqrt", "float", "detach",
                "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "interpolate",
+               "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
+               "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
                "upsample", "drop_path"}
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
@@ -159,16 +163,16 @@ class _Propagator:
                   f"{path} shares its weights with {self.tied[path]}" if path in self.tied else None)
         if shared and any(True for _ in m.parameters(recurse=False)):
             self.barrier(node, shared)
-            if type(m) in (nn.Conv2d, nn.Linear):
-                self.start(node, 1 if type(m) is nn.Conv2d else len(_shape(node)) - 1, m.weight.shape[0], path, shared)
+            if is_dense_layer(m):
+                self.start(node, 1 if is_conv(m) else len(_shape(node)) - 1, m.weight.shape[0], path, shared)
             return
         if is_batchnorm(m):
             self.keep(node, src, member=(path, "bn"), axis=1)
         elif isinstance(m, ChannelScaling):
             self.keep(node, src, member=(path, "scale"), axis=m.dim % len(_shape(node)))
-        elif type(m) is nn.Conv2d or isinstance(m, BasisScalingConv) and m.pointwise_dims == 2:
+        elif is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1:  # 1-D, 2-D, 3-D
             self.conv(node, m, path, tracked)
-        elif type(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
+        elif torch_base(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
             last = len(_shape(node)) - 1
             self.read(node, path, tracked, last)
             self.start(node, last, m.weight.shape[0], path, _basis_reason(node))

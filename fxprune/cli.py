@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="prune one model and print the savings table")
     _model_args(run)
     run.add_argument("--pipeline", default=DEFAULT_PIPELINE, help=f"pass pipeline (default: {DEFAULT_PIPELINE})")
-    run.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
+    run.add_argument("--input-size", help="C,H,W (or C,T,H,W) of the example input (default 3,224,224; "
+                                          "3,16,112,112 for a model whose first conv is 3-D)")
     run.add_argument("--batch", type=int, default=1, help="batch size of the example input (default 1)")
     run.add_argument("--verify", action="store_true", help="check the graph after every pass")
     run.add_argument("--out", help="also write the savings table (.md, .csv, .json) or the model (.pt2)")
@@ -68,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="also compile each pruned model (inductor, fullgraph) and compare it with eager")
     groups = sub.add_parser("groups", help="print the channel groups prune-channels sees, and why any is kept")
     _model_args(groups)
-    groups.add_argument("--input-size", default="3,224,224", help="C,H,W of the example input (default 3,224,224)")
+    groups.add_argument("--input-size", help="C,H,W (or C,T,H,W) of the example input (default 3,224,224; "
+                                             "3,16,112,112 for a model whose first conv is 3-D)")
     demo = sub.add_parser("demo", help="transfer ImageNet EfficientNet-Lite0 to MNIST digits and prune it (the "
                                        "bench extra's weights and data; a few minutes)")
     demo.add_argument("--out", default="fxprune-demo", help="folder for the data, weights, model and report")

@@ -16,6 +16,31 @@ from .models import load_model
 from .report import savings
 
 
+def example_input(model: torch.nn.Module, model_id: str, text: str | None, batch: int = 1) -> torch.Tensor:
+    """The example input: --input-size, or one the model's first conv implies (C,224,224 for images,
+    C,16,112,112 for video); checked by running the model once, so a wrong rank is one clear line."""
+    if text is not None:
+        size = parse_size(text)
+    else:
+        first = next((m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))),
+                     None)
+        channels = first.in_channels if first is not None else 3
+        if isinstance(first, torch.nn.Conv1d):
+            raise ValueError(f"{model_id} starts with a 1-D conv: give --input-size C,L (e.g. {channels},1000)")
+        size = (channels, 16, 112, 112) if isinstance(first, torch.nn.Conv3d) else (channels, 224, 224)
+    x = torch.randn(batch, *size)
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as e:  # noqa: BLE001 - named in one line
+        from .errors import first_line
+
+        raise ValueError(f"{model_id} does not run on an input of shape {tuple(x.shape)} ({type(e).__name__}: "
+                         f"{first_line(e)[:200]}): give --input-size, e.g. 3,224,224 for images or 3,16,112,112 "
+                         "for video (C,T,H,W)") from None
+    return x
+
+
 def parse_size(text: str) -> tuple[int, ...]:
     try:
         size = tuple(int(v) for v in text.split(","))
@@ -38,7 +63,7 @@ def run_model(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out}: write a .md, .csv or .json file (the table) or .pt2 (the model)")
     torch.manual_seed(0)
     model, notes = load_model_args(args)
-    x = torch.randn(args.batch, *parse_size(args.input_size))
+    x = example_input(model, args.model, args.input_size, args.batch)
     small = prune(model, x, args.pipeline, verify=args.verify)
     report = savings(model, small, x)
     passes = [[r.text, f"{r.seconds:.2f}", ", ".join(f"{k}={v}" for k, v in r.stats.items())] for r in history(small)]
@@ -76,7 +101,7 @@ def show_groups(args: argparse.Namespace) -> int:
 
     torch.manual_seed(0)
     model, _ = load_model_args(args)
-    x = torch.randn(1, *parse_size(args.input_size))
+    x = example_input(model, args.model, args.input_size)
     graph = analyse(trace(model), (x,))
     rows = []
     for i, g in enumerate(graph.groups):

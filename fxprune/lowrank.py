@@ -22,9 +22,24 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ORIGINAL = "_fxprune_original"  # attribute of a pair container: the layer it was made from
 
 
+def torch_base(m: nn.Module) -> type | None:
+    """The torch conv/linear class `m` computes as: its own class, or a subclass that keeps that
+    class's forward (torchvision's Conv3DSimple only adds a static method); None otherwise."""
+    for base in (*CONVS, nn.Linear):
+        if isinstance(m, base) and type(m).forward is base.forward and (
+                base is nn.Linear or type(m)._conv_forward is base._conv_forward):
+            return base
+    return None
+
+
 def is_dense_layer(m: nn.Module) -> bool:
-    """Plain torch conv or linear layers (subclasses may change forward, so they are left alone)."""
-    return type(m) in (*CONVS, nn.Linear)
+    """Torch conv or linear layers, or subclasses with their forward (others may compute anything,
+    so they are left alone)."""
+    return torch_base(m) is not None
+
+
+def is_conv(m: nn.Module) -> bool:
+    return torch_base(m) in CONVS
 
 
 def groups_of(m: nn.Module) -> int:
@@ -125,8 +140,8 @@ def _layer(like: nn.Module, out: int, groups: int, bias: bool, pointwise: bool =
     if isinstance(like, nn.Linear):
         return nn.utils.skip_init(nn.Linear, in_features, out, bias=bias, **kw)
     if pointwise:
-        return nn.utils.skip_init(type(like), in_features, out, 1, groups=groups, bias=bias, **kw)
-    return nn.utils.skip_init(type(like), in_features, out, like.kernel_size, stride=like.stride,
+        return nn.utils.skip_init(torch_base(like), in_features, out, 1, groups=groups, bias=bias, **kw)
+    return nn.utils.skip_init(torch_base(like), in_features, out, like.kernel_size, stride=like.stride,
                               padding=like.padding, dilation=like.dilation, groups=groups, bias=bias,
                               padding_mode=like.padding_mode, **kw)
 

@@ -11,6 +11,7 @@ import torch.fx as fx
 from torch import nn
 
 from .errors import TraceError
+from .lowrank import is_dense_layer
 from .meta import SOURCE
 
 
@@ -34,7 +35,9 @@ class _Tracer(fx.Tracer):
         self.path: list[tuple[str, str]] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, self._leaves) or super().is_leaf_module(m, module_qualified_name)
+        # a conv/linear subclass that keeps torch's forward (torchvision's Conv3DSimple) is a layer too
+        return (isinstance(m, self._leaves) or is_dense_layer(m)
+                or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)

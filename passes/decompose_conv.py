@@ -52,6 +52,9 @@ class DecomposeConv(FxPass):
             if not pays(1, m, n):
                 stats["depthwise-skipped" if m == 1 and g > 1 else "no-gain-skipped"] += 1
                 continue
+            if not torch.isfinite(layer.weight).all():
+                raise self.fail(f"layer {path} has NaN or inf weights: an SVD of them means nothing; fix or "
+                                "reload the model's weights")
             set_module(gm, path, decompose(layer))
             for node in nodes:
                 _rewire(gm, node, path)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.analysis import propagate_shapes, tied_modules
-from fxprune.lowrank import CONVS, find_pairs, forget_original, merge_back, pays, set_module, unscaled_coef
+from fxprune.lowrank import CONVS, find_pairs, is_conv, forget_original, merge_back, pays, set_module, unscaled_coef
 from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.pass_base import FxPass, PassContext, PassResult, register
 
@@ -76,7 +76,7 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
     if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1 or node.kwargs:
         return False
     layer = gm.get_submodule(prev.target)
-    if type(layer) in CONVS:
+    if is_conv(layer):
         w, b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
                                     bn.weight, bn.bias)
     elif type(layer) is nn.Linear and _output_rank(prev) == 2 and type(bn) is nn.BatchNorm1d:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch.fx as fx
@@ -29,6 +30,11 @@ class InsertScaling(FxPass):
     requires = {"decompose-conv": "it scales the bases that decompose-conv creates"}
     train: str = option("head", "what stays trainable besides the scales: head (the last conv/linear "
                                 "layer), none, or module paths separated by commas")
+
+    def __post_init__(self):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*", self.train):
+            raise self.fail(f"option 'train' must be head, none or module paths separated by commas (no spaces), "
+                            f"got {self.train!r}")
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         merged = self._merge_trained(gm)

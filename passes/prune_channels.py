@@ -94,7 +94,7 @@ class PruneChannels(FxPass):
         if self.criterion == "bn":
             return bn_scale(graph)
         if self.criterion == "scale":
-            if not any(m.role == "scale" for m in graph.flow.members):
+            if graph.prunable and not any(m.role == "scale" for m in graph.flow.members):
                 raise self.fail("criterion=scale needs channel scales: run insert-channel-scaling and "
                                 "fxprune.train_scaling(gm, data, l1=...) first")
             return channel_scale(graph)

@@ -272,3 +272,40 @@ def test_shared_modules_and_weights_read_directly_are_kept():
     got = groups_of(Shared())
     assert got[frozenset({("a", "out")})] == (4, "module twice is called 2 times")
     assert got[frozenset({("fc", "out")})][1] == "the graph reads the weights of fc directly"
+
+
+class Video(nn.Module):
+    """r3d-style: torchvision's Conv3DSimple (a Conv3d subclass with torch's forward), BatchNorm3d, a residual."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.video.resnet import Conv3DSimple
+
+        self.stem = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.BatchNorm3d(8), nn.ReLU())
+        self.a, self.bn = Conv3DSimple(8, 12, 12), nn.BatchNorm3d(12)
+        self.b = Conv3DSimple(12, 8, 12)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.b(torch.relu(self.bn(self.a(x))))
+        return self.fc(nn.functional.adaptive_avg_pool3d(x, 1).flatten(1))
+
+
+def test_video_nets_have_channel_groups_and_prune_losslessly_where_zeroed():
+    model = randomize_bn(Video()).eval()
+    x = torch.randn(1, 3, 4, 8, 8)
+    graph = analyse(fxprune.trace(model), (x,))
+    assert sorted(g.size for g in graph.prunable) == [8, 12]
+    check_zeroed_channels_are_removed_losslessly(model, x, random_weights=False)
+    small = fxprune.prune(model, x, "prune-channels{ratio=0.5},decompose-conv,fold", verify=True)
+    assert small.a.out_channels == 6 and small(x).shape == (1, 5)
+
+
+def test_groups_asks_for_the_input_rank_in_one_line(capsys):
+    from fxprune.cli import main
+
+    assert main(["groups", "tv:r3d_18", "--input-size", "3,64,64"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxprune: error: tv:r3d_18 does not run on an input of shape (1, 3, 64, 64) (RuntimeError: ")
+    assert err.endswith("give --input-size, e.g. 3,224,224 for images or 3,16,112,112 for video (C,T,H,W)\n")

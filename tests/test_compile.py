@@ -50,10 +50,19 @@ def test_each_graph_of_a_graph_break_is_pruned():
     assert all(fxprune.history(g)[-1].name == "fold" for g in graphs)
 
 
-def test_registered_backend_name_and_inductor(tiny):
+def test_registered_backend_name_and_inductor_keep_the_model_meaning(tiny):
     compiled = torch.compile(tiny, backend="fxprune")  # entry point in the torch_dynamo_backends group
     with torch.no_grad():
-        torch.testing.assert_close(compiled(X), fxprune.prune(tiny, X)(X), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(compiled(X), tiny(X), rtol=1e-4, atol=1e-5)
+
+
+def test_a_lossy_backend_pipeline_says_what_it_removed_and_how_much_the_outputs_changed(tiny):
+    compiled = torch.compile(tiny, backend=fxprune.backend(PIPELINE, inner="eager"))
+    with pytest.warns(UserWarning, match=r"fxprune backend: 'decompose-conv,prune-basis\{energy=0.8\},fold' is lossy "
+                                         r"\(prune-basis\{energy=0.8\}\): it took a captured graph from [\d,]+ to "
+                                         r"[\d,]+ params \([\d.]+% fewer\); its outputs on the example inputs changed by "
+                                         r"relative L2 0\.\d+"):
+        compiled(X)
 
 
 def test_a_pruned_graph_module_compiles_fullgraph(tiny):

@@ -210,3 +210,29 @@ def test_a_megabyte_of_pipeline_text_parses():
     """Was quadratic in whitespace (70 s for 100 kB); linear now (possessive regexes)."""
     text = "decompose-conv ," + " " * 1_000_000 + "prune-basis{ energy=0.9" + " " * 100_000 + "},  fold"
     assert str(fxprune.Pipeline.parse(text)) == "decompose-conv,prune-basis{energy=0.9},fold"
+
+
+def test_nan_weights_are_named_before_an_svd_fails_on_them():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3)).eval()
+    with torch.no_grad():
+        model[2].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(fxprune.PipelineError, match="decompose-conv: layer 2 has NaN or inf weights: an SVD of them "
+                                                    "means nothing; fix or reload the model's weights"):
+        fxprune.prune(model, torch.randn(1, 3, 16, 16), "decompose-conv,prune-basis{target-params=0.5}")
+
+
+def test_train_option_text_always_parses_back():
+    with pytest.raises(fxprune.PipelineError, match="insert-scaling: option 'train' must be head, none or module "
+                                                    "paths separated by commas \\(no spaces\\), got 'a b'"):
+        fxprune.passes.InsertScaling(train="a b")
+    p = fxprune.passes.InsertScaling(train="blocks.6,conv_head")
+    assert fxprune.Pipeline.parse(str(p)).passes == [p]
+
+
+def test_scale_criterion_on_a_model_with_nothing_prunable_does_nothing():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3)).eval()  # its only channels are the output's
+    x = torch.randn(1, 3, 8, 8)
+    small = fxprune.prune(model, x, "insert-channel-scaling,prune-channels{criterion=scale ratio=0.5},fold")
+    assert fxprune.history(small)[1].stats["groups-prunable"] == 0
+    with torch.no_grad():
+        assert torch.equal(small(x), model(x))
