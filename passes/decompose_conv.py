@@ -12,6 +12,7 @@ from fxprune.analysis import tied_modules
 from fxprune.lowrank import (as_groups, build_pair, find_pairs, is_dense_layer, keep_original,
                              matrix_shape, pays, set_module)
 from fxprune.meta import ROLE, SOURCE
+from fxprune.threads import free_threads
 from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
 
 
@@ -41,24 +42,25 @@ class DecomposeConv(FxPass):
         for node in gm.graph.nodes:
             if node.op == "call_module" and node.target not in in_pairs:
                 calls[node.target].append(node)
-        for path, nodes in calls.items():
-            layer = gm.get_submodule(path)
-            if not is_dense_layer(layer) or (isinstance(layer, torch.nn.Linear) and not self.linear):
-                continue
-            g, m, n = matrix_shape(layer)
-            if path in read or path in tied:
-                stats["weights-read-skipped" if path in read else "tied-skipped"] += 1
-                continue
-            if not pays(1, m, n):
-                stats["depthwise-skipped" if m == 1 and g > 1 else "no-gain-skipped"] += 1
-                continue
-            if not torch.isfinite(layer.weight).all():
-                raise self.fail(f"layer {path} has NaN or inf weights: an SVD of them means nothing; fix or "
-                                "reload the model's weights")
-            set_module(gm, path, decompose(layer))
-            for node in nodes:
-                _rewire(gm, node, path)
-            stats["linears-decomposed" if isinstance(layer, torch.nn.Linear) else "convs-decomposed"] += 1
+        with free_threads():  # SVDs on a busy machine: fewer threads, not spin-waiting ones
+            for path, nodes in calls.items():
+                layer = gm.get_submodule(path)
+                if not is_dense_layer(layer) or (isinstance(layer, torch.nn.Linear) and not self.linear):
+                    continue
+                g, m, n = matrix_shape(layer)
+                if path in read or path in tied:
+                    stats["weights-read-skipped" if path in read else "tied-skipped"] += 1
+                    continue
+                if not pays(1, m, n):
+                    stats["depthwise-skipped" if m == 1 and g > 1 else "no-gain-skipped"] += 1
+                    continue
+                if not torch.isfinite(layer.weight).all():
+                    raise self.fail(f"layer {path} has NaN or inf weights: an SVD of them means nothing; fix or "
+                                    "reload the model's weights")
+                set_module(gm, path, decompose(layer))
+                for node in nodes:
+                    _rewire(gm, node, path)
+                stats["linears-decomposed" if isinstance(layer, torch.nn.Linear) else "convs-decomposed"] += 1
         return PassResult(gm, stats["convs-decomposed"] + stats["linears-decomposed"] > 0, stats)
 
 

@@ -236,3 +236,16 @@ def test_scale_criterion_on_a_model_with_nothing_prunable_does_nothing():
     assert fxprune.history(small)[1].stats["groups-prunable"] == 0
     with torch.no_grad():
         assert torch.equal(small(x), model(x))
+
+
+def test_svd_threads_follow_the_idle_cores(monkeypatch):
+    from fxprune import threads
+
+    before = torch.get_num_threads()
+    seen = []
+    for idle, expected in ((None, before), (0.0, 1), (1.1, min(before, 1)), (64.0, before)):
+        monkeypatch.setattr(threads, "idle_cores", lambda idle=idle: idle)
+        with threads.free_threads() as n:
+            seen.append((n, torch.get_num_threads()))
+        assert seen[-1] == (expected, expected) and torch.get_num_threads() == before
+    assert threads.idle_cores(0.01) is not None  # Linux: read from /proc/stat
