@@ -20,7 +20,7 @@ from torch import nn
 
 from .channel_flow import ChannelFlow, Member, propagate
 from .importance import split_batch
-from .lowrank import find_pairs, set_module
+from .lowrank import find_pairs, same_format, set_module
 
 
 PER_CHANNEL = ("bn", "scale")  # roles whose weight is one value per channel, not a slice of a layer
@@ -266,7 +266,7 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
         t = getattr(new, name, None)
         if t is None:
             return
-        data = t.detach().index_select(dim, mask.nonzero().flatten())
+        data = same_format(t.detach().index_select(dim, mask.nonzero().flatten()), t)
         if isinstance(t, nn.Parameter):
             setattr(new, name, nn.Parameter(data, requires_grad=t.requires_grad))
         else:

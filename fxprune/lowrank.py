@@ -129,8 +129,18 @@ def set_module(gm: fx.GraphModule, path: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, leaf, module)
 
 
-def _parameter(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
-    return nn.Parameter(t.to(like.dtype).contiguous(), requires_grad=like.requires_grad)
+def same_format(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`t`, contiguous in the memory format of `like` (channels_last for a 4-D or 5-D weight that is)."""
+    for fmt, dim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
+        if t.dim() == like.dim() == dim and like.is_contiguous(memory_format=fmt) and not like.is_contiguous():
+            return t.contiguous(memory_format=fmt)
+    return t.contiguous()
+
+
+def _parameter(t: torch.Tensor, like: nn.Parameter, layout: torch.Tensor | None = None) -> nn.Parameter:
+    """A parameter with `like`'s dtype and requires_grad, in `layout`'s memory format (default `like`'s)."""
+    return nn.Parameter(same_format(t.to(like.dtype), like if layout is None else layout),
+                        requires_grad=like.requires_grad)
 
 
 def _layer(like: nn.Module, out: int, groups: int, bias: bool, pointwise: bool = False) -> nn.Module:
@@ -146,8 +156,9 @@ def _layer(like: nn.Module, out: int, groups: int, bias: bool, pointwise: bool =
                               padding_mode=like.padding_mode, **kw)
 
 
-def _set_weights(layer: nn.Module, weight: torch.Tensor, bias, like: nn.Parameter) -> nn.Module:
-    layer.weight = _parameter(weight.reshape(layer.weight.shape), like)
+def _set_weights(layer: nn.Module, weight: torch.Tensor, bias, like: nn.Parameter,
+                 layout: torch.Tensor | None = None) -> nn.Module:
+    layer.weight = _parameter(weight.reshape(layer.weight.shape), like, layout)
     if bias is not None:
         layer.bias = _parameter(bias.detach(), bias)
     return layer
@@ -209,7 +220,7 @@ def merge_pair(pair: Pair, original: nn.Module | None = None) -> nn.Module:
             original.bias.requires_grad_(bias.requires_grad)
         return original
     dense = _layer(pair.basis, pair.groups * pair.m, pair.groups, bias is not None)
-    return _set_weights(dense, w, bias, pair.coef.weight)
+    return _set_weights(dense, w, bias, pair.coef.weight, layout=pair.basis.weight)
 
 
 def _equals(original: nn.Module, w: torch.Tensor, bias, groups: int) -> bool:

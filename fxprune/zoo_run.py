@@ -220,12 +220,27 @@ def summary_table(rows: list[dict], fmt: str = "github") -> str:
     return tabulate(table, headers=columns, tablefmt=fmt, disable_numparse=True)
 
 
+_ERROR_NOTE = {
+    True: "The pipeline is lossless: rel_l2_error and max_abs_error are numerical error, and a model is `ok` only "
+          "within its tolerance.",
+    False: "The pipeline is lossy: rel_l2_error and max_abs_error are the *expected change* of the outputs that "
+           "pruning random weights causes, not a failure; `ok` means the outputs kept their shapes and params fell.",
+}
+
+
+def _lossless(pipeline: str) -> bool:
+    from .pipeline import Pipeline
+
+    return all(p.lossless for p in Pipeline.parse(pipeline).passes)
+
+
 def write_summary(rows: list[dict], out_dir: Path, config: str, pipeline: str) -> None:
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     head = (f"# Zoo run: `{config}`\n\nPipeline: `{pipeline}`; random weights (zero-initialised parameters "
             "given small random values, BatchNorm given random statistics: `fxprune.zoo.wake`), batch 1, "
             "float32, CPU.\n"
             f"MACs are multiply-accumulates. Status counts: {counts}.\n"
+            + (_ERROR_NOTE[_lossless(pipeline)] + "\n")
             + ("Compiled: each pruned model through `torch.compile(fullgraph=True)` (inductor), "
                "`torch._dynamo.reset()` between models; compiled_rel_l2_error is against its eager outputs.\n"
                if "compiled_rel_l2_error" in _columns(rows) else "") + "\n")

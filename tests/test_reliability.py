@@ -249,3 +249,14 @@ def test_svd_threads_follow_the_idle_cores(monkeypatch):
             seen.append((n, torch.get_num_threads()))
         assert seen[-1] == (expected, expected) and torch.get_num_threads() == before
     assert threads.idle_cores(0.01) is not None  # Linux: read from /proc/stat
+
+
+@pytest.mark.parametrize("pipeline", ["decompose-conv,fold", "decompose-conv,prune-basis{target-params=0.5},fold",
+                                      "prune-channels{ratio=0.3},fold",
+                                      "decompose-conv,insert-scaling,prune-basis{energy=0.7},fold"])
+def test_channels_last_weights_stay_channels_last(pipeline):
+    model = randomize_bn(torchvision.models.resnet18()).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(1, 3, 64, 64).to(memory_format=torch.channels_last)
+    small = fxprune.prune(model, x, pipeline)
+    weights = {n: p for n, p in small.named_parameters() if p.dim() == 4}
+    assert weights and [n for n, p in weights.items() if not p.is_contiguous(memory_format=torch.channels_last)] == []

@@ -45,3 +45,21 @@ def test_cli_saves_an_exported_program_that_loads_with_torch_alone(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small.pt2"]
+
+
+def test_a_pruned_model_exports_to_onnx_and_runs_in_onnx_runtime(tmp_path):
+    import pytest
+
+    pytest.importorskip("onnxscript", reason="install the [onnx] extra")
+    ort = pytest.importorskip("onnxruntime", reason="install the [onnx] extra")
+    model = create("tv:resnet18").eval()
+    x = torch.randn(1, 3, 64, 64)
+    small = fxprune.prune(model, x, "decompose-conv,prune-basis{target-params=0.6},prune-channels{ratio=0.3},fold")
+    torch.onnx.export(small, (x,), tmp_path / "small.onnx", dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    session = ort.InferenceSession(str(tmp_path / "small.onnx"))
+    for batch in (1, 3):
+        xb = torch.randn(batch, 3, 64, 64)
+        out = session.run(None, {session.get_inputs()[0].name: xb.numpy()})[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), small(xb), rtol=1e-5, atol=1e-5)
