@@ -30,14 +30,13 @@ def main() -> None:
         cases = {"spaces, then a bad character": ("fold" + " " * size + "!", True),
                  "spaces inside an option list": ("prune-basis{energy=0.9" + " " * size + "},fold", False),
                  "many passes": (",".join(["fold"] * (size // 5)), False)}
-        if size > 1_000_000:  # 2 million pass objects: linear too, but a minute of dataclass construction
-            del cases["many passes"]
         for name, (text, fails) in cases.items():
             seconds = min(timed(text, fails) for _ in range(3))
             rows.append((name, len(text), seconds))
             print(f"{name:32} {len(text):>11,} chars {seconds:8.4f} s  {seconds / len(text) * 1e6:6.3f} s/MB", flush=True)
     lines = ["# Parsing pipeline text", "", "Reproduce: `.venv/bin/python -m bench.parse_time` (least of 3 runs). "
-             "Before: `\"fold\" + \" \" * 100000 + \"!\"` took 70 s (quadratic backtracking); linear now.", "",
+             "Before: `\"fold\" + \" \" * 100000 + \"!\"` took 70 s (quadratic backtracking), and each pass "
+             "resolved its type hints anew (13.8 s per MB of `fold,fold,...`); linear now, hints cached.", "",
              "| text | characters | seconds | seconds per MB |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {c:,} | {s:.4f} | {s / c * 1e6:.3f} |" for n, c, s in rows]
     atomic_write_text(Path(__file__).parent / "results" / "parse_time.md", "\n".join(lines) + "\n")

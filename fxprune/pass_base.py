@@ -8,6 +8,7 @@ given and returns it (or a new one) in its PassResult.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -65,12 +66,7 @@ class FxPass:
 
     @classmethod
     def options(cls) -> list[Option]:
-        hints = typing.get_type_hints(cls)
-        return [
-            Option(f.name.replace("_", "-"), f.name, hints[f.name], f.default, f.metadata.get("help", ""))
-            for f in dataclasses.fields(cls)
-            if not f.metadata.get("internal")
-        ]
+        return list(_options(cls))
 
     def fail(self, message: str) -> PipelineError:
         return PipelineError(f"{self.name}: {message}")
@@ -108,6 +104,14 @@ class FxPass:
             if o.field in self.explicit or getattr(self, o.field) != o.default
         ]
         return f"{self.name}{{{' '.join(shown)}}}" if shown else self.name
+
+
+@functools.cache
+def _options(cls: type) -> tuple[Option, ...]:
+    """A pass class's options, computed once (type hints are slow to resolve)."""
+    hints = typing.get_type_hints(cls)
+    return tuple(Option(f.name.replace("_", "-"), f.name, hints[f.name], f.default, f.metadata.get("help", ""))
+                 for f in dataclasses.fields(cls) if not f.metadata.get("internal"))
 
 
 def format_value(value: Any) -> str:

@@ -147,3 +147,15 @@ def test_zoo_checks_pipeline_and_out_before_running(tmp_path, capsys, argv_tail,
     err = capsys.readouterr().err
     assert err.startswith("fxprune: error: ") and message.format(file=tmp_path / "f") in err
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_zoo_summary_says_what_the_error_columns_mean(tmp_path):
+    from fxprune.zoo_run import write_summary
+
+    rows = [{"model": "tv:a", "status": "ok", "rel_l2_error": 0.4, "seconds": 1.0}]
+    write_summary(rows, tmp_path, "z.toml", "decompose-conv,prune-basis{energy=0.9},fold")
+    assert ("The pipeline is lossy: rel_l2_error and max_abs_error are the *expected change* of the outputs that "
+            "pruning random weights causes, not a failure") in (tmp_path / "summary.md").read_text()
+    write_summary(rows, tmp_path, "z.toml", "decompose-conv,fold")
+    assert "The pipeline is lossless: rel_l2_error and max_abs_error are numerical error" in (
+        tmp_path / "summary.md").read_text()
