@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .errors import FxPruneError, first_line
+from .progress import bar as progress_bar
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _decode(folder: Path, classes: list[str], size: int, progress: bool) -> tupl
     samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=None,
                            is_valid_file=_is_image)
     images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
-    for i, (path, _) in enumerate(tqdm(samples, desc=f"reading {folder}", disable=not progress, leave=False)):
+    for i, (path, _) in enumerate(progress_bar(samples, desc=f"reading {folder}", show=progress, leave=False)):
         try:
             with Image.open(path) as image:
                 images[i] = transform(image.convert("RGB"))

@@ -12,7 +12,6 @@ from typing import Callable, Iterable
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .analysis import total_macs, total_params
 from .api import as_inputs, prune
@@ -20,6 +19,7 @@ from .importance import split_batch
 from .lowrank import find_pairs
 from .nn import BasisScalingConv, ChannelScaling
 from .pipeline import Pipeline
+from .progress import bar as progress_bar
 
 
 def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = None) -> dict[str, float]:
@@ -60,7 +60,7 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
     for epoch in range(1, epochs + 1):
         seen = correct = 0
         total_loss = 0.0
-        bar = tqdm(data, desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=True)
+        bar = progress_bar(data, desc=f"epoch {epoch}/{epochs}", show=progress, leave=True)
         for batch in bar:
             x, y = split_batch(batch)
             out = gm(x)
@@ -160,7 +160,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     history: list[dict] = []
     history.append(record(0, gm, 0.0))
     size, missed = step, 0
-    bar = tqdm(range(1, max_steps + 1), desc="prune", disable=not progress)
+    bar = progress_bar(range(1, max_steps + 1), desc="prune", show=progress)
     for _ in bar:
         last = history[-1]
         if key != "accuracy" and last[f"{key}_kept"] <= goal:

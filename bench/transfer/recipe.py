@@ -1,0 +1,75 @@
+"""The whole `fxprune.transfer` job on the benchmark's digits: train the scales and the head, prune
+channels iteratively until val accuracy would fall more than 1 point (steps backed off and grown
+back), fold; report held-out test accuracy.
+
+    .venv/bin/python -m bench.transfer.recipe            # about 15 minutes on 2 cores
+
+The floor is judged on a val split taken from the benchmark's training digits (the last 500), never
+on the test digits, which choose nothing. Writes recipe.json and recipe.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import fxprune
+from fxprune.io import atomic_write_text
+
+from .digits import batches, digits
+from .lite0 import load_lite0
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench/transfer/results")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--step", type=float, default=0.15)
+    ap.add_argument("--max-steps", type=int, default=30)
+    ap.add_argument("--prune", default="channels", choices=["bases", "channels", "double"])
+    args = ap.parse_args(argv)
+    start = time.time()
+    torch.manual_seed(0)
+    (x_train, y_train), (x_test, y_test) = digits(args.size)
+    train = batches(x_train[:-500], y_train[:-500], 64, shuffle_seed=0)
+    val, test = batches(x_train[-500:], y_train[-500:], 250), batches(x_test, y_test, 250)
+    result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
+                              prune_what=args.prune, step=args.step, max_steps=args.max_steps)
+    test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
+    p = result.params
+    record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "seconds": round(time.time() - start), "train": len(y_train) - 500, "val": 500, "test": len(y_test),
+              "params": list(p), "macs": list(result.macs), "val_accuracy": list(result.accuracy),
+              "test_accuracy": test_accuracy, "until": result.until, "steps": result.steps}
+    out = Path(args.out)
+    atomic_write_text(out / f"recipe-{args.prune}.json", json.dumps(record, indent=1) + "\n")
+    rows = "\n".join(f"| {s['step']} | {s['step_size']:.4g} | {s['params']:,} | {s['params_kept']:.3f} | "
+                     f"{s['macs_kept']:.3f} | {s['val_accuracy']:.3f} |" for s in result.steps)
+    text = f"""# fxprune.transfer on the benchmark digits: prune {args.prune} until 1 point of val accuracy
+
+Reproduce: `.venv/bin/python -m bench.transfer.recipe --prune {args.prune}` ({record['seconds']} s here,
+{record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
+of scales + head on {record['train']} digits at {args.size}x{args.size}; then `prune_iteratively` on {args.prune}
+(Taylor on 8 batches per step, step {args.step} backed off by halves below the floor and grown back after, one
+epoch of retraining per step, at most {args.max_steps} tries) until val accuracy (500 held-out training digits)
+would fall below {result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
+
+**Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer), MACs
+{100 * (1 - result.macs[1] / result.macs[0]):.1f}% fewer; test accuracy {test_accuracy[0]:.3f} -> {test_accuracy[1]:.3f}
+({100 * (test_accuracy[1] - test_accuracy[0]):+.1f} points); val {result.accuracy[0]:.3f} -> {result.accuracy[1]:.3f}.**
+
+| step | step size | params | params kept | MACs kept | val accuracy |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+"""
+    atomic_write_text(out / f"recipe-{args.prune}.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
