@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from fxprune.io import atomic_write_text
+from fxprune.core.io import atomic_write_text
 
 CHILD = """
 import sys, time, torch, torchvision, fxprune
 import fxprune.passes.decompose_conv as d
 if sys.argv[1] == "forced":  # what fxprune did before: every core, however busy
     d.free_threads = lambda: __import__("contextlib").nullcontext(torch.get_num_threads())
-from fxprune.threads import idle_cores
+from fxprune.core.threads import idle_cores
 m = torchvision.models.resnet50().eval(); x = torch.randn(1, 3, 64, 64)
 idle = idle_cores()
 t = time.perf_counter(); fxprune.prune(m, x, "decompose-conv"); s = time.perf_counter() - t

@@ -20,9 +20,9 @@ import torch
 from tabulate import tabulate
 
 import fxprune
-from fxprune.analysis import total_macs, total_params
-from fxprune.io import atomic_write_text
-from fxprune.models import create
+from fxprune.analysis.counting import total_macs, total_params
+from fxprune.core.io import atomic_write_text
+from fxprune.runners.models import create
 
 MODELS = ("timm:resnet50", "timm:mobilenetv3_large_100", "timm:vit_small_patch16_224")
 PIPELINES = {

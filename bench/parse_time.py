@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import fxprune
-from fxprune.io import atomic_write_text
+from fxprune.core.io import atomic_write_text
 
 
 def timed(text: str, fails: bool) -> float:

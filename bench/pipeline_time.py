@@ -12,8 +12,8 @@ import time
 import torch
 
 import fxprune
-from fxprune.lowrank import as_groups, is_dense_layer, matrix_shape, pays
-from fxprune.models import create
+from fxprune.core.lowrank import as_groups, is_dense_layer, matrix_shape, pays
+from fxprune.runners.models import create
 
 MODELS = ["timm:resnet50", "timm:vit_small_patch16_224", "timm:efficientnet_b0"]
 PIPELINE = "decompose-conv,prune-basis{energy=0.95},fold"

@@ -1,18 +1,18 @@
 """fxprune: torch.fx passes for basis scaling and double pruning of pretrained vision models."""
 
 from . import passes  # noqa: F401  (registers the passes)
-from .api import DEFAULT_PIPELINE, prune
-from .backend import backend
-from .export import save_exported as save
-from .errors import FxPruneError, PassError, PipelineError, TraceError, VerificationError
-from .manager import PassManager, PassRecord, history
-from .pass_base import FxPass, PassContext, PassResult, register
-from .pipeline import Pipeline
-from .report import SavingsReport, savings
-from .tracing import trace
-from .training import evaluate, prune_iteratively, train_scaling
-from .recipe import TransferResult, transfer
 from . import nn  # noqa: F401  (fxprune.nn.BasisScalingConv)
+from .analysis.report import SavingsReport, savings
+from .core.api import DEFAULT_PIPELINE, prune
+from .core.errors import FxPruneError, PassError, PipelineError, TraceError, VerificationError
+from .core.manager import PassManager, PassRecord, history
+from .core.pass_base import FxPass, PassContext, PassResult, register
+from .core.pipeline import Pipeline
+from .core.tracing import trace
+from .runners.backend import backend
+from .runners.export import save_exported as save
+from .training.recipe import TransferResult, transfer
+from .training.scales import evaluate, prune_iteratively, train_scaling
 
 __all__ = [
     "DEFAULT_PIPELINE", "backend", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",

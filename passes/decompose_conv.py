@@ -8,12 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from fxprune.analysis import tied_modules
-from fxprune.lowrank import (as_groups, build_pair, find_pairs, is_dense_layer, keep_original,
+from fxprune.analysis.counting import tied_modules
+from fxprune.core.lowrank import (as_groups, build_pair, find_pairs, is_dense_layer, keep_original,
                              matrix_shape, pays, set_module)
-from fxprune.meta import ROLE, SOURCE
-from fxprune.threads import free_threads
-from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+from fxprune.core.meta import ROLE, SOURCE
+from fxprune.core.threads import free_threads
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
 
 @register

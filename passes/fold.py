@@ -10,10 +10,10 @@ import torch.fx as fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from fxprune.analysis import propagate_shapes, tied_modules
-from fxprune.lowrank import CONVS, find_pairs, is_conv, forget_original, merge_back, pays, set_module, unscaled_coef
+from fxprune.analysis.counting import propagate_shapes, tied_modules
+from fxprune.core.lowrank import CONVS, find_pairs, is_conv, forget_original, merge_back, pays, set_module, unscaled_coef
 from fxprune.nn import BasisScalingConv, ChannelScaling
-from fxprune.pass_base import FxPass, PassContext, PassResult, register
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, register
 
 try:
     from timm.layers import BatchNormAct2d

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from fxprune.channels import analyse
-from fxprune.lowrank import set_module
-from fxprune.meta import ROLE
+from fxprune.analysis.channels import analyse
+from fxprune.core.lowrank import set_module
+from fxprune.core.meta import ROLE
 from fxprune.nn import ChannelScaling
-from fxprune.pass_base import PassContext, PassResult, register
+from fxprune.core.pass_base import PassContext, PassResult, register
 
 from .insert_scaling import InsertScaling
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from fxprune.analysis import is_counted
-from fxprune.lowrank import find_pairs, merge_back, pays, set_module
-from fxprune.meta import SOURCE
+from fxprune.analysis.counting import is_counted
+from fxprune.core.lowrank import find_pairs, merge_back, pays, set_module
+from fxprune.core.meta import SOURCE
 from fxprune.nn import BasisScalingConv, ChannelScaling
-from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
 
 @register

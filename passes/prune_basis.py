@@ -9,10 +9,10 @@ from typing import Literal
 import torch
 import torch.fx as fx
 
-from fxprune.analysis import node_macs, total_macs, total_params
-from fxprune.importance import taylor_scores
-from fxprune.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
-from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+from fxprune.analysis.counting import node_macs, total_macs, total_params
+from fxprune.analysis.importance import taylor_scores
+from fxprune.core.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
 DEFAULT_ENERGY = 0.95
 

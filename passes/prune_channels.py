@@ -9,10 +9,10 @@ from typing import Callable, Literal
 
 import torch.fx as fx
 
-from fxprune.analysis import node_macs, total_macs
-from fxprune.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, macs_after, magnitude,
+from fxprune.analysis.counting import node_macs, total_macs
+from fxprune.analysis.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, macs_after, magnitude,
                               params_after, remove, taylor)
-from fxprune.pass_base import FxPass, PassContext, PassResult, option, register
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
 DEFAULT_RATIO = 0.3
 
@@ -20,7 +20,7 @@ DEFAULT_RATIO = 0.3
 @register
 @dataclass(frozen=True)
 class PruneChannels(FxPass):
-    """Channels are analysed on the graph (fxprune.channels): a residual add, a concat, a depthwise
+    """Channels are analysed on the graph (fxprune.analysis.channels): a residual add, a concat, a depthwise
     conv, BatchNorm, an SE gate or a flatten couples channels of several layers into one group,
     removed together. Any op the analysis does not understand keeps its group whole
     (`fxprune groups MODEL` prints every group and why it is kept). The model's outputs keep their size.

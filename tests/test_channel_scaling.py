@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import fxprune
-from fxprune.models import create
+from fxprune.runners.models import create
 from fxprune.nn import ChannelScaling
-from fxprune.zoo import wake
+from fxprune.runners.zoo import wake
 
 from .conftest import randomize_bn
 from .test_channels import X, Residual

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.analysis import total_macs, total_params
-from fxprune.channels import analyse, zero
-from fxprune.models import create
-from fxprune.zoo import wake
+from fxprune.analysis.counting import total_macs, total_params
+from fxprune.analysis.channels import analyse, zero
+from fxprune.runners.models import create
+from fxprune.runners.zoo import wake
 
 from .conftest import assert_same_state, randomize_bn, state_copy
 from .test_zoo import entries
@@ -303,7 +303,7 @@ def test_video_nets_have_channel_groups_and_prune_losslessly_where_zeroed():
 
 
 def test_groups_asks_for_the_input_rank_in_one_line(capsys):
-    from fxprune.cli import main
+    from fxprune.runners.cli import main
 
     assert main(["groups", "tv:r3d_18", "--input-size", "3,64,64"]) == 2
     err = capsys.readouterr().err

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from fxprune.cli import main
+from fxprune.runners.cli import main
 
 
 def test_run_prints_passes_and_the_savings_table(capsys, tmp_path):
@@ -150,7 +150,7 @@ def test_zoo_checks_pipeline_and_out_before_running(tmp_path, capsys, argv_tail,
 
 
 def test_zoo_summary_says_what_the_error_columns_mean(tmp_path):
-    from fxprune.zoo_run import write_summary
+    from fxprune.runners.zoo_run import write_summary
 
     rows = [{"model": "tv:a", "status": "ok", "rel_l2_error": 0.4, "seconds": 1.0}]
     write_summary(rows, tmp_path, "z.toml", "decompose-conv,prune-basis{energy=0.9},fold")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from fxprune.cli import main
+from fxprune.runners.cli import main
 
 FACTORY = '''
 import torch.nn as nn
@@ -67,7 +67,7 @@ def test_weights_load_every_accepted_form(factory, tmp_path, capsys, wrap):
 
 
 def test_the_loaded_weights_are_the_ones_used(factory, tmp_path):
-    from fxprune.models import load_model
+    from fxprune.runners.models import load_model
 
     state = tiny_state()
     torch.save(state, tmp_path / "w.pt")

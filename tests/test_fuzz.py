@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fxprune
-from fxprune.analysis import total_macs, total_params
+from fxprune.analysis.counting import total_macs, total_params
 
 from .conftest import randomize_bn
 

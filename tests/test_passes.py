@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 import fxprune
-from fxprune.analysis import total_macs, total_params
-from fxprune.lowrank import find_pairs
-from fxprune.meta import ROLE, SOURCE
+from fxprune.analysis.counting import total_macs, total_params
+from fxprune.core.lowrank import find_pairs
+from fxprune.core.meta import ROLE, SOURCE
 
 from .conftest import assert_same_state, randomize_bn, state_copy
 
@@ -95,7 +95,7 @@ def test_prune_basis_respects_min_rank():
 @pytest.mark.parametrize("option, count", [("target-params", total_params), ("target-macs", total_macs)])
 @pytest.mark.parametrize("target", [0.3, 0.6])
 def test_global_budget_is_met_after_fold(option, count, target):
-    from fxprune.models import create
+    from fxprune.runners.models import create
 
     model = create("tv:resnet18").eval()
     x = torch.randn(1, 3, 64, 64)
@@ -134,7 +134,7 @@ def test_fold_keeps_pairs_that_pay_and_merges_the_others():
 
 
 def test_fold_folds_timm_batchnormact_and_keeps_its_activation():
-    from fxprune.models import create
+    from fxprune.runners.models import create
 
     model = randomize_bn(create("timm:efficientnet_b0")).eval()
     x = torch.randn(1, 3, 64, 64)
@@ -147,8 +147,8 @@ def test_fold_folds_timm_batchnormact_and_keeps_its_activation():
 
 def test_fold_leaves_training_mode_batchnorm_alone(tiny):
     gm = fxprune.trace(tiny).train()
-    from fxprune.manager import PassManager
-    from fxprune.pass_base import PassContext
+    from fxprune.core.manager import PassManager
+    from fxprune.core.pass_base import PassContext
 
     out = PassManager("fold").run(gm, PassContext((X,)))
     assert fxprune.history(out)[-1].stats["bn-folded"] == 0
@@ -172,7 +172,7 @@ def test_prune_continues_from_an_earlier_call(tiny):
 
 
 def test_verify_names_the_pass_that_broke_equivalence(tiny):
-    from fxprune.pass_base import FxPass, PassResult
+    from fxprune.core.pass_base import FxPass, PassResult
 
     class Breaks(FxPass):
         name, summary, lossless = "breaks", "test pass", True
@@ -186,7 +186,7 @@ def test_verify_names_the_pass_that_broke_equivalence(tiny):
 
 
 def test_a_failing_pass_is_named_with_the_passes_before_it(tiny):
-    from fxprune.pass_base import FxPass
+    from fxprune.core.pass_base import FxPass
 
     class Crashes(FxPass):
         name, summary, lossless = "crashes", "test pass", True

@@ -72,6 +72,6 @@ def test_pass_objects_form_a_pipeline():
 
 
 def test_every_option_of_every_pass_is_documented():
-    for name, cls in fxprune.pass_base.registered().items():
+    for name, cls in fxprune.core.pass_base.registered().items():
         for opt in cls.options():
             assert opt.help, f"{name}: option {opt.name} has no help text"

@@ -67,8 +67,8 @@ def test_readme_transfer_flow_trains_a_new_head_as_well_as_an_undecomposed_one()
     import timm
 
     from bench.transfer.digits import batches, digits
-    from fxprune.checkpoint import load_state
-    from fxprune.demo import lite0_state_dict
+    from fxprune.runners.checkpoint import load_state
+    from fxprune.runners.demo import lite0_state_dict
 
     (x_train, y_train), (x_test, y_test) = digits(32, n_train=4000)
     train, test = batches(x_train[:800], y_train[:800], 32, shuffle_seed=0), batches(x_test[:400], y_test[:400], 100)

@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 import fxprune
-from fxprune.analysis import total_params
-from fxprune.verify import output_error
+from fxprune.analysis.counting import total_params
+from fxprune.core.verify import output_error
 
 from .conftest import randomize_bn
 
@@ -78,7 +78,7 @@ def test_tied_weights_stay_tied_and_the_model_never_grows(pipeline, stat, value)
 
 
 def test_tied_layers_are_named_as_barriers():
-    from fxprune.channels import analyse
+    from fxprune.analysis.channels import analyse
 
     graph = analyse(fxprune.trace(Tied()), (torch.randn(2, 16),))
     assert {g.blocked for g in graph.groups} >= {"a shares its weights with b"}
@@ -168,7 +168,7 @@ def test_lossless_round_trip_is_bit_exact_where_pairs_merge_back():
 
 
 def test_exported_model_takes_any_batch_size_and_files_get_the_usual_mode(tmp_path):
-    from fxprune.export import save_exported
+    from fxprune.runners.export import save_exported
 
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 5)).eval()
     small = fxprune.prune(model, torch.randn(1, 3, 8, 8), "fold")
@@ -239,7 +239,7 @@ def test_scale_criterion_on_a_model_with_nothing_prunable_does_nothing():
 
 
 def test_svd_threads_follow_the_idle_cores(monkeypatch):
-    from fxprune import threads
+    from fxprune.core import threads
 
     before = torch.get_num_threads()
     seen = []

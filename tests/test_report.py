@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import fxprune
-from fxprune.models import create
+from fxprune.runners.models import create
 
 
 def flop_counter_macs(model, x) -> int:
@@ -100,7 +100,7 @@ def test_training_only_heads_are_named_and_left_out_of_the_totals():
 def test_unused_parameters_are_grouped_by_their_outermost_wholly_unused_module():
     from torch import nn
 
-    from fxprune.analysis import unused_params
+    from fxprune.analysis.counting import unused_params
 
     class Block(nn.Module):
         def __init__(self):

@@ -5,7 +5,7 @@ import textwrap
 import torch
 
 import fxprune
-from fxprune.models import create
+from fxprune.runners.models import create
 
 
 def test_a_folded_model_loads_and_runs_where_fxprune_was_never_imported(tmp_path):
@@ -31,7 +31,7 @@ def test_a_folded_model_loads_and_runs_where_fxprune_was_never_imported(tmp_path
 
 
 def test_cli_saves_an_exported_program_that_loads_with_torch_alone(tmp_path):
-    from fxprune.cli import main
+    from fxprune.runners.cli import main
 
     path = tmp_path / "small.pt2"
     assert main(["run", "tv:resnet18", "--input-size", "3,64,64", "--out", str(path)]) == 0

@@ -6,8 +6,8 @@ from torch import nn
 
 import fxprune
 from fxprune import TraceError
-from fxprune.meta import SOURCE
-from fxprune.models import create
+from fxprune.core.meta import SOURCE
+from fxprune.runners.models import create
 
 from .conftest import assert_same_state, state_copy
 

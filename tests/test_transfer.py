@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 import fxprune
-from fxprune.analysis import is_counted
-from fxprune.lowrank import find_pairs
-from fxprune.models import create
+from fxprune.analysis.counting import is_counted
+from fxprune.core.lowrank import find_pairs
+from fxprune.runners.models import create
 from fxprune.nn import BasisScalingConv
 
 from .conftest import assert_same_state, randomize_bn, state_copy
@@ -98,7 +98,7 @@ def test_taylor_ranks_a_basis_that_cannot_affect_the_loss_last():
     gm = fxprune.prune(model, data[0][0], "decompose-conv,insert-scaling{train=none}")
     pair = find_pairs(gm)[0]
     assert pair.rank == 4
-    from fxprune.importance import taylor_scores
+    from fxprune.analysis.importance import taylor_scores
 
     scores = taylor_scores(gm, [pair], data)[0][0]
     top = int(pair.importance()[0].argmax())  # the basis with singular value 10

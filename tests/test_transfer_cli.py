@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fxprune.cli import main
-from fxprune.data import load_image_folder, normalization
+from fxprune.runners.cli import main
+from fxprune.training.data import load_image_folder, normalization
 
 from .test_cli_weights import FACTORY
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fxprune import zoo
+from fxprune.runners import zoo
 
 CONFIGS = Path(__file__).resolve().parent.parent / "zoo_configs"
 LOSSLESS = "decompose-conv,fold"

@@ -3,8 +3,8 @@
 import os
 import time
 
-from fxprune.zoo import ZooEntry
-from fxprune.zoo_run import parallel_rows
+from fxprune.runners.zoo import ZooEntry
+from fxprune.runners.zoo_run import parallel_rows
 
 
 def dies_on_big(entry: ZooEntry) -> dict:

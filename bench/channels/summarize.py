@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from fxprune.io import atomic_write_text
-from fxprune.zoo import load
+from fxprune.core.io import atomic_write_text
+from fxprune.runners.zoo import load
 
 HERE = Path(__file__).resolve().parent
 ZOOS = {"torchvision": ("tv.jsonl", "zoo_configs/torchvision.toml"), "timm": ("timm.jsonl", "zoo_configs/timm.toml")}
@@ -58,7 +58,7 @@ def main() -> None:
                      and r["fxprune_lossless"].get("zeroed") != 0]
     text = f"""# Channel pruning across the zoo: fxprune against Torch-Pruning
 
-Reproduce (1 thread, random weights with `fxprune.zoo.wake`):
+Reproduce (1 thread, random weights with `fxprune.runners.zoo.wake`):
 `.venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl`
 (and `timm.toml` -> `timm.jsonl`), then `.venv/bin/python -m bench.channels.summarize`.
 

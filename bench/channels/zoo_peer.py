@@ -6,7 +6,7 @@ Per model and tool: status (ok: runs, output shape kept, params fell; otherwise 
 after, and the wall time of the pruning call alone (1 thread; a call is stopped after LIMIT_S; the
 process measuring a model may hold --memory-gib of address space, beyond that an allocation fails and is that tool's error). Also
 fxprune's lossless check (zeroed channels are removed and the outputs do not change). Random
-weights (fxprune.zoo.wake).
+weights (fxprune.runners.zoo.wake).
 Resumable: models already in --out are skipped.
 """
 
@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 import fxprune
-from fxprune.channels import analyse, zero
-from fxprune.errors import first_line
-from fxprune.models import create
-from fxprune.verify import output_error
-from fxprune.zoo import load, wake
+from fxprune.analysis.channels import analyse, zero
+from fxprune.core.errors import first_line
+from fxprune.runners.models import create
+from fxprune.core.verify import output_error
+from fxprune.runners.zoo import load, wake
 
 
 def classifier(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import timm
 import torch
 
-from fxprune.demo import lite0_state_dict
+from fxprune.runners.demo import lite0_state_dict
 
 
 def load_lite0(num_classes: int = 1000) -> torch.nn.Module:

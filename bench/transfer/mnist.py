@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 import fxprune
-from fxprune.analysis import total_macs, total_params
-from fxprune.io import atomic_write_text
+from fxprune.analysis.counting import total_macs, total_params
+from fxprune.core.io import atomic_write_text
 
 from .digits import batches, digits
 from .lite0 import load_lite0
 from .peer import at_budget
-from .report import write_report
+from fxprune.analysis.report import write_report
 
 BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 ENERGIES = (0.999, 0.99, 0.95, 0.9)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import fxprune
-from fxprune.io import atomic_write_text
+from fxprune.core.io import atomic_write_text
 
 from .digits import batches, digits
 from .lite0 import load_lite0

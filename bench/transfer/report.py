@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from fxprune.io import atomic_write, atomic_write_text
+from fxprune.core.io import atomic_write, atomic_write_text
 
 PAPER = "Wong et al. (2021) report 98.9% of parameters removed on MNIST with under 1 point of accuracy lost"
 

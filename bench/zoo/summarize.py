@@ -7,7 +7,7 @@ import json
 import statistics
 from pathlib import Path
 
-from fxprune import zoo
+from fxprune.runners import zoo
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent.parent / "zoo_configs"
@@ -69,7 +69,7 @@ def main() -> None:
     lines = ["# Zoo results", "",
              "`decompose-conv,fold` at full rank must reproduce the logits (float32, eval mode, batch 1):",
              "relative L2 error below 1e-5. Random weights, with zero-initialised parameters given small random",
-             "values and BatchNorm given random statistics (`fxprune.zoo.wake`) so that every layer matters.",
+             "values and BatchNorm given random statistics (`fxprune.runners.zoo.wake`) so that every layer matters.",
              "`fold` must never grow a model. Produced by `fxprune zoo CONFIG --pipeline decompose-conv,fold",
              "--out bench/zoo/lossless-NAME --jobs 2` (1 thread per worker; `--resume` continues a run).", "",
              "| zoo | models | ok | mismatch | vacuous | error | skipped | not run yet | worst rel. L2 error | grew |",

@@ -10,9 +10,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import TraceError
-from .lowrank import is_dense_layer
-from .meta import SOURCE
+from fxprune.core.errors import TraceError
+from fxprune.core.lowrank import is_dense_layer
+from fxprune.core.meta import SOURCE
 
 
 def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:

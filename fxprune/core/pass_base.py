@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch.fx as fx
 
-from .errors import PipelineError
+from fxprune.core.errors import PipelineError
 
 
 @dataclass(frozen=True)

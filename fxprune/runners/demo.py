@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import FxPruneError
-from .io import atomic_write
+from fxprune.core.errors import FxPruneError
+from fxprune.core.io import atomic_write
 
 TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 50
 

@@ -12,8 +12,8 @@ import types
 import typing
 from typing import Any, Iterable, Sequence
 
-from .errors import PipelineError
-from .pass_base import FxPass, Option, registered
+from fxprune.core.errors import PipelineError
+from fxprune.core.pass_base import FxPass, Option, registered
 
 # possessive quantifiers: no backtracking, so parsing is linear in the text's length
 _ITEM = re.compile(r"\s*+([A-Za-z0-9_-]++)\s*+(?:\{([^{}]*+)\})?\s*+(,|$)")

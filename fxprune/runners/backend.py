@@ -1,4 +1,4 @@
-"""torch.compile integration: `torch.compile(model, backend="fxprune")` or `backend=fxprune.backend(...)`.
+"""torch.compile integration: `torch.compile(model, backend="fxprune")` or `backend=fxprune.runners.backend(...)`.
 
 The pipeline runs on each graph Dynamo captures, after `modularize` froze its parameters into
 constants; the result goes to the inner backend. Inference only: weights are read once, at
@@ -13,12 +13,12 @@ from typing import Callable
 import torch
 import torch.fx as fx
 
-from .analysis import total_params
-from .manager import PassManager
-from .meta import HISTORY
-from .modularize import modularize
-from .pass_base import PassContext
-from .verify import output_error, run_model
+from fxprune.analysis.counting import total_params
+from fxprune.core.manager import PassManager
+from fxprune.core.meta import HISTORY
+from fxprune.runners.modularize import modularize
+from fxprune.core.pass_base import PassContext
+from fxprune.core.verify import output_error, run_model
 
 BACKEND_PIPELINE = "fold"  # lossless: a compiler backend keeps the model's meaning unless told otherwise
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from .api import prune
-from .export import save_exported
-from .io import atomic_write_text
-from .manager import history
-from .models import load_model
-from .report import savings
+from fxprune.core.api import prune
+from fxprune.runners.export import save_exported
+from fxprune.core.io import atomic_write_text
+from fxprune.core.manager import history
+from fxprune.runners.models import load_model
+from fxprune.analysis.report import savings
 
 
 def example_input(model: torch.nn.Module, model_id: str, text: str | None, batch: int = 1) -> torch.Tensor:
@@ -33,7 +33,7 @@ def example_input(model: torch.nn.Module, model_id: str, text: str | None, batch
         with torch.no_grad():
             model(x)
     except Exception as e:  # noqa: BLE001 - named in one line
-        from .errors import first_line
+        from fxprune.core.errors import first_line
 
         raise ValueError(f"{model_id} does not run on an input of shape {tuple(x.shape)} ({type(e).__name__}: "
                          f"{first_line(e)[:200]}): give --input-size, e.g. 3,224,224 for images or 3,16,112,112 "
@@ -96,8 +96,8 @@ def run_model(args: argparse.Namespace) -> int:
 
 def show_groups(args: argparse.Namespace) -> int:
     """`fxprune groups MODEL`: the channel groups prune-channels sees, and why some are kept whole."""
-    from .channels import analyse
-    from .tracing import trace
+    from fxprune.analysis.channels import analyse
+    from fxprune.core.tracing import trace
 
     torch.manual_seed(0)
     model, _ = load_model_args(args)

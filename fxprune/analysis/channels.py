@@ -18,9 +18,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .channel_flow import ChannelFlow, Member, propagate
-from .importance import split_batch
-from .lowrank import find_pairs, same_format, set_module
+from fxprune.analysis.channel_flow import ChannelFlow, Member, propagate
+from fxprune.analysis.importance import split_batch
+from fxprune.core.lowrank import find_pairs, same_format, set_module
 
 
 PER_CHANNEL = ("bn", "scale")  # roles whose weight is one value per channel, not a slice of a layer

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch.fx as fx
 
-from .errors import FxPruneError, PassError, PipelineError
-from .meta import HISTORY
-from .pass_base import PassContext
-from .pipeline import Pipeline
-from .verify import run_model, verify_after
+from fxprune.core.errors import FxPruneError, PassError, PipelineError
+from fxprune.core.meta import HISTORY
+from fxprune.core.pass_base import PassContext
+from fxprune.core.pipeline import Pipeline
+from fxprune.core.verify import run_model, verify_after
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
-from .analysis import propagate_shapes
-from .errors import VerificationError
+from fxprune.analysis.counting import propagate_shapes
+from fxprune.core.errors import VerificationError
 
 # Float32 tolerance for passes meant to be lossless; see README "Numerics" for the evidence.
 RTOL = 1e-4

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import FxPruneError
+from fxprune.core.errors import FxPruneError
 
 
 def create(model_id: str, *, num_classes: int | None = None, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -51,7 +51,7 @@ def _torchvision(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
     if pretrained and "num_classes" in kwargs:  # torchvision refuses weights with another head size
         model = tvm.get_model(name, weights=None, **kwargs)
         reference = tvm.get_model(name, weights="DEFAULT", **{k: v for k, v in kwargs.items() if k != "num_classes"})
-        from .checkpoint import load_state
+        from fxprune.runners.checkpoint import load_state
 
         load_state(model, reference.state_dict(), new_head=True, origin=f"torchvision's {name} weights")
         return model
@@ -89,7 +89,7 @@ def load_model(model_id: str, *, weights: str | None = None, num_classes: int | 
                pretrained: bool = False, trust_pickle: bool = False) -> tuple[nn.Module, list[str]]:
     """A model in eval mode with its weights, and lines saying where they came from.
 
-    `weights`: a state_dict file (see fxprune.checkpoint), checked strictly; with `num_classes`
+    `weights`: a state_dict file (see fxprune.runners.checkpoint), checked strictly; with `num_classes`
     every weight but the old head's is loaded. `pretrained`: timm's / torchvision's own weights."""
     if weights and pretrained:
         raise ValueError("give --weights PATH or --pretrained, not both")
@@ -101,13 +101,13 @@ def load_model(model_id: str, *, weights: str | None = None, num_classes: int | 
                               (f", new {num_classes}-class head" if num_classes else "")]
     if not weights:
         return model.eval(), ["weights: random (nothing is downloaded; --weights PATH loads yours)"]
-    from .checkpoint import read_state, load_state
+    from fxprune.runners.checkpoint import read_state, load_state
 
     state = read_state(weights, trust_pickle=trust_pickle)
     left_out = load_state(model, state, new_head=num_classes is not None, origin=f"--weights {weights}")
     note = f"weights: {len(state) - len(left_out)} tensors from {weights}"
     if left_out:
-        from .checkpoint import zero_head
+        from fxprune.runners.checkpoint import zero_head
 
         zero_head(model)
         note += (f"; left out for the new {num_classes}-class head ({', '.join(left_out)}), which starts at zero "

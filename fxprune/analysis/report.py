@@ -14,11 +14,11 @@ import torch.fx as fx
 from tabulate import tabulate
 from torch import nn
 
-from .analysis import node_macs, total_macs, total_params, unused_params
-from .io import atomic_write_text
-from .lowrank import CONVS, groups_of
-from .meta import RANK, ROLE, SOURCE
-from .tracing import trace
+from fxprune.analysis.counting import node_macs, total_macs, total_params, unused_params
+from fxprune.core.io import atomic_write_text
+from fxprune.core.lowrank import CONVS, groups_of
+from fxprune.core.meta import RANK, ROLE, SOURCE
+from fxprune.core.tracing import trace
 
 COLUMNS = ["layer", "kind", "form", "rank", "channels", "params_before", "params_after", "macs_before",
            "macs_after"]

@@ -7,7 +7,7 @@ import warnings
 import torch
 import torch.fx as fx
 
-from .io import atomic_write
+from fxprune.core.io import atomic_write
 
 
 def save_exported(gm: fx.GraphModule, example_inputs: tuple, path) -> None:

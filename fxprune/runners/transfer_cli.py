@@ -10,14 +10,14 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from .commands import load_model_args
-from .data import load_image_folder, load_test_folder, normalization
-from .errors import FxPruneError
-from .export import save_exported
-from .io import atomic_write_text
-from .recipe import TransferResult, transfer
-from .training import evaluate
-from .transfer_report import report_markdown, write_plot
+from fxprune.runners.commands import load_model_args
+from fxprune.training.data import load_image_folder, load_test_folder, normalization
+from fxprune.core.errors import FxPruneError
+from fxprune.runners.export import save_exported
+from fxprune.core.io import atomic_write_text
+from fxprune.training.recipe import TransferResult, transfer
+from fxprune.training.scales import evaluate
+from fxprune.runners.transfer_report import report_markdown, write_plot
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -84,8 +84,8 @@ def write_outputs(out: Path, result: TransferResult, settings: dict) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .cli import main
-    from .demo import prepare
+    from fxprune.runners.cli import main
+    from fxprune.runners.demo import prepare
 
     out = Path(args.out)
     weights, data, test = prepare(out)

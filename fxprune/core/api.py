@@ -9,10 +9,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .manager import PassManager
-from .pass_base import FxPass, PassContext
-from .pipeline import Pipeline
-from .tracing import trace
+from fxprune.core.manager import PassManager
+from fxprune.core.pass_base import FxPass, PassContext
+from fxprune.core.pipeline import Pipeline
+from fxprune.core.tracing import trace
 
 DEFAULT_PIPELINE = "decompose-conv,prune-basis{energy=0.95},fold"
 

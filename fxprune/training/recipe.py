@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .analysis import total_macs, total_params
-from .api import as_inputs, prune
-from .training import evaluate, prune_iteratively, train_scaling
+from fxprune.analysis.counting import total_macs, total_params
+from fxprune.core.api import as_inputs, prune
+from fxprune.training.scales import evaluate, prune_iteratively, train_scaling
 
 
 @dataclass

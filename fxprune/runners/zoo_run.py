@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .io import atomic_write_text
-from .zoo import ZooEntry, check, load
+from fxprune.core.io import atomic_write_text
+from fxprune.runners.zoo import ZooEntry, check, load
 
 RESULTS = "results.jsonl"
 LAYERS = "layers"
@@ -40,7 +40,7 @@ def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs:
     """Run every entry of `config`; rows are appended to OUT/results.jsonl as models finish, and
     each model's per-layer table is written to OUT/layers/. With `compile`, each pruned model is
     also compiled with inductor and checked against its eager outputs (see `zoo.check`)."""
-    from .pipeline import Pipeline
+    from fxprune.core.pipeline import Pipeline
 
     Pipeline.parse(pipeline)  # a typo fails here, not as an error row for every model
     entries = load(config)
@@ -229,7 +229,7 @@ _ERROR_NOTE = {
 
 
 def _lossless(pipeline: str) -> bool:
-    from .pipeline import Pipeline
+    from fxprune.core.pipeline import Pipeline
 
     return all(p.lossless for p in Pipeline.parse(pipeline).passes)
 
@@ -237,7 +237,7 @@ def _lossless(pipeline: str) -> bool:
 def write_summary(rows: list[dict], out_dir: Path, config: str, pipeline: str) -> None:
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
     head = (f"# Zoo run: `{config}`\n\nPipeline: `{pipeline}`; random weights (zero-initialised parameters "
-            "given small random values, BatchNorm given random statistics: `fxprune.zoo.wake`), batch 1, "
+            "given small random values, BatchNorm given random statistics: `fxprune.runners.zoo.wake`), batch 1, "
             "float32, CPU.\n"
             f"MACs are multiply-accumulates. Status counts: {counts}.\n"
             + (_ERROR_NOTE[_lossless(pipeline)] + "\n")

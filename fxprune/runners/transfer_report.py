@@ -6,8 +6,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .io import atomic_write
-from .recipe import TransferResult
+from fxprune.core.io import atomic_write
+from fxprune.training.recipe import TransferResult
 
 
 def write_plot(path: Path, result: TransferResult, settings: dict) -> bool:

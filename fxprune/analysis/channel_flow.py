@@ -24,10 +24,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .analysis import propagate_shapes, tied_modules
-from .lowrank import is_conv, is_dense_layer, torch_base
-from .meta import ROLE
-from .nn import BasisScalingConv, ChannelScaling
+from fxprune.analysis.counting import propagate_shapes, tied_modules
+from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base
+from fxprune.core.meta import ROLE
+from fxprune.nn import BasisScalingConv, ChannelScaling
 
 STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
              nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d,

@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .lowrank import Pair
+from fxprune.core.lowrank import Pair
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:

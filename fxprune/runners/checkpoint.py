@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FxPruneError, first_line
+from fxprune.core.errors import FxPruneError, first_line
 
 WRAPPERS = ("state_dict", "model", "model_state_dict")
 

@@ -7,8 +7,8 @@ import sys
 
 from tabulate import tabulate
 
-from .api import DEFAULT_PIPELINE
-from .errors import FxPruneError
+from fxprune.core.api import DEFAULT_PIPELINE
+from fxprune.core.errors import FxPruneError
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -78,21 +78,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "passes":
-            from .pipeline import describe_passes
+            from fxprune.core.pipeline import describe_passes
 
             print(tabulate(describe_passes(), headers="keys", tablefmt="simple"))
             return 0
         if args.command == "zoo":
-            from .zoo_run import run_zoo, summary_table
+            from fxprune.runners.zoo_run import run_zoo, summary_table
 
             print(summary_table(run_zoo(args.config, args.pipeline, args.out, resume=args.resume,
                                         jobs=args.jobs, compile=args.compile), fmt="simple"))
             return 0
         if args.command in ("transfer", "demo"):
-            from .transfer_cli import run_demo, run_transfer
+            from fxprune.runners.transfer_cli import run_demo, run_transfer
 
             return run_transfer(args) if args.command == "transfer" else run_demo(args)
-        from .commands import run_model, show_groups
+        from fxprune.runners.commands import run_model, show_groups
 
         return show_groups(args) if args.command == "groups" else run_model(args)
     except (FxPruneError, ValueError) as e:

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FxPruneError, first_line
-from .progress import bar as progress_bar
+from fxprune.core.errors import FxPruneError, first_line
+from fxprune.core.progress import bar as progress_bar
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class ZooEntry:
 def load(path: str | Path) -> list[ZooEntry]:
     """Entries of one zoo config file, every value checked; raises ValueError naming the file, the
     entry and the key."""
-    from .pipeline import Pipeline
+    from fxprune.core.pipeline import Pipeline
 
     path = Path(path)
     try:
@@ -110,13 +110,13 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     import torch
     from torch.utils._pytree import tree_leaves
 
-    from .api import prune
-    from .errors import first_line
-    from .io import atomic_write_text
-    from .models import create
-    from .pipeline import Pipeline
-    from .report import savings
-    from .verify import output_error, run_model
+    from fxprune.core.api import prune
+    from fxprune.core.errors import first_line
+    from fxprune.core.io import atomic_write_text
+    from fxprune.runners.models import create
+    from fxprune.core.pipeline import Pipeline
+    from fxprune.analysis.report import savings
+    from fxprune.core.verify import output_error, run_model
 
     if entry.skip:
         return {"model": entry.id, "status": "skipped", "reason": entry.skip, "seconds": 0.0}
@@ -168,8 +168,8 @@ def compiled_check(model, x: tuple) -> dict:
 
     import torch
 
-    from .errors import FxPruneError, first_line
-    from .verify import output_error, run_model
+    from fxprune.core.errors import FxPruneError, first_line
+    from fxprune.core.verify import output_error, run_model
 
     torch._dynamo.reset()
     start = time.perf_counter()

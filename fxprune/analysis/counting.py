@@ -16,8 +16,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from .lowrank import CONVS
-from .nn import BasisScalingConv
+from fxprune.core.lowrank import CONVS
+from fxprune.nn import BasisScalingConv
 
 
 def total_params(module: nn.Module) -> int:

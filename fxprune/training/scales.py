@@ -13,13 +13,13 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .analysis import total_macs, total_params
-from .api import as_inputs, prune
-from .importance import split_batch
-from .lowrank import find_pairs
-from .nn import BasisScalingConv, ChannelScaling
-from .pipeline import Pipeline
-from .progress import bar as progress_bar
+from fxprune.analysis.counting import total_macs, total_params
+from fxprune.core.api import as_inputs, prune
+from fxprune.analysis.importance import split_batch
+from fxprune.core.lowrank import find_pairs
+from fxprune.nn import BasisScalingConv, ChannelScaling
+from fxprune.core.pipeline import Pipeline
+from fxprune.core.progress import bar as progress_bar
 
 
 def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = None) -> dict[str, float]:

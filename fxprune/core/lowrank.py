@@ -15,8 +15,8 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .meta import RANK, ROLE, SOURCE
-from .nn import BasisScalingConv
+from fxprune.core.meta import RANK, ROLE, SOURCE
+from fxprune.nn import BasisScalingConv
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 ORIGINAL = "_fxprune_original"  # attribute of a pair container: the layer it was made from

@@ -1,0 +1,1 @@
+"""Analyses of a graph: counting params and MACs, channel groups, importance, the savings report."""

@@ -1,0 +1,1 @@
+"""Training the scaling factors, the iterative prune/retrain schedule, the whole transfer job, image folders."""
