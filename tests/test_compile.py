@@ -18,7 +18,7 @@ def _fresh_dynamo():
 
 
 def test_backend_runs_the_pipeline_on_the_captured_graph(tiny):
-    compiled = torch.compile(tiny, backend=fxprune.runners.backend(PIPELINE, inner="eager"))
+    compiled = torch.compile(tiny, backend=fxprune.backend(PIPELINE, inner="eager"))
     with torch.no_grad():
         torch.testing.assert_close(compiled(X), fxprune.prune(tiny, X, PIPELINE)(X), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(compiled(X), tiny(X), atol=1e-3)  # the pruning really happened
@@ -43,7 +43,7 @@ def test_each_graph_of_a_graph_break_is_pruned():
         graphs.append(gm)
         return gm.forward
 
-    compiled = torch.compile(model, backend=fxprune.runners.backend("decompose-conv,fold", inner=inner))
+    compiled = torch.compile(model, backend=fxprune.backend("decompose-conv,fold", inner=inner))
     with torch.no_grad():
         torch.testing.assert_close(compiled(X), model(X), rtol=1e-4, atol=1e-5)
     assert len(graphs) == 2
@@ -57,7 +57,7 @@ def test_registered_backend_name_and_inductor_keep_the_model_meaning(tiny):
 
 
 def test_a_lossy_backend_pipeline_says_what_it_removed_and_how_much_the_outputs_changed(tiny):
-    compiled = torch.compile(tiny, backend=fxprune.runners.backend(PIPELINE, inner="eager"))
+    compiled = torch.compile(tiny, backend=fxprune.backend(PIPELINE, inner="eager"))
     with pytest.warns(UserWarning, match=r"fxprune backend: 'decompose-conv,prune-basis\{energy=0.8\},fold' is lossy "
                                          r"\(prune-basis\{energy=0.8\}\): it took a captured graph from [\d,]+ to "
                                          r"[\d,]+ params \([\d.]+% fewer\); its outputs on the example inputs changed by "
@@ -74,4 +74,4 @@ def test_a_pruned_graph_module_compiles_fullgraph(tiny):
 
 def test_bad_pipeline_fails_when_the_backend_is_made():
     with pytest.raises(fxprune.PipelineError, match="unknown pass 'fold-all'"):
-        fxprune.runners.backend("decompose-conv,fold-all")
+        fxprune.backend("decompose-conv,fold-all")

@@ -1,4 +1,4 @@
-"""torch.compile integration: `torch.compile(model, backend="fxprune")` or `backend=fxprune.runners.backend(...)`.
+"""torch.compile integration: `torch.compile(model, backend="fxprune")` or `backend=fxprune.backend(...)`.
 
 The pipeline runs on each graph Dynamo captures, after `modularize` froze its parameters into
 constants; the result goes to the inner backend. Inference only: weights are read once, at
