@@ -159,3 +159,23 @@ def test_zoo_summary_says_what_the_error_columns_mean(tmp_path):
     write_summary(rows, tmp_path, "z.toml", "decompose-conv,fold")
     assert "The pipeline is lossless: rel_l2_error and max_abs_error are numerical error" in (
         tmp_path / "summary.md").read_text()
+
+
+def test_zoo_takes_model_patterns_instead_of_a_config(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["zoo", "tv:squeezenet1_*", "--exclude", "*1_0", "--pipeline", "fold", "--out", str(out)]) == 0
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["status"]) for r in rows] == [("tv:squeezenet1_1", "ok")]
+    assert (out / "summary.md").read_text().startswith("# Zoo run: `tv:squeezenet1_* --exclude *1_0`")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tv:nothing_like_this*"], "model pattern 'tv:nothing_like_this*' matches no model"),
+    (["resnet*"], "model pattern 'resnet*': write tv:GLOB or timm:GLOB"),
+    (["timm:resnet18", "--exclude", "resnet*"], "--exclude resnet* leaves none of the 1 models matched"),
+    (["zoo_configs/smoke.toml", "timm:resnet18"], "name one zoo config, or model patterns (with --exclude), not both"),
+])
+def test_bad_model_patterns_get_one_line(tmp_path, capsys, argv, message):
+    assert main(["zoo", *argv, "--pipeline", "fold", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fxprune: error: {message}") and err.count("\n") == 1

@@ -60,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
                                                             "history (.json) are written beside it")
     zoo = sub.add_parser("zoo", help="run a pipeline over every model of a zoo config")
-    zoo.add_argument("config", help="a zoo config, e.g. zoo_configs/smoke.toml")
+    zoo.add_argument("config", nargs="+", help="a zoo config (e.g. zoo_configs/smoke.toml), or model patterns "
+                                               "such as 'timm:resnet*' 'tv:*' (timm's wildcard rules)")
+    zoo.add_argument("--exclude", action="append", default=[], help="with patterns: drop the models matching this "
+                                                                    "glob (repeatable), e.g. --exclude '*_gn'")
     zoo.add_argument("--pipeline", default=DEFAULT_PIPELINE, help="pass pipeline (entries may override it)")
     zoo.add_argument("--out", required=True, help="folder for results.jsonl, summary.md and summary.csv")
     zoo.add_argument("--resume", action="store_true", help="skip the models already in OUT/results.jsonl")
@@ -85,7 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "zoo":
             from fxprune.runners.zoo_run import run_zoo, summary_table
 
-            print(summary_table(run_zoo(args.config, args.pipeline, args.out, resume=args.resume,
+            from fxprune.runners.zoo import load, select
+
+            configs = [c for c in args.config if c.endswith(".toml")]
+            if configs and (len(args.config) > 1 or args.exclude):
+                raise ValueError("name one zoo config, or model patterns (with --exclude), not both")
+            entries = load(configs[0]) if configs else select(args.config, args.exclude)
+            label = configs[0] if configs else " ".join(args.config + [f"--exclude {x}" for x in args.exclude])
+            print(summary_table(run_zoo(entries, label, args.pipeline, args.out, resume=args.resume,
                                         jobs=args.jobs, compile=args.compile), fmt="simple"))
             return 0
         if args.command in ("transfer", "demo"):

@@ -78,6 +78,36 @@ def load(path: str | Path) -> list[ZooEntry]:
     return entries
 
 
+def select(patterns: list[str], exclude: list[str] = ()) -> list[ZooEntry]:
+    """Entries for model patterns instead of a config: `tv:GLOB` (torchvision's classification
+    models), `timm:GLOB` (timm's registry, its own wildcard rules); `exclude` globs drop ids (with or
+    without their `tv:`/`timm:` prefix). A pattern matching nothing is an error naming it."""
+    from fnmatch import fnmatch
+
+    ids: list[str] = []
+    for pattern in patterns:
+        source, sep, glob = pattern.partition(":")
+        if not sep or source not in ("tv", "timm") or not glob:
+            raise ValueError(f"model pattern {pattern!r}: write tv:GLOB or timm:GLOB, e.g. 'timm:resnet*' or 'tv:*', "
+                             "or name a zoo config (.toml)")
+        if source == "timm":
+            import timm
+
+            names = timm.list_models(glob)
+        else:
+            import torchvision.models as tvm
+
+            names = tvm.list_models(module=tvm, include=glob)
+        found = [f"{source}:{n}" for n in names]
+        if not found:
+            raise ValueError(f"model pattern {pattern!r} matches no model")
+        ids += [i for i in found if i not in ids]
+    kept = [i for i in ids if not any(fnmatch(i, x) or fnmatch(i.partition(":")[2], x) for x in exclude)]
+    if not kept:
+        raise ValueError(f"--exclude {' '.join(exclude)} leaves none of the {len(ids)} models matched")
+    return [ZooEntry(i) for i in kept]
+
+
 def wake(model):
     """Make every layer matter to the logits of a randomly initialised model, so that comparing
     logits tests all of it: parameters initialised to exactly zero (zero-init heads, layer scales,

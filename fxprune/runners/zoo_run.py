@@ -19,7 +19,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from fxprune.core.io import atomic_write_text
-from fxprune.runners.zoo import ZooEntry, check, load
+from fxprune.runners.zoo import ZooEntry, check
 
 RESULTS = "results.jsonl"
 LAYERS = "layers"
@@ -35,15 +35,15 @@ def _check_one_thread(entry: ZooEntry, pipeline: str, layers_dir: Path, compile:
     return check(entry, pipeline, layers_dir, compile)
 
 
-def run_zoo(config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1,
+def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1,
             compile: bool = False) -> list[dict]:
-    """Run every entry of `config`; rows are appended to OUT/results.jsonl as models finish, and
+    """Run every entry (of the zoo config, or the patterns, that `config` names in the summary); rows
+    are appended to OUT/results.jsonl as models finish, and
     each model's per-layer table is written to OUT/layers/. With `compile`, each pruned model is
     also compiled with inductor and checked against its eager outputs (see `zoo.check`)."""
     from fxprune.core.pipeline import Pipeline
 
     Pipeline.parse(pipeline)  # a typo fails here, not as an error row for every model
-    entries = load(config)
     out_dir = _out_dir(out)
     path = out_dir / RESULTS
     with _locked(out_dir):
