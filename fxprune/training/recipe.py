@@ -52,7 +52,7 @@ def stop_rule(until: str, transferred_accuracy: float) -> str:
 
 
 def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable, epochs: int = 5, lr: float = 1e-2,
-             prune_what: str = "bases", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
+             prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
              progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head) on `train`,

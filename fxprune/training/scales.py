@@ -72,7 +72,7 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
             total_loss += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
         if val_data is not None:
             val = evaluate(gm, val_data, loss_fn)
