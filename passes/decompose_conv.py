@@ -12,8 +12,9 @@ from fxprune.analysis.counting import tied_modules
 from fxprune.core.lowrank import (as_groups, build_pair, find_pairs, is_dense_layer, keep_original,
                              matrix_shape, pays, set_module)
 from fxprune.core.meta import ROLE, SOURCE
-from fxprune.core.threads import free_threads
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
+from fxprune.core.svd import thin_svd
+from fxprune.core.threads import free_threads
 
 
 @register
@@ -65,9 +66,9 @@ class DecomposeConv(FxPass):
 
 
 def decompose(layer: torch.nn.Module) -> torch.nn.Module:
-    """The full-rank pair equal to `layer` (SVD in the weight's own dtype)."""
+    """The full-rank pair equal to `layer` (SVD in float64, factors stored in the weight's dtype)."""
     g, _, _ = matrix_shape(layer)
-    u, s, vh = torch.linalg.svd(as_groups(layer.weight.detach(), g).double(), full_matrices=False)
+    u, s, vh = thin_svd(as_groups(layer.weight.detach(), g))  # float64; Gram matrix where accurate
     container = build_pair(layer, vh, u * s[:, None, :], layer.bias)
     keep_original(container, layer)  # fold gives it back bit for bit if nothing is cut
     return container
