@@ -53,11 +53,12 @@ class Fold(FxPass):
                 scales += pair.scale is not None
                 merge_back(gm, pair)
                 merged += 1
-        scales += sum(_fold_channel_scale(gm, node) for node in list(gm.graph.nodes))
+        tied = tied_modules(gm)  # folding rewrites only untied layers, so this holds for the whole pass
+        scales += sum(_fold_channel_scale(gm, node, tied) for node in list(gm.graph.nodes))
         if any(type(m) is nn.BatchNorm1d for m in gm.modules()):  # Linear+BN1d needs output ranks
             gm.recompile()
             propagate_shapes(gm, ctx.example_inputs)
-        folded = sum(_fold_bn(gm, node) for node in list(gm.graph.nodes))
+        folded = sum(_fold_bn(gm, node, tied) for node in list(gm.graph.nodes))
         gm.delete_all_unused_submodules()
         stats = {"scales-folded": scales, "bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
         return PassResult(gm, scales + folded + merged > 0, stats)
@@ -69,7 +70,7 @@ def _is_foldable_bn(bn: nn.Module) -> bool:
             and bn.running_mean is not None)
 
 
-def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _fold_bn(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:
     if node.op != "call_module" or not _is_foldable_bn(bn := gm.get_submodule(node.target)):
         return False
     prev = node.args[0] if node.args else None
@@ -84,7 +85,7 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
                                       bn.weight, bn.bias)
     else:
         return False
-    if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied_modules(gm):
+    if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied:
         return False  # a layer called twice, or sharing its weight, cannot take one call's BatchNorm
     w.requires_grad_(layer.weight.requires_grad)
     b.requires_grad_(layer.weight.requires_grad)
@@ -98,13 +99,13 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node) -> bool:
     return True
 
 
-def _fold_channel_scale(gm: fx.GraphModule, node: fx.Node) -> bool:
+def _fold_channel_scale(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:
     if node.op != "call_module" or not isinstance(scale := gm.get_submodule(node.target), ChannelScaling):
         return False
     prev = node.args[0]
     layer = gm.get_submodule(prev.target) if isinstance(prev, fx.Node) and prev.op == "call_module" else None
     if (not isinstance(layer, (*CONVS, nn.Linear, BasisScalingConv)) or len(prev.users) != 1
-            or len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied_modules(gm)):
+            or len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied):
         warnings.warn(f"fold: channel scale {node.target} stays: the module before it is not a conv/linear "
                       "layer used only there, with weights of its own", stacklevel=2)
         return False

@@ -30,7 +30,8 @@ class InsertChannelScaling(InsertScaling):
     requires = {}
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        merged = self._merge_trained(gm)
+        paths = self._trainable(gm)
+        merged = self._merge_trained(gm, paths)
         if merged:
             gm.recompile()
         graph = analyse(gm, ctx.example_inputs)
@@ -52,6 +53,6 @@ class InsertChannelScaling(InsertScaling):
             node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
             inserted += 1
         stats = {"channel-scales-inserted": inserted, "trained-pairs-merged": merged,
-                 "trainable-params": self._freeze(gm)}
+                 "trainable-params": self._freeze(gm, paths)}
         return PassResult(gm, inserted + merged > 0, stats)
 

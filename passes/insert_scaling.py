@@ -37,20 +37,21 @@ class InsertScaling(FxPass):
                             f"got {self.train!r}")
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        merged = self._merge_trained(gm)
+        paths = self._trainable(gm)
+        merged = self._merge_trained(gm, paths)
         inserted = 0
         for pair in find_pairs(gm):
             if not isinstance(pair.coef, BasisScalingConv):
                 set_module(gm, pair.coef_node.target, BasisScalingConv(pair.coef))
                 inserted += 1
-        stats = {"scales-inserted": inserted, "trained-pairs-merged": merged, "trainable-params": self._freeze(gm)}
+        stats = {"scales-inserted": inserted, "trained-pairs-merged": merged,
+                 "trainable-params": self._freeze(gm, paths)}
         return PassResult(gm, inserted + merged > 0, stats)
 
-    def _merge_trained(self, gm: fx.GraphModule) -> int:
+    def _merge_trained(self, gm: fx.GraphModule, paths: list[str]) -> int:
         """Merge back the pairs inside the `train` modules that do not pay (a new head at full rank):
         a layer that trains is trained as one plain layer, never as a product of two layers and a
         scale, which trains badly from a random init. Lossless (bit for bit where nothing was cut)."""
-        paths = self._trainable(gm)
         merged = 0
         for pair in find_pairs(gm):
             if not pays(pair.rank, pair.m, pair.n) and any(pair.path == p or pair.path.startswith(p + ".")
@@ -59,9 +60,9 @@ class InsertScaling(FxPass):
                 merged += 1
         return merged
 
-    def _freeze(self, gm: fx.GraphModule) -> int:
+    def _freeze(self, gm: fx.GraphModule, paths: list[str]) -> int:
         """Freeze every parameter but the scales (of bases and of channels) and the `train`
-        modules; returns how many parameters stay trainable."""
+        modules at `paths`; returns how many parameters stay trainable."""
         for p in gm.parameters():
             p.requires_grad_(False)
         for m in gm.modules():
@@ -69,7 +70,7 @@ class InsertScaling(FxPass):
                 m.scale.requires_grad_(True)
             elif isinstance(m, ChannelScaling):
                 m.weight.requires_grad_(True)
-        for path in self._trainable(gm):
+        for path in paths:
             for p in gm.get_submodule(path).parameters():
                 p.requires_grad_(True)
         return sum(p.numel() for p in gm.parameters() if p.requires_grad)

@@ -20,9 +20,8 @@ _ITEM = re.compile(r"\s*+([A-Za-z0-9_-]++)\s*+(?:\{([^{}]*+)\})?\s*+(,|$)")
 _OPT = re.compile(r"([A-Za-z0-9_-]++)=([^\s=]++)")
 
 
-def excerpt(text: str, pos: int | None = None, width: int = 40) -> str:
-    """`text` as repr, cut to about `width` characters either side of `pos` (or of its start)."""
-    pos = 0 if pos is None else pos
+def excerpt(text: str, pos: int = 0, width: int = 40) -> str:
+    """`text` as repr, cut to about `width` characters either side of `pos`."""
     start, end = max(0, pos - width), min(len(text), pos + width)
     return ("..." if start else "") + repr(text[start:end]) + ("..." if end < len(text) else "")
 

@@ -23,10 +23,10 @@ def create(model_id: str, *, num_classes: int | None = None, pretrained: bool = 
     if not sep or source not in ("tv", "torchvision", "timm"):
         raise ValueError(f"model id {model_id!r}: write tv:NAME, timm:NAME or path/to/file.py:factory, "
                          "e.g. tv:resnet18 or timm:resnet50")
+    _known(source, name)  # a wrong name fails here, before anything is built or downloaded
     build = _timm if source == "timm" else _torchvision
     if not pretrained:
         return build(name, False, kwargs)
-    build(name, False, dict(kwargs))  # a wrong name fails here, before any download is tried
     try:
         return build(name, True, kwargs)
     except Exception as e:  # noqa: BLE001 - offline: a download failure, named in one line
@@ -34,20 +34,29 @@ def create(model_id: str, *, num_classes: int | None = None, pretrained: bool = 
                            "offline?). Download them where there is a network and pass --weights PATH") from None
 
 
+def _known(source: str, name: str) -> None:
+    if source == "timm":
+        import timm
+
+        if name not in timm.list_models():
+            close = timm.list_models(f"*{name}*")[:5]
+            raise ValueError(f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
+    else:
+        import torchvision.models as tvm
+
+        if name not in tvm.list_models():
+            raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
+
+
 def _timm(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
     import timm
 
-    if name not in timm.list_models():
-        close = timm.list_models(f"*{name}*")[:5]
-        raise ValueError(f"timm has no model {name!r}" + (f"; close: {', '.join(close)}" if close else ""))
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
 def _torchvision(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
     import torchvision.models as tvm
 
-    if name not in tvm.list_models():
-        raise ValueError(f"torchvision has no model {name!r}; see torchvision.models.list_models()")
     if pretrained and "num_classes" in kwargs:  # torchvision refuses weights with another head size
         model = tvm.get_model(name, weights=None, **kwargs)
         reference = tvm.get_model(name, weights="DEFAULT", **{k: v for k, v in kwargs.items() if k != "num_classes"})
@@ -101,14 +110,12 @@ def load_model(model_id: str, *, weights: str | None = None, num_classes: int | 
                               (f", new {num_classes}-class head" if num_classes else "")]
     if not weights:
         return model.eval(), ["weights: random (nothing is downloaded; --weights PATH loads yours)"]
-    from fxprune.runners.checkpoint import read_state, load_state
+    from fxprune.runners.checkpoint import load_state, read_state, zero_head
 
     state = read_state(weights, trust_pickle=trust_pickle)
     left_out = load_state(model, state, new_head=num_classes is not None, origin=f"--weights {weights}")
     note = f"weights: {len(state) - len(left_out)} tensors from {weights}"
     if left_out:
-        from fxprune.runners.checkpoint import zero_head
-
         zero_head(model)
         note += (f"; left out for the new {num_classes}-class head ({', '.join(left_out)}), which starts at zero "
                  "(a linear probe's init: it trains fast and the same every run)")

@@ -107,13 +107,13 @@ def load_test_folder(root: str | Path, classes: list[str], norm: Normalization, 
 
 
 def _classes(folder: Path) -> list[str]:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
+    from torchvision.datasets.folder import IMG_EXTENSIONS, is_image_file
 
     names = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not names:
         raise FxPruneError(f"--data {folder}: no class folders (write DIR/CLASS/image.png, or DIR/train/CLASS/... "
                            "and DIR/val/CLASS/...)")
-    empty = [n for n in names if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / n).rglob("*"))]
+    empty = [n for n in names if not any(is_image_file(str(f)) for f in (folder / n).rglob("*"))]
     if empty:
         raise FxPruneError(f"--data {folder}: class folder {empty[0]} holds no images "
                            f"({', '.join(IMG_EXTENSIONS)})")
@@ -122,12 +122,11 @@ def _classes(folder: Path) -> list[str]:
 
 def _decode(folder: Path, classes: list[str], size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from PIL import Image
-    from torchvision.datasets.folder import make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
     from torchvision.transforms import CenterCrop, Compose, PILToTensor, Resize
 
     transform = Compose([Resize(size), CenterCrop(size), PILToTensor()])
-    samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=None,
-                           is_valid_file=_is_image)
+    samples = make_dataset(str(folder), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     images = torch.empty(len(samples), 3, size, size, dtype=torch.uint8)
     for i, (path, _) in enumerate(progress_bar(samples, desc=f"reading {folder}", show=progress, leave=False)):
         try:
@@ -136,12 +135,6 @@ def _decode(folder: Path, classes: list[str], size: int, progress: bool) -> tupl
         except Exception as e:  # noqa: BLE001 - the file is named in one line
             raise FxPruneError(f"--data: cannot read image {path}: {first_line(e) or type(e).__name__}") from None
     return images, torch.tensor([label for _, label in samples], dtype=torch.long)
-
-
-def _is_image(path: str) -> bool:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return Path(path).suffix.lower() in IMG_EXTENSIONS
 
 
 def _split(images: torch.Tensor, labels: torch.Tensor, val_split: float, seed: int):
