@@ -179,3 +179,14 @@ def test_bad_model_patterns_get_one_line(tmp_path, capsys, argv, message):
     assert main(["zoo", *argv, "--pipeline", "fold", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"fxprune: error: {message}") and err.count("\n") == 1
+
+
+def test_zoo_names_an_out_folder_it_cannot_write(tmp_path, capsys, monkeypatch):
+    import os
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(out) else real(p, mode, **kw))
+    assert main(["zoo", str(_smoke(tmp_path)), "--pipeline", "fold", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"fxprune: error: --out {out}: not writable; name a folder you can write to\n"
