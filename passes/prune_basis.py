@@ -11,6 +11,7 @@ import torch.fx as fx
 
 from fxprune.analysis.counting import node_macs, total_macs, total_params
 from fxprune.analysis.importance import taylor_scores
+from fxprune.analysis.rank_cuts import RankCuts, pair_units
 from fxprune.core.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -101,66 +102,26 @@ class PruneBasis(FxPass):
     def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
                       scores: list[torch.Tensor]) -> tuple[list[int], bool]:
         """Cost-aware greedy: repeatedly apply the rank cut, in any layer, that loses the least
-        importance per param (or MAC) saved. A cut may jump several bases at once, which is how a
-        layer gets past the ranks where its pair does not pay yet."""
+        importance per param (or MAC) saved (fxprune.analysis.rank_cuts)."""
         if self.target_params is not None:
-            unit = [p.groups for p in pairs]  # cost of one basis per (m + n)
-            total, fraction = total_params(gm), self.target_params
+            unit, total, fraction = pair_units(pairs), total_params(gm), self.target_params
         else:
-            macs = node_macs(gm, ctx.example_inputs)
-            unit = [macs[p.coef_node.name] // (p.m * p.rank) for p in pairs]  # output positions x groups
+            unit = pair_units(pairs, node_macs(gm, ctx.example_inputs))
             total, fraction = total_macs(gm, ctx.example_inputs), self.target_macs
-
-        def cost(i: int, r: torch.Tensor | int) -> torch.Tensor:
-            p = pairs[i]
-            return unit[i] * torch.minimum(torch.as_tensor(r, dtype=torch.float64) * (p.m + p.n),
-                                           torch.tensor(float(p.m * p.n), dtype=torch.float64))
-
-        ranks = [p.rank for p in pairs]
-        current = total - sum(unit[i] * p.rank * (p.m + p.n) for i, p in enumerate(pairs))
-        current += sum(cost(i, r).item() for i, r in enumerate(ranks))
+        cuts = RankCuts(pairs, scores, unit, self.min_rank, shares=self.criterion == "energy")
+        current = total - sum(u * p.rank * (p.m + p.n) for u, p in zip(unit, pairs)) + cuts.size()
         budget = fraction * current
-        lost = []  # per pair: importance lost by keeping the first k bases, k = 0..rank
-        for e in scores:
-            v = e.sort(dim=1, descending=True).values.sum(dim=0)
-            if self.criterion == "energy":  # singular values of different layers are not comparable
-                v = v / v.sum().clamp_min(1e-300)
-            lost.append(v.sum() - torch.cat([v.new_zeros(1), v.cumsum(0)]))
-
-        def best_cut(i: int) -> tuple[float, int, float] | None:
-            r = ranks[i]
-            if r <= self.min_rank:
-                return None
-            keep = torch.arange(self.min_rank, r)
-            saved = cost(i, r) - cost(i, keep)
-            if not (saved > 0).any():
-                return None
-            ratio = torch.where(saved > 0, (lost[i][keep] - lost[i][r]) / saved.clamp_min(1e-300), torch.inf)
-            j = int(ratio.argmin())
-            return ratio[j].item(), int(keep[j]), saved[j].item()
-
-        def last_cut(i: int, need: float) -> tuple[float, int, float] | None:
-            """The cut of pair i that loses least among those saving at least `need`."""
-            r = ranks[i]
-            keep = torch.arange(self.min_rank, r)
-            saved = cost(i, r) - cost(i, keep)
-            loss = torch.where(saved >= need, lost[i][keep] - lost[i][r], torch.inf)
-            if not len(keep) or not torch.isfinite(loss).any():
-                return None
-            j = int(loss.argmin())
-            return loss[j].item(), int(keep[j]), saved[j].item()
-
-        cuts = {i: best_cut(i) for i in range(len(pairs))}
+        best = {i: cuts.best(i) for i in range(len(pairs))}
         while current > budget:
-            live = [(c[0], i) for i, c in cuts.items() if c is not None]
+            live = [(c[0], i) for i, c in best.items() if c is not None]
             if not live:
                 break
             i = min(live)[1]
-            if cuts[i][2] >= current - budget:  # this cut would finish: finish with the one losing least
-                i, cut = min(((k, last_cut(k, current - budget)) for k in cuts if cuts[k] is not None),
+            if best[i][2] >= current - budget:  # this cut would finish: finish with the one losing least
+                i, cut = min(((k, cuts.cheapest_saving(k, current - budget)) for k in best if best[k] is not None),
                              key=lambda t: t[1][0] if t[1] else float("inf"))
-                cuts[i] = cut
-            _, ranks[i], saved = cuts[i]
+                best[i] = cut
+            _, cuts.ranks[i], saved = best[i]
             current -= saved
-            cuts[i] = best_cut(i)
-        return ranks, current <= budget
+            best[i] = cuts.best(i)
+        return cuts.ranks, current <= budget

@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--step", type=float, default=0.15)
     ap.add_argument("--max-steps", type=int, default=30)
-    ap.add_argument("--prune", default="channels", choices=["bases", "channels", "double"])
+    ap.add_argument("--prune", default="channels", choices=["bases", "channels", "joint", "double"])
     args = ap.parse_args(argv)
     start = time.time()
     torch.manual_seed(0)

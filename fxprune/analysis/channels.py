@@ -176,21 +176,24 @@ def _kept(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, float]]
     return kept
 
 
-def _pair_cost(pair, kept: dict[str, dict[str, float]]) -> tuple[int, int]:
-    """(m, r * (m + n) or m * n, whichever fold leaves) per group of a pair after removal."""
+def _pair_cost(pair, kept: dict[str, dict[str, float]], ranks: dict[str, int] | None) -> tuple[int, int]:
+    """(m, r * (m + n) or m * n, whichever fold leaves) per group of a pair after removal, at the
+    rank `ranks` gives its path (default: its own)."""
     m = round(pair.m * kept.get(pair.coef_node.target, {}).get("out", 1.0))
     n = round(pair.n * kept.get(pair.basis_node.target, {}).get("in", 1.0))
-    return m, min(pair.rank * (m + n), m * n)
+    rank = (ranks or {}).get(pair.path, pair.rank)
+    return m, min(rank * (m + n), m * n)
 
 
-def params_after(graph: ChannelGraph, removed: set[int]) -> int:
-    """Parameters of `graph.gm` once the classes in `removed` are gone, every decomposed pair counted
-    as `fold` will leave it (merged back into one layer where it no longer pays; scales folded)."""
+def params_after(graph: ChannelGraph, removed: set[int], ranks: dict[str, int] | None = None) -> int:
+    """Parameters of `graph.gm` once the classes in `removed` are gone (and each pair whose path is in
+    `ranks` is cut to that rank), every decomposed pair counted as `fold` will leave it (merged back
+    into one layer where it no longer pays; scales folded)."""
     kept = _kept(graph, removed)
     total, in_pairs = 0, set()
     for pair in find_pairs(graph.gm):
         in_pairs.update((pair.basis_node.target, pair.coef_node.target))
-        m, weights = _pair_cost(pair, kept)
+        m, weights = _pair_cost(pair, kept, ranks)
         total += pair.groups * (weights + (m if pair.coef.bias is not None else 0))
     for name, p in graph.gm.named_parameters():
         path, _, attr = name.rpartition(".")
@@ -205,16 +208,16 @@ def params_after(graph: ChannelGraph, removed: set[int]) -> int:
     return total
 
 
-def macs_after(graph: ChannelGraph, removed: set[int], macs: dict[str, int]) -> int:
+def macs_after(graph: ChannelGraph, removed: set[int], macs: dict[str, int], ranks: dict[str, int] | None = None) -> int:
     """MACs of the conv/linear nodes (`macs`: analysis.node_macs of `graph.gm`) once the classes in
-    `removed` are gone, pairs counted as `fold` will leave them. Other MACs (attention matmuls)
+    `removed` are gone (and pairs cut to `ranks`, as in params_after), pairs counted as `fold` will leave them. Other MACs (attention matmuls)
     do not depend on prunable channels and are not included."""
     kept = _kept(graph, removed)
     total, in_pairs = 0, set()
     for pair in find_pairs(graph.gm):
         in_pairs.update((pair.basis_node.target, pair.coef_node.target))
         positions = macs[pair.coef_node.name] // (pair.m * pair.rank)  # output positions x groups
-        total += positions * _pair_cost(pair, kept)[1]
+        total += positions * _pair_cost(pair, kept, ranks)[1]
     for node in graph.gm.graph.find_nodes(op="call_module"):
         if node.name in macs and node.target not in in_pairs:
             share = kept.get(node.target, {})

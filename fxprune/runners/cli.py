@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_argument("--epochs", type=int, default=5, help="epochs of training the scales and head (5)")
     transfer.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
     transfer.add_argument("--batch-size", type=int, default=32, help="batch size (32)")
-    transfer.add_argument("--prune", default="channels", choices=["bases", "channels", "double"],
+    transfer.add_argument("--prune", default="channels", choices=["bases", "channels", "joint", "double"],
                           help="what to prune (channels)")
     transfer.add_argument("--criterion", default="taylor", help="importance (taylor)")
     transfer.add_argument("--until", default="accuracy-drop=0.01",

@@ -102,10 +102,15 @@ def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float) ->
     step = round(step, 9)
     if prune_what == "bases":
         return f"prune-basis{{criterion={criterion} {budget}={1 - step}}}"
-    if prune_what not in ("channels", "double"):
-        raise ValueError(f"prune_what={prune_what!r}: write 'bases', 'channels' or 'double'")
     if prune_what == "channels":
         return f"prune-channels{{criterion={criterion} {budget}={1 - step}}}"
+    if prune_what == "joint":
+        if criterion != "taylor":
+            raise ValueError(f"prune_what='joint' ranks bases and channels by Taylor importance only; "
+                             f"criterion={criterion!r} is not one it takes")
+        return f"prune-joint{{{budget}={1 - step}}}"
+    if prune_what != "double":
+        raise ValueError(f"prune_what={prune_what!r}: write 'bases', 'channels', 'joint' or 'double'")
     half = round((1 - step) ** 0.5, 6)
     return (f"prune-basis{{criterion={criterion} {budget}={half}}},"
             f"prune-channels{{criterion={criterion} {budget}={half}}}")
@@ -125,8 +130,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
-    `prune_what`: "bases" (prune-basis), "channels" (prune-channels) or "double" (both, each
-    taking half the step). `criterion` is the importance of both (taylor, or for bases energy/scale,
+    `prune_what`: "bases" (prune-basis), "channels" (prune-channels), "joint" (prune-joint: bases
+    and channels in one ranking, taylor only) or "double" (both, each taking half the step). `criterion` is the importance of both (taylor, or for bases energy/scale,
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`).
     With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times

@@ -1,0 +1,122 @@
+"""prune-joint: bases and whole channels in one ranking (double pruning with one budget)."""
+
+from __future__ import annotations
+
+import heapq
+import warnings
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+from fxprune.analysis.channels import analyse, macs_after, params_after, remove, taylor
+from fxprune.analysis.counting import node_macs, total_macs
+from fxprune.analysis.importance import taylor_scores
+from fxprune.analysis.rank_cuts import RankCuts, pair_units
+from fxprune.core.lowrank import find_pairs, rebuild_pair, set_module
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
+
+
+@register
+@dataclass(frozen=True)
+class PruneJoint(FxPass):
+    """Bases and channels compete in one ranking: until the model, counted as `fold` will leave it,
+    is at most `target-params` (or `target-macs`) of its size, make the cut that loses the least
+    importance per param (MAC) saved, whether it lowers a pair's rank (several bases at once where
+    a pair only pays below some rank, as in prune-basis) or removes one channel of a group (every
+    coupled layer, as in prune-channels). Both importances are first-order Taylor estimates of the
+    loss change, in the same units: a basis (s_i*dL/ds_i)^2, a channel (sum of w*dL/dw over its
+    weights)^2, averaged over the batches of `data=` (loss `loss_fn=`). Ties go to the cut that
+    saves more. Savings are costed at the sizes the pass starts from; the pass then counts the
+    model exactly and goes on cutting until the budget holds. A group keeps at least one channel.
+    """
+
+    name = "prune-joint"
+    summary = "remove bases and channels in one ranking: least Taylor importance per param (MAC) saved"
+    lossless = False
+    requires = {"insert-scaling": "bases are ranked by the Taylor importance of their scaling factors"}
+    context_keys = ("data", "loss_fn")
+    target_params: float | None = option(None, "fraction of the model's params to keep")
+    target_macs: float | None = option(None, "fraction of the model's MACs to keep")
+    min_rank: int = option(1, "never keep fewer bases per group than this")
+
+    def __post_init__(self):
+        self.check_options(("target_params", "target_macs"),
+                           {"target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1"})
+        if self.target_params is None and self.target_macs is None:
+            raise self.fail("give a budget: target-params=F or target-macs=F (fraction of the model to keep)")
+
+    def check_context(self, extra: dict) -> None:
+        if extra.get("data") is None:
+            raise self.fail("needs data for Taylor importance: pass batches of (inputs, targets), e.g. "
+                            "fxprune.prune(model, x, pipeline, data=train_loader)")
+
+    def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
+        pairs, graph = find_pairs(gm), analyse(gm, ctx.example_inputs)
+        data, loss_fn = ctx.extra["data"], ctx.extra.get("loss_fn")
+        basis_scores = taylor_scores(gm, pairs, data, loss_fn)
+        channel_scores = taylor(graph, data, loss_fn)
+        if self.target_params is not None:
+            unit, fraction = pair_units(pairs), self.target_params
+
+            def size(removed, ranks=None):
+                return params_after(graph, removed, ranks)
+        else:
+            macs = node_macs(gm, ctx.example_inputs)
+            unit, fraction = pair_units(pairs, macs), self.target_macs
+            fixed = total_macs(gm, ctx.example_inputs) - sum(macs.values())  # attention: not prunable here
+
+            def size(removed, ranks=None):
+                return fixed + macs_after(graph, removed, macs, ranks)
+
+        cuts = RankCuts(pairs, basis_scores, unit, self.min_rank)
+        groups = [g for g in graph.prunable if all(c in channel_scores for c in g.classes)]
+        order = [sorted(g.classes, key=lambda c: channel_scores[c]) for g in groups]
+        start = size(set())
+        per_channel = [start - size({g.classes[0]}) for g in groups]  # every channel of a group costs alike
+        heap: list[tuple] = []
+
+        def offer_pair(i: int) -> None:
+            best = cuts.best(i)
+            if best is not None:
+                heapq.heappush(heap, (best[0], -best[2], 0, i, best[1]))
+
+        def offer_group(j: int, k: int) -> None:
+            if k < groups[j].size - 1 and per_channel[j] > 0:
+                heapq.heappush(heap, (channel_scores[order[j][k]] / per_channel[j], -per_channel[j], 1, j, k))
+
+        for i in range(len(pairs)):
+            offer_pair(i)
+        for j in range(len(groups)):
+            offer_group(j, 0)
+        budget, estimate, removed = fraction * start, float(start), set()
+        while heap:
+            while estimate > budget and heap:
+                _, minus_saved, kind, i, at = heapq.heappop(heap)
+                estimate += minus_saved
+                if kind == 0:
+                    cuts.ranks[i] = at
+                    offer_pair(i)
+                else:
+                    removed.add(order[i][at])
+                    offer_group(i, at + 1)
+            estimate = size(removed, self._ranks(pairs, cuts.ranks))  # exact, with every cut made so far
+            if estimate <= budget:
+                break
+        changed = remove(graph, removed)
+        for pair, score, rank in zip(find_pairs(gm), basis_scores, cuts.ranks):  # channels first: ranks stay
+            if rank < pair.rank:
+                set_module(gm, pair.path, rebuild_pair(pair, score.topk(rank, dim=1).indices))
+                changed += 1
+        channels = sum(g.size for g in graph.prunable)
+        stats = {"bases-before": sum(p.rank * p.groups for p in pairs),
+                 "bases-after": sum(r * p.groups for p, r in zip(pairs, cuts.ranks)),
+                 "channels-before": channels, "channels-after": channels - len(removed), "layers-changed": changed}
+        if estimate > budget:
+            stats["budget-reached"] = False
+            warnings.warn(f"{self}: the budget cannot be reached: every pair is at min-rank and every "
+                          "prunable group down to one channel", stacklevel=2)
+        return PassResult(gm, changed > 0, stats)
+
+    @staticmethod
+    def _ranks(pairs, ranks: list[int]) -> dict[str, int]:
+        return {p.path: r for p, r in zip(pairs, ranks) if r < p.rank}
