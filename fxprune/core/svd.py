@@ -28,3 +28,31 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     s = lam.sqrt()
     vh = (q.transpose(1, 2) @ b) / s[:, :, None]
     return (q, s, vh) if wide else (vh.transpose(1, 2), s, q.transpose(1, 2))
+
+
+RIDGE = 1e-6  # share of W W^T added to the response moment: every direction W can produce stays in the basis
+
+
+def response_basis(a: torch.Tensor, moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coef (g, m, r), basis (g, r, n)) with coef @ basis = a (g, m, n), r = min(m, n), from the
+    responses y = a x on data (`moment`: E[y y^T], (g, m, m)) rather than from a alone.
+
+    The coef columns are the principal directions u_i of M = E[y y^T] + RIDGE * (tr E[y y^T] /
+    tr a a^T) * a a^T, scaled by sigma_i = sqrt(lambda_i): the RMS response along u_i; the basis rows
+    are u_i^T a / sigma_i. This is the SVD of a C^(1/2) (C the input covariance, "whitened SVD")
+    without inverting C: dropping bases i costs sum lambda_i of mean squared output on that data,
+    where dropping singular vectors of a costs what they would on white noise. The ridge keeps M's
+    range equal to a's, so the pair equals a (lossless) even in directions the data never excites;
+    with no response at all (moment 0) M = a a^T and the basis is a's own SVD.
+    """
+    a, moment = a.double(), moment.double()
+    ww = a @ a.transpose(1, 2)
+    data = moment.diagonal(dim1=1, dim2=2).sum(-1)
+    plain = ww.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)
+    m = torch.where((data > 0)[:, None, None], moment + RIDGE * (data / plain)[:, None, None] * ww, ww)
+    lam, u = torch.linalg.eigh(m)  # ascending
+    r = min(a.shape[1], a.shape[2])
+    lam, u = lam.flip(-1)[:, :r], u.flip(-1)[:, :, :r]
+    sigma = lam.clamp_min(0).sqrt()
+    sigma = torch.maximum(sigma, 1e-12 * sigma[:, :1].clamp_min(1e-300))  # no division by zero
+    return u * sigma[:, None, :], (u.transpose(1, 2) @ a) / sigma[:, :, None]
