@@ -39,10 +39,13 @@ class DecomposeConv(FxPass):
     name = "decompose-conv"
     summary = "split every conv/linear layer into a basis layer and a 1x1 coefficient layer (lossless)"
     lossless = True
-    context_keys = ("data",)
     linear: bool = option(True, "decompose nn.Linear layers too")
     basis: Literal["svd", "data"] = option("svd", "svd: orthonormal filters, ordered by singular value; data: "
                                                   "principal directions of the responses on data= (whitened SVD)")
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:  # data= is read only for basis=data
+        return ("data",) if self.basis == "data" else ()
 
     def check_context(self, extra: dict) -> None:
         if self.basis == "data" and extra.get("data") is None:

@@ -13,6 +13,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 from fxprune.analysis.counting import propagate_shapes, tied_modules
 from fxprune.core.lowrank import CONVS, find_pairs, is_conv, forget_original, merge_back, pays, set_module, unscaled_coef
 from fxprune.nn import BasisScalingConv, ChannelScaling
+from fxprune.core.smoothing import forget
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, register
 
 try:
@@ -60,6 +61,7 @@ class Fold(FxPass):
             propagate_shapes(gm, ctx.example_inputs)
         folded = sum(_fold_bn(gm, node, tied) for node in list(gm.graph.nodes))
         gm.delete_all_unused_submodules()
+        forget(gm)  # the pruned model carries no running importance
         stats = {"scales-folded": scales, "bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
         return PassResult(gm, scales + folded + merged > 0, stats)
 

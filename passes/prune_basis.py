@@ -47,10 +47,14 @@ class PruneBasis(FxPass):
     min_rank: int = option(1, "never keep fewer bases per group than this")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
     target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
+    momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
+                                          "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
 
     def __post_init__(self):
         self.check_options(("energy", "target_params", "target_macs"),
-                           {"energy": "(0, 1]", "target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1"})
+                           {"energy": "(0, 1]", "target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1",
+                            "momentum": "[0, 1)"})
+        self.check_momentum()
 
     def check_context(self, extra: dict) -> None:
         self.check_data_for_taylor(extra)
@@ -91,7 +95,7 @@ class PruneBasis(FxPass):
                             f"{unscaled[0]} has not got: run 'decompose-conv,insert-scaling' first")
         if self.criterion == "scale":
             return [p.scale.double().pow(2) for p in pairs]
-        return taylor_scores(gm, pairs, ctx.extra["data"], ctx.extra.get("loss_fn"))
+        return taylor_scores(gm, pairs, ctx.extra["data"], ctx.extra.get("loss_fn"), self.momentum)
 
     def _energy_rank(self, pair: Pair, score: torch.Tensor, energy: float) -> int:
         e = score.sort(dim=1, descending=True).values

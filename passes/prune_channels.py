@@ -49,10 +49,14 @@ class PruneChannels(FxPass):
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
     target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
     round_to: int = option(1, "keep a multiple of this many channels per group (or the whole group)")
+    momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
+                                          "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
 
     def __post_init__(self):
         self.check_options(("ratio", "target_params", "target_macs"),
-                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "target_macs": "(0, 1]", "round_to": ">= 1"})
+                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "target_macs": "(0, 1]", "round_to": ">= 1",
+                            "momentum": "[0, 1)"})
+        self.check_momentum()
 
     def check_context(self, extra: dict) -> None:
         self.check_data_for_taylor(extra)
@@ -98,7 +102,7 @@ class PruneChannels(FxPass):
                 raise self.fail("criterion=scale needs channel scales: run insert-channel-scaling and "
                                 "fxprune.train_scaling(gm, data, l1=...) first")
             return channel_scale(graph)
-        return taylor(graph, ctx.extra["data"], ctx.extra.get("loss_fn"))
+        return taylor(graph, ctx.extra["data"], ctx.extra.get("loss_fn"), self.momentum)
 
     def _size(self, graph: ChannelGraph, ctx: PassContext) -> tuple[Callable[[set[int]], int], float]:
         """What the budget counts (params or MACs, as fold will leave them) given the channels

@@ -38,10 +38,12 @@ class PruneJoint(FxPass):
     target_params: float | None = option(None, "fraction of the model's params to keep")
     target_macs: float | None = option(None, "fraction of the model's MACs to keep")
     min_rank: int = option(1, "never keep fewer bases per group than this")
+    momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
+                                          "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
 
     def __post_init__(self):
         self.check_options(("target_params", "target_macs"),
-                           {"target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1"})
+                           {"target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1", "momentum": "[0, 1)"})
         if self.target_params is None and self.target_macs is None:
             raise self.fail("give a budget: target-params=F or target-macs=F (fraction of the model to keep)")
 
@@ -53,8 +55,8 @@ class PruneJoint(FxPass):
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         pairs, graph = find_pairs(gm), analyse(gm, ctx.example_inputs)
         data, loss_fn = ctx.extra["data"], ctx.extra.get("loss_fn")
-        basis_scores = taylor_scores(gm, pairs, data, loss_fn)
-        channel_scores = taylor(graph, data, loss_fn)
+        basis_scores = taylor_scores(gm, pairs, data, loss_fn, self.momentum)
+        channel_scores = taylor(graph, data, loss_fn, self.momentum)
         if self.target_params is not None:
             unit, fraction = pair_units(pairs), self.target_params
 

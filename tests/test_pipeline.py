@@ -29,7 +29,7 @@ def test_options_are_typed():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("decompose-conv,prun-basis,fold", "unknown pass 'prun-basis': did you mean prune-basis, prune-channels?"),
+    ("decompose-conv,prun-basis,fold", "unknown pass 'prun-basis': did you mean prune-basis, prune-channels, prune-joint?"),
     ("decompose-conv,prune-basis{enrgy=0.9}", "prune-basis has no option 'enrgy'; valid options: criterion, "
                                               "energy, min-rank, target-params, target-macs"),
     ("decompose-conv,prune-basis{criterion=magic}", "prune-basis: option 'criterion' expects one of energy, scale, "

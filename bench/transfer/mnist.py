@@ -24,6 +24,7 @@ from fxprune.core.io import atomic_write_text
 from .digits import batches, digits
 from .lite0 import load_lite0
 from .peer import at_budget
+from .peer import iterative as tp_iterative
 from fxprune.analysis.report import write_report
 
 BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
@@ -49,7 +50,7 @@ def one_shot(gm, x, test, reference, taylor_data, budgets, energies) -> list[dic
     runs = [(f"bases {c}", f"prune-basis{{criterion={c} {s}}}")
             for c in CRITERIA for s in [f"target-params={b}" for b in budgets] + [f"energy={e}" for e in energies]]
     runs += [(f"channels {c}", f"prune-channels{{criterion={c} target-params={b}}}")
-             for c in ("taylor", "l2") for b in budgets]
+             for c in ("taylor",) for b in budgets]
     half = {b: round(b ** 0.5, 4) for b in budgets}  # each half of double pruning keeps sqrt(b)
     runs += [("double taylor", f"prune-basis{{criterion=taylor target-params={half[b]}}},"
                                f"prune-channels{{criterion=taylor target-params={half[b]}}}") for b in budgets]
@@ -61,12 +62,13 @@ def one_shot(gm, x, test, reference, taylor_data, budgets, energies) -> list[dic
     return rows
 
 
-def iterative(gm, x, train, test, reference, prune_what: str, step: float, until: float, taylor_data) -> list[dict]:
+def iterative(gm, x, train, test, reference, prune_what: str, step: float, until: float, taylor_data,
+              label: str = "") -> list[dict]:
     """Prune `step` of the params, retrain the scales one epoch, repeat (Taylor importance)."""
     _, history = fxprune.prune_iteratively(gm, x, data=train, val_data=test, criterion="taylor",
                                            prune_what=prune_what, step=step, until=f"params={until}", epochs=1,
                                            importance_data=taylor_data, progress=False)
-    return [show(dict(method=f"fxprune iterative {prune_what} taylor", setting=f"step {h['step']}",
+    return [show(dict(method=f"fxprune iterative {prune_what}{label} taylor", setting=f"step {h['step']}",
                       test_accuracy=h["val_accuracy"], params=h["params"], macs=h["macs"],
                       params_kept=h["params"] / reference["params"], macs_kept=h["macs"] / reference["macs"]))
             for h in history[1:]]
@@ -87,13 +89,32 @@ def channel_scaling(model, x, train, test, reference, epochs: int, budgets, l1: 
     return rows
 
 
-def peer(folded, x, test, reference, data, budgets) -> list[dict]:
+def data_bases(model, x, train, test, reference, epochs: int, budgets, step: float, until: float,
+               taylor_data) -> list[dict]:
+    """decompose-conv{basis=data}: each layer's bases are the principal directions of its responses on
+    1,024 training digits (whitened SVD), then the same transfer; bases pruned one shot by energy
+    (now the RMS response on those digits) and iteratively by taylor."""
+    gm = fxprune.prune(model, x, "decompose-conv{basis=data},insert-scaling", data=train[:16])
+    print(f"transfer with data-aware bases: {epochs} epochs", flush=True)
+    fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, val_data=test)
+    rows = [measure(fxprune.prune(gm, x, "fold"), x, test, reference, method="transferred with data bases",
+                    setting="decompose-conv{basis=data}, unpruned")]
+    for b in budgets:
+        pipeline = f"prune-basis{{criterion=energy target-params={b}}}"
+        rows.append(measure(fxprune.prune(gm, x, pipeline + ",fold"), x, test, reference,
+                            method="fxprune one-shot bases (data) energy", setting=pipeline.replace("prune-", "")))
+    return rows + iterative(gm, x, train, test, reference, "bases", step, until, taylor_data, label=" (data)")
+
+
+def peer(folded, x, train, test, reference, data, budgets, step: float, until: float) -> list[dict]:
+    """Torch-Pruning with its Taylor importance: one shot at each budget, and on the iterative schedule."""
     rows = []
-    for how in ("magnitude", "taylor"):
-        for keep in budgets:
-            pruned, ratio = at_budget(folded, x, keep, how, data)
-            rows.append(measure(pruned, x, test, reference, method=f"Torch-Pruning {how}",
-                                setting=f"params<={keep} (ratio {ratio:.3f})"))
+    for keep in budgets:
+        pruned, ratio = at_budget(folded, x, keep, "taylor", data)
+        rows.append(measure(pruned, x, test, reference, method="Torch-Pruning taylor",
+                            setting=f"params<={keep} (ratio {ratio:.3f})"))
+    for k, pruned in tp_iterative(folded, x, step, until, "taylor", data, train):
+        rows.append(measure(pruned, x, test, reference, method="Torch-Pruning iterative taylor", setting=f"step {k}"))
     return rows
 
 
@@ -127,9 +148,10 @@ def main(argv=None) -> None:
     rows = [a0]
     rows += one_shot(gm, x, test, reference, train[:16], budgets, energies)
     rows += channel_scaling(model, x, train, test, reference, epochs, budgets, args.l1)
-    rows += peer(folded, x, test, reference, train[:4], budgets)
-    for prune_what in ("bases", "channels", "double"):
+    rows += peer(folded, x, train, test, reference, train[:4], budgets, args.step, args.until)
+    for prune_what in ("bases", "channels", "joint", "double"):
         rows += iterative(gm, x, train, test, reference, prune_what, args.step, args.until, train[:8])
+    rows += data_bases(model, x, train, test, reference, epochs, budgets, args.step, args.until, train[:8])
     meta = {"size": args.size, "epochs": epochs, "train": len(y_train), "test": len(y_test), "step": args.step, "l1": args.l1,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "original_params": total_params(model), "seconds": round(time.time() - start),

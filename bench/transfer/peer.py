@@ -51,3 +51,36 @@ def at_budget(model: torch.nn.Module, x: torch.Tensor, keep: float, how: str, da
     if best is None:
         best = (tp_prune(model, x, hi, how, data), hi)
     return best
+
+
+def retrain_head(model: torch.nn.Module, train: list, epochs: int = 1, lr: float = 1e-2) -> None:
+    """Train only the classifier (the last Linear), in eval mode: what fxprune's iterative arms retrain
+    besides the basis scales, which a Torch-Pruning model has not got."""
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    params = list(head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    model.eval()
+    for _ in range(epochs):
+        for inputs, targets in train:
+            loss = F.cross_entropy(model(inputs), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    for p in params:
+        p.requires_grad_(False)
+
+
+def iterative(model: torch.nn.Module, x: torch.Tensor, step: float, until: float, how: str, data: list,
+              train: list):
+    """Torch-Pruning on fxprune's iterative schedule: prune to (1 - step)^k of the params, retrain the
+    classifier one epoch, repeat until `until`. Yields (k, model) after each step."""
+    total = sum(p.numel() for p in model.parameters())
+    current, k = model, 0
+    while sum(p.numel() for p in current.parameters()) > until * total:
+        k += 1
+        keep = (1 - step) ** k * total / sum(p.numel() for p in current.parameters())
+        current, _ = at_budget(current, x, keep, how, data)
+        retrain_head(current, train)
+        yield k, current

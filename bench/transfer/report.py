@@ -13,8 +13,9 @@ from fxprune.core.io import atomic_write, atomic_write_text
 PAPER = "Wong et al. (2021) report 98.9% of parameters removed on MNIST with under 1 point of accuracy lost"
 
 
-FAMILIES = ("fxprune one-shot", "fxprune iterative bases", "fxprune iterative channels", "fxprune iterative double",
-            "Torch-Pruning")
+FAMILIES = ("fxprune one-shot", "fxprune iterative bases taylor", "fxprune iterative bases (data)",
+            "fxprune iterative channels", "fxprune iterative joint", "fxprune iterative double", "Torch-Pruning taylor",
+            "Torch-Pruning iterative")
 
 
 def best_within(rows: list[dict], a0: float, prefix: str) -> dict | None:
@@ -44,8 +45,9 @@ def best_share(rows: list[dict]) -> str:
 
 
 def equal_budgets(rows: list[dict]) -> str:
-    """Basis-only, channel-only and double pruning side by side: one-shot at each target, and
-    iterative at each step (every step removes the same share of params)."""
+    """Every arm side by side: one-shot at each target (double pruning: each half keeps sqrt of it),
+    and iterative at each step (every step of every iterative arm, Torch-Pruning's included, keeps
+    the same share of params)."""
     def acc(method: str, setting_part: str) -> str:
         hit = [r for r in rows if r["method"] == method and setting_part in r["setting"]]
         return f"{hit[0]['test_accuracy']:.3f} ({hit[0]['params_kept']:.2f})" if hit else ""
@@ -53,21 +55,22 @@ def equal_budgets(rows: list[dict]) -> str:
     budgets = sorted({r["setting"].split("target-params=")[1].rstrip("}") for r in rows
                       if r["method"] == "fxprune one-shot bases taylor" and "target-params" in r["setting"]},
                      key=float, reverse=True)
-    body = [[f"one-shot, keep {b}", acc("fxprune one-shot bases taylor", f"target-params={b}}}"),
-             acc("fxprune one-shot channels taylor", f"target-params={b}}}"),
-             acc("Torch-Pruning taylor", f"params<={b} ")] for b in budgets]
-    steps = sorted({int(r["setting"].split()[1]) for r in rows if r["method"].startswith("fxprune iterative")})
-    body += [[f"iterative, step {k}"] + [acc(f"fxprune iterative {w} taylor", f"step {k}")
-                                         for w in ("bases", "channels", "double")] for k in steps]
-    for row in body[:len(budgets)]:  # one-shot double pruning splits the budget: sqrt(b) each
-        b = float(row[0].split()[-1])
-        row.insert(3, acc("fxprune one-shot double taylor", f"target-params={round(b ** 0.5, 4)}}},"))
-        row.insert(3, acc("fxprune one-shot channels scale", f"target-params={b}}}"))
-    for row in body[len(budgets):]:
-        row[3:3] = [""]
-        row.append("")
-    return tabulate(body, ["", "bases (taylor)", "channels (taylor)", "channels (scale, L1-trained)", "double (taylor)",
-                           "Torch-Pruning taylor"], tablefmt="github", disable_numparse=True)
+    one_shot = [("bases (taylor)", "fxprune one-shot bases taylor", "target-params={b}}}"),
+                ("bases (data, energy)", "fxprune one-shot bases (data) energy", "target-params={b}}}"),
+                ("channels (taylor)", "fxprune one-shot channels taylor", "target-params={b}}}"),
+                ("channels (scale, L1-trained)", "fxprune one-shot channels scale", "target-params={b}}}"),
+                ("double (taylor)", "fxprune one-shot double taylor", "target-params={h}}},"),
+                ("Torch-Pruning taylor", "Torch-Pruning taylor", "params<={b} ")]
+    iterative = ["fxprune iterative bases taylor", "fxprune iterative bases (data) taylor",
+                 "fxprune iterative channels taylor", "fxprune iterative joint taylor",
+                 "fxprune iterative double taylor", "Torch-Pruning iterative taylor"]
+    body = [[f"keep {b}"] + [acc(m, part.format(b=b, h=round(float(b) ** 0.5, 4))) for _, m, part in one_shot]
+            for b in budgets]
+    steps = sorted({int(r["setting"].split()[1]) for r in rows if "iterative" in r["method"]})
+    later = [[f"step {k}"] + [acc(m, f"step {k}") for m in iterative] for k in steps]
+    return (tabulate(body, ["one shot"] + [h for h, _, _ in one_shot], tablefmt="github", disable_numparse=True)
+            + "\n\n" + tabulate(later, ["iterative"] + [m.replace("fxprune iterative ", "") for m in iterative],
+                                  tablefmt="github", disable_numparse=True))
 
 
 def table(rows: list[dict]) -> str:
@@ -122,10 +125,16 @@ model: test accuracy **{a0['test_accuracy']:.3f}**, {a0['params']:,} params (BN 
 
 No weight is fine-tuned after pruning. One-shot rows prune once and fold: bases (`prune-basis`), channels
 (`prune-channels`) or both (double pruning: each keeps the square root of the budget). The iterative
-rows prune {meta['step']:.0%} of the remaining params per step (Taylor importance; bases, channels, or half a step of
-each) and retrain only the scaling factors and the head for one epoch between steps. Torch-Pruning (MetaPruner, per-layer channel ratio bisected to meet the same
-parameter budget, classifier kept) prunes the A0 model once, no fine-tuning. Taylor importance uses
-1,024 training images (fxprune one-shot), 512 (fxprune iterative, per step), 256 (Torch-Pruning).
+rows prune {meta['step']:.0%} of the remaining params per step (Taylor importance) and retrain only the scaling
+factors and the head for one epoch between steps: bases, channels, joint (`prune-joint`: bases and channels in
+one ranking, least importance lost per param saved) or double (half a step of bases, then half of channels).
+Data-aware bases: a second transfer from `decompose-conv{{basis=data}}` (each layer's bases are the principal
+directions of its responses on 1,024 training digits, the whitened SVD), then the same training; its bases
+pruned one shot by energy (now their RMS response on those digits) and iteratively by Taylor.
+Torch-Pruning (MetaPruner, Taylor importance, per-layer channel ratio bisected to meet the same parameter
+budget, classifier kept) prunes the A0 model once at each budget, and on the same iterative schedule with only
+its classifier retrained one epoch per step (it has no scales). Taylor importance uses 1,024 training
+images (fxprune one-shot), 512 (fxprune iterative, per step), 256 (Torch-Pruning).
 Channel scaling (the paper's channel-scaling layers): a second transfer adds `insert-channel-scaling`
 and trains basis scales, channel scales and the head for {meta['epochs']} epochs with an L1 penalty of
 {meta.get('l1', '-')} x sum |s| over every scale; `prune-channels{{criterion=scale}}` then removes the channels with the
@@ -141,7 +150,7 @@ The headline picks, per family, the smallest model within 1 point of A0 on the t
 
 ![accuracy against parameters](accuracy_vs_params.png)
 
-## Bases, channels and both at equal budgets
+## Every arm at equal budgets
 
 Test accuracy (params kept) at each one-shot target and after each iterative step.
 

@@ -21,6 +21,7 @@ from torch import nn
 from fxprune.analysis.channel_flow import ChannelFlow, Member, propagate
 from fxprune.analysis.importance import split_batch
 from fxprune.core.lowrank import find_pairs, same_format, set_module
+from fxprune.core.smoothing import CHANNELS, stored
 
 
 PER_CHANNEL = ("bn", "scale")  # roles whose weight is one value per channel, not a slice of a layer
@@ -123,8 +124,10 @@ def channel_scale(graph: ChannelGraph) -> dict[int, float]:
     return {root: v / count[root] for root, v in total.items()}
 
 
-def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None) -> dict[int, float]:
-    """Per class: (sum over its weights of w * dL/dw)^2, averaged over the batches of `data`."""
+def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
+           momentum: float | None = None) -> dict[int, float]:
+    """Per class: (sum over its weights of w * dL/dw)^2, averaged over the batches of `data`; with
+    `momentum`, blended with the estimate an earlier run left on the class's members (core.smoothing)."""
     loss_fn = loss_fn or F.cross_entropy
     gm = graph.gm
     members = graph.flow.members
@@ -163,7 +166,25 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None)
             t.requires_grad_(flags[k])
     if not batches:
         raise ValueError("data= yielded no batch")
-    return {root: v / batches for root, v in total.items()}
+    score = {root: v / batches for root, v in total.items()}
+    return score if momentum is None else _smoothed(graph, score, momentum)
+
+
+def _smoothed(graph: ChannelGraph, score: dict[int, float], momentum: float) -> dict[int, float]:
+    """`score` blended with the per-channel estimates stored on the members that own the channels as
+    outputs (momentum * old + (1 - momentum) * new; new where none is stored), stored back on them."""
+    owners = [m for m in graph.flow.members if m.role != "in"]
+    old: dict[int, float] = {}
+    for member in owners:
+        history, roots = stored(graph.gm.get_submodule(member.path), CHANNELS), graph.roots(member)
+        if history is not None and len(history) == len(roots):
+            for root, v in zip(roots.tolist(), history.tolist()):
+                old.setdefault(root, v)
+    score = {root: momentum * old[root] + (1 - momentum) * v if root in old else v for root, v in score.items()}
+    for member in owners:
+        graph.gm.get_submodule(member.path).__dict__[CHANNELS] = torch.tensor(
+            [score.get(root, 0.0) for root in graph.roots(member).tolist()], dtype=torch.float64)
+    return score
 
 
 def _kept(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, float]]:
@@ -278,6 +299,9 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
     if out is not None:
         for name in ("weight", "bias", "running_mean", "running_var"):
             cut(name, out)
+        history = stored(new, CHANNELS)
+        if history is not None and len(history) == len(out):  # the running importance follows its channels
+            new.__dict__[CHANNELS] = history[out]
         n = int(out.sum())
         for attr in ("out_channels", "out_features", "num_features"):
             if hasattr(new, attr):

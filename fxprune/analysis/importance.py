@@ -9,6 +9,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from fxprune.core.lowrank import Pair
+from fxprune.core.smoothing import BASES, smoothed
 
 
 def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,9 +19,10 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
     raise TypeError(f"a batch of data= must be (inputs, targets), got {type(batch).__name__}")
 
 
-def taylor_scores(gm: fx.GraphModule, pairs: list[Pair], data: Iterable,
-                  loss_fn: Callable | None = None) -> list[torch.Tensor]:
-    """Per pair, (g, r): (s_i * dL/ds_i)^2 averaged over the batches of `data` (eval mode)."""
+def taylor_scores(gm: fx.GraphModule, pairs: list[Pair], data: Iterable, loss_fn: Callable | None = None,
+                  momentum: float | None = None) -> list[torch.Tensor]:
+    """Per pair, (g, r): (s_i * dL/ds_i)^2 averaged over the batches of `data` (eval mode); with
+    `momentum`, blended with the estimate an earlier run left on the pair (core.smoothing)."""
     loss_fn = loss_fn or F.cross_entropy
     scales = [p.coef.scale for p in pairs]
     for s in scales:
@@ -37,4 +39,4 @@ def taylor_scores(gm: fx.GraphModule, pairs: list[Pair], data: Iterable,
             batches += 1
     if not batches:
         raise ValueError("data= yielded no batch")
-    return [(t / batches).view(p.groups, p.rank) for t, p in zip(totals, pairs)]
+    return [smoothed(p.coef, BASES, t / batches, momentum).view(p.groups, p.rank) for t, p in zip(totals, pairs)]

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.core.meta import RANK, ROLE, SOURCE
+from fxprune.core.smoothing import BASES, stored
 from fxprune.nn import BasisScalingConv
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -184,6 +185,9 @@ def rebuild_pair(pair: Pair, keep: torch.Tensor) -> nn.Module:
         scaled = BasisScalingConv(container.coef)
         scaled.scale = nn.Parameter(torch.gather(pair.scale, 1, idx).reshape(-1).clone(),
                                     requires_grad=pair.coef.scale.requires_grad)
+        history = stored(pair.coef, BASES)
+        if history is not None:  # the running importance follows its bases
+            scaled.__dict__[BASES] = torch.gather(history.view(pair.groups, pair.rank), 1, idx).reshape(-1)
         container.coef = scaled
     return container
 

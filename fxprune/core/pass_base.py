@@ -55,7 +55,7 @@ class FxPass:
     summary: ClassVar[str]
     lossless: ClassVar[bool]  # verify=True checks numerical equivalence after lossless passes
     requires: ClassVar[dict[str, str]] = {}  # pass that must run earlier -> why
-    context_keys: ClassVar[tuple[str, ...]] = ()  # keys of prune(**context) this pass reads
+    context_keys: ClassVar[tuple[str, ...]] = ()  # keys of prune(**context) this pass reads (a property where options decide)
     explicit: frozenset = field(default=frozenset(), compare=False, repr=False, metadata={"internal": True})
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
@@ -90,6 +90,12 @@ class FxPass:
             if not inside:
                 wording = f"at least {text[2:].strip()}" if text.startswith(">=") else f"in {text}"
                 raise self.fail(f"option '{f.replace('_', '-')}' must be {wording}, got {v}")
+
+    def check_momentum(self) -> None:
+        """momentum smooths Taylor importance across runs: it means nothing for another criterion."""
+        if getattr(self, "momentum", None) is not None and getattr(self, "criterion", "taylor") != "taylor":
+            raise self.fail(f"momentum smooths taylor importance across runs; criterion={self.criterion} "
+                            "has nothing to smooth: drop momentum or use criterion=taylor")
 
     def check_data_for_taylor(self, extra: dict[str, Any]) -> None:
         """criterion=taylor needs batches of (inputs, targets) under `data`."""

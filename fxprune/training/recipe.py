@@ -54,14 +54,14 @@ def stop_rule(until: str, transferred_accuracy: float) -> str:
 def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable, epochs: int = 5, lr: float = 1e-2,
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
-             progress: bool = True) -> TransferResult:
+             momentum: float | None = None, progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each, until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
-    (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here). `model` is
-    not modified."""
+    (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
+    steps with `momentum` where given. `model` is not modified."""
     inputs = as_inputs(example_inputs)
     clock = {}
     start = time.perf_counter()
@@ -75,7 +75,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     some = None if importance_batches is None else list(itertools.islice(iter(train), importance_batches))
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
                                       prune_what=prune_what, step=step, until=rule, epochs=1, lr=lr,
-                                      max_steps=max_steps, importance_data=some, progress=progress)
+                                      max_steps=max_steps, importance_data=some, momentum=momentum,
+                                      progress=progress)
     small = prune(pruned, inputs, "fold")
     clock["prune"] = time.perf_counter() - start
     with torch.no_grad():

@@ -98,22 +98,23 @@ def _parse_until(until: str, has_val: bool) -> tuple[str, float]:
     return key, number
 
 
-def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float) -> str:
+def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float, momentum: float | None = None) -> str:
     step = round(step, 9)
+    smooth = "" if momentum is None else f" momentum={momentum}"
     if prune_what == "bases":
-        return f"prune-basis{{criterion={criterion} {budget}={1 - step}}}"
+        return f"prune-basis{{criterion={criterion} {budget}={1 - step}{smooth}}}"
     if prune_what == "channels":
-        return f"prune-channels{{criterion={criterion} {budget}={1 - step}}}"
+        return f"prune-channels{{criterion={criterion} {budget}={1 - step}{smooth}}}"
     if prune_what == "joint":
         if criterion != "taylor":
             raise ValueError(f"prune_what='joint' ranks bases and channels by Taylor importance only; "
                              f"criterion={criterion!r} is not one it takes")
-        return f"prune-joint{{{budget}={1 - step}}}"
+        return f"prune-joint{{{budget}={1 - step}{smooth}}}"
     if prune_what != "double":
         raise ValueError(f"prune_what={prune_what!r}: write 'bases', 'channels', 'joint' or 'double'")
     half = round((1 - step) ** 0.5, 6)
-    return (f"prune-basis{{criterion={criterion} {budget}={half}}},"
-            f"prune-channels{{criterion={criterion} {budget}={half}}}")
+    return (f"prune-basis{{criterion={criterion} {budget}={half}{smooth}}},"
+            f"prune-channels{{criterion={criterion} {budget}={half}{smooth}}}")
 
 
 def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:
@@ -126,13 +127,15 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       criterion: str = "taylor", prune_what: str = "bases", step: float = 0.05,
                       until: str = "params=0.5", epochs: int = 1, lr: float = 1e-2, l1: float = 0.0,
                       max_steps: int = 50, importance_data: Iterable | None = None,
-                      loss_fn: Callable | None = None, backoffs: int = 3, progress: bool = True):
+                      loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
+                      progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
     `prune_what`: "bases" (prune-basis), "channels" (prune-channels), "joint" (prune-joint: bases
     and channels in one ranking, taylor only) or "double" (both, each taking half the step). `criterion` is the importance of both (taylor, or for bases energy/scale,
-    for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`).
+    for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`) and, with
+    `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's).
     With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times
     in a row (then the run ends): one noisy step does not end the run. After a step that holds, the
@@ -146,7 +149,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     if not 0 < step < 1:
         raise ValueError(f"step={step}: the share of the model pruned per step must be in (0, 1)")
     budget = "target-macs" if key == "macs" else "target-params"
-    Pipeline.parse(_step_pipeline(prune_what, criterion, budget, step))  # a bad criterion fails here, before any work
+    Pipeline.parse(_step_pipeline(prune_what, criterion, budget, step, momentum))  # a bad criterion fails here, before any work
     gm = copy.deepcopy(gm)
 
     def record(i: int, model: fx.GraphModule, size: float) -> dict:
@@ -170,7 +173,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
         last = history[-1]
         if key != "accuracy" and last[f"{key}_kept"] <= goal:
             break
-        candidate = prune(gm, inputs, _step_pipeline(prune_what, criterion, budget, size),
+        candidate = prune(gm, inputs, _step_pipeline(prune_what, criterion, budget, size, momentum),
                           data=data if importance_data is None else importance_data,
                           **({"loss_fn": loss_fn} if loss_fn else {}))
         retrain(candidate)
