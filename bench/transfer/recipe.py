@@ -1,11 +1,12 @@
 """The whole `fxprune.transfer` job on the benchmark's digits: train the scales and the head, prune
-channels iteratively until val accuracy would fall more than 1 point (steps backed off and grown
-back), fold; report held-out test accuracy.
+(channels, joint, bases or double) iteratively until val accuracy would fall more than 1 point (steps
+backed off and grown back), fold; report held-out test accuracy.
 
-    .venv/bin/python -m bench.transfer.recipe            # about 15 minutes on 2 cores
+    .venv/bin/python -m bench.transfer.recipe --prune joint                 # MNIST, about 15 minutes on 2 cores
+    .venv/bin/python -m bench.transfer.recipe --dataset optdigits --prune joint
 
-The floor is judged on a val split taken from the benchmark's training digits (the last 500), never
-on the test digits, which choose nothing. Writes recipe.json and recipe.md to --out.
+The floor is judged on a val split taken from the training digits (the last --val), never on the test
+digits, which choose nothing. Writes recipe-DATASET-PRUNE[-tag].json and .md to --out.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import fxprune
 from fxprune.core.io import atomic_write_text
 
-from .digits import batches, digits
+from .digits import batches, digits, optdigits
 from .lite0 import load_lite0
 
 
@@ -32,32 +33,45 @@ def main(argv=None) -> None:
     ap.add_argument("--step", type=float, default=0.15)
     ap.add_argument("--max-steps", type=int, default=30)
     ap.add_argument("--prune", default="channels", choices=["bases", "channels", "joint", "double"])
+    ap.add_argument("--dataset", default="mnist", choices=["mnist", "optdigits"])
+    ap.add_argument("--val", type=int, default=500, help="training digits held out as val (the last ones)")
+    ap.add_argument("--momentum", type=float, help="average Taylor importance across steps with this momentum")
+    ap.add_argument("--basis", default="svd", choices=["svd", "data"], help="decompose-conv's bases")
+    ap.add_argument("--tag", default="", help="appended to the output names")
     args = ap.parse_args(argv)
     start = time.time()
     torch.manual_seed(0)
-    (x_train, y_train), (x_test, y_test) = digits(args.size)
-    train = batches(x_train[:-500], y_train[:-500], 64, shuffle_seed=0)
-    val, test = batches(x_train[-500:], y_train[-500:], 250), batches(x_test, y_test, 250)
+    (x_train, y_train), (x_test, y_test) = (digits if args.dataset == "mnist" else optdigits)(args.size)
+    n = len(y_train) - args.val
+    train = batches(x_train[:n], y_train[:n], 64, shuffle_seed=0)
+    val, test = batches(x_train[n:], y_train[n:], 250), batches(x_test, y_test, 250)
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
-                              prune_what=args.prune, step=args.step, max_steps=args.max_steps)
+                              prune_what=args.prune, step=args.step, max_steps=args.max_steps,
+                              momentum=args.momentum, basis=args.basis)
     test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "seconds": round(time.time() - start), "train": len(y_train) - 500, "val": 500, "test": len(y_test),
+              "seconds": round(time.time() - start), "train": n, "val": args.val, "test": len(y_test),
               "params": list(p), "macs": list(result.macs), "val_accuracy": list(result.accuracy),
               "test_accuracy": test_accuracy, "until": result.until, "steps": result.steps}
+    name = f"recipe-{args.dataset}-{args.prune}{'-' + args.tag if args.tag else ''}"
     out = Path(args.out)
-    atomic_write_text(out / f"recipe-{args.prune}.json", json.dumps(record, indent=1) + "\n")
+    atomic_write_text(out / f"{name}.json", json.dumps(record, indent=1) + "\n")
     rows = "\n".join(f"| {s['step']} | {s['step_size']:.4g} | {s['params']:,} | {s['params_kept']:.3f} | "
                      f"{s['macs_kept']:.3f} | {s['val_accuracy']:.3f} |" for s in result.steps)
-    text = f"""# fxprune.transfer on the benchmark digits: prune {args.prune} until 1 point of val accuracy
+    command = " ".join(["--dataset", args.dataset, "--prune", args.prune, "--max-steps", str(args.max_steps)]
+                       + (["--momentum", str(args.momentum)] if args.momentum is not None else [])
+                       + (["--basis", args.basis] if args.basis != "svd" else [])
+                       + (["--tag", args.tag] if args.tag else []))
+    text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until 1 point of val accuracy
 
-Reproduce: `.venv/bin/python -m bench.transfer.recipe --prune {args.prune}` ({record['seconds']} s here,
+Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['seconds']} s here,
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
-of scales + head on {record['train']} digits at {args.size}x{args.size}; then `prune_iteratively` on {args.prune}
-(Taylor on 8 batches per step, step {args.step} backed off by halves below the floor and grown back after, one
-epoch of retraining per step, at most {args.max_steps} tries) until val accuracy (500 held-out training digits)
-would fall below {result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
+of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
+`prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
+step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step, at
+most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
+{result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
 
 **Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer), MACs
 {100 * (1 - result.macs[1] / result.macs[0]):.1f}% fewer; test accuracy {test_accuracy[0]:.3f} -> {test_accuracy[1]:.3f}
@@ -67,7 +81,7 @@ would fall below {result.until.partition('=')[2]}; fold. The {record['test']} te
 | --- | --- | --- | --- | --- | --- |
 {rows}
 """
-    atomic_write_text(out / f"recipe-{args.prune}.md", text)
+    atomic_write_text(out / f"{name}.md", text)
     print(text)
 
 

@@ -88,8 +88,8 @@ def plot(path: Path, rows: list[dict]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
     a0 = rows[0]["test_accuracy"]
-    panels = (("one shot, no retraining", lambda m: "one-shot" in m or "Torch" in m),
-              ("iterative: scales retrained 1 epoch per step", lambda m: "iterative" in m or "Torch" in m))
+    panels = (("one shot, no retraining", lambda m: "one-shot" in m or m == "Torch-Pruning taylor"),
+              ("iterative: scales (Torch-Pruning: classifier) retrained 1 epoch per step", lambda m: "iterative" in m))
     for ax, (title, pick) in zip(axes, panels):
         for method in dict.fromkeys(r["method"] for r in rows[1:] if pick(r["method"])):
             pts = sorted((r["params"] / 1e6, r["test_accuracy"]) for r in rows if r["method"] == method

@@ -54,25 +54,29 @@ def stop_rule(until: str, transferred_accuracy: float) -> str:
 def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable, epochs: int = 5, lr: float = 1e-2,
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
-             momentum: float | None = None, progress: bool = True) -> TransferResult:
+             momentum: float | None = None, basis: str = "svd", progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each, until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
     (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
-    steps with `momentum` where given. `model` is not modified."""
+    steps with `momentum` where given. `basis="data"` decomposes into bases fitted to the responses on
+    those batches (decompose-conv{basis=data}) instead of each layer's SVD. `model` is not modified."""
     inputs = as_inputs(example_inputs)
     clock = {}
     start = time.perf_counter()
-    gm = prune(model, inputs, "decompose-conv,insert-scaling")
+    if basis == "svd":
+        gm = prune(model, inputs, "decompose-conv,insert-scaling")
+    else:
+        gm = prune(model, inputs, f"decompose-conv{{basis={basis}}},insert-scaling", data=_first(train, importance_batches))
     epochs_run = train_scaling(gm, train, epochs=epochs, lr=lr, val_data=val, progress=progress)
     clock["train"] = time.perf_counter() - start
     base = prune(gm, inputs, "fold")
     a0 = evaluate(base, val)["accuracy"]
     rule = stop_rule(until, a0)
     start = time.perf_counter()
-    some = None if importance_batches is None else list(itertools.islice(iter(train), importance_batches))
+    some = _first(train, importance_batches)
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
                                       prune_what=prune_what, step=step, until=rule, epochs=1, lr=lr,
                                       max_steps=max_steps, importance_data=some, momentum=momentum,
@@ -84,3 +88,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     return TransferResult(small, base, (total_params(base), total_params(small)),
                           (total_macs(base, inputs), total_macs(small, inputs)), (a0, accuracy), rule,
                           epochs_run, steps, clock)
+
+
+def _first(data: Iterable, batches: int | None) -> Iterable:
+    """The first `batches` batches of `data` (all of it for None)."""
+    return data if batches is None else list(itertools.islice(iter(data), batches))
