@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--out", required=True, help="folder for results.jsonl, summary.md and summary.csv")
     zoo.add_argument("--resume", action="store_true", help="skip the models already in OUT/results.jsonl")
     zoo.add_argument("--jobs", type=int, default=1, help="models run in parallel processes (1 thread each)")
+    zoo.add_argument("--executor", default="local", choices=["local", "ray"],
+                     help="local: --jobs processes here; ray: one Ray task per model (pip install 'fxprune[ray]')")
+    zoo.add_argument("--address", help="with --executor ray: the cluster to join (default: start a local one)")
+    zoo.add_argument("--task-memory", type=float, help="with --executor ray: GiB of memory each model's task "
+                                                       "reserves (Ray then runs fewer big models at once)")
     zoo.add_argument("--compile", action="store_true",
                      help="also compile each pruned model (inductor, fullgraph) and compare it with eager")
     groups = sub.add_parser("groups", help="print the channel groups prune-channels sees, and why any is kept")
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             entries = load(configs[0]) if configs else select(args.config, args.exclude)
             label = configs[0] if configs else " ".join(args.config + [f"--exclude {x}" for x in args.exclude])
             print(summary_table(run_zoo(entries, label, args.pipeline, args.out, resume=args.resume,
-                                        jobs=args.jobs, compile=args.compile), fmt="simple"))
+                                        jobs=args.jobs, compile=args.compile, executor=args.executor,
+                                        address=args.address, task_memory_gb=args.task_memory), fmt="simple"))
             return 0
         if args.command in ("transfer", "demo"):
             from fxprune.runners.transfer_cli import run_demo, run_transfer

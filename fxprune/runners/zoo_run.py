@@ -20,6 +20,7 @@ from tabulate import tabulate
 
 from fxprune.core.io import atomic_write_text
 from fxprune.runners.zoo import ZooEntry, check
+from fxprune.runners.zoo_ray import ray_rows
 
 RESULTS = "results.jsonl"
 LAYERS = "layers"
@@ -36,14 +37,21 @@ def _check_one_thread(entry: ZooEntry, pipeline: str, layers_dir: Path, compile:
 
 
 def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1,
-            compile: bool = False) -> list[dict]:
+            compile: bool = False, executor: str = "local", address: str | None = None,
+            task_memory_gb: float | None = None) -> list[dict]:
     """Run every entry (of the zoo config, or the patterns, that `config` names in the summary); rows
     are appended to OUT/results.jsonl as models finish, and
     each model's per-layer table is written to OUT/layers/. With `compile`, each pruned model is
-    also compiled with inductor and checked against its eager outputs (see `zoo.check`)."""
+    also compiled with inductor and checked against its eager outputs (see `zoo.check`).
+    `executor`: "local" (`jobs` processes on this machine) or "ray" (one Ray task per model on the
+    cluster at `address`, a local one by default; zoo_ray.py)."""
     from fxprune.core.pipeline import Pipeline
 
     Pipeline.parse(pipeline)  # a typo fails here, not as an error row for every model
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor {executor!r}: write local or ray")
+    if executor == "local" and (address or task_memory_gb):
+        raise ValueError("--address and --task-memory are for --executor ray")
     out_dir = _out_dir(out)
     path = out_dir / RESULTS
     with _locked(out_dir):
@@ -54,7 +62,10 @@ def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, re
         finished = len(entries) - len(todo)
         _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:max(jobs, 1)])}")
         with open(path, "a") as log:
-            for row, running in _rows(todo, pipeline, jobs, out_dir / LAYERS, compile):
+            rows = (_rows(todo, pipeline, jobs, out_dir / LAYERS, compile) if executor == "local" else
+                    ray_rows(todo, partial(_check_one_thread, pipeline=pipeline, layers_dir=out_dir / LAYERS,
+                                           compile=compile), pipeline, address=address, memory_gb=task_memory_gb))
+            for row, running in rows:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 os.fsync(log.fileno())

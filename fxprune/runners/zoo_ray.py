@@ -1,0 +1,49 @@
+"""Zoo runs on a Ray cluster: one task per model, scheduled by Ray on its CPUs (and memory, if asked).
+
+`ray.init()` with no address starts a local cluster on this machine; `address` joins an existing one
+("auto", or "ray://host:10001"). Ray re-runs a task whose worker process died (killed by the OS for
+memory, or a lost node) once; a model whose worker dies again gets an error row. Rows come back in the
+order models finish, exactly as the local process pool gives them, so results.jsonl, --resume and the
+summary do not depend on the executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fxprune.runners.zoo import ZooEntry
+
+RETRIES = 1  # re-runs of a model whose worker process died
+
+
+def ray_rows(todo: list[ZooEntry], work: Callable[[ZooEntry], dict], pipeline: str, *, address: str | None = None,
+             memory_gb: float | None = None):
+    """`work` on each entry as a Ray task (1 CPU, `memory_gb` of Ray's memory resource): (row, ids of
+    the models queued or running, as many as the cluster has CPUs) as models finish."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ValueError("--executor ray needs Ray: pip install 'fxprune[ray]'") from e
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        options = {"num_cpus": 1, "max_retries": RETRIES}
+        if memory_gb:
+            options["memory"] = int(memory_gb * 2**30)
+        task = ray.remote(**options)(lambda entry: work(entry))  # Ray takes functions, not partials
+        pending = {task.remote(e): e for e in todo}
+        width = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            entry = pending.pop(ref)
+            try:
+                row = ray.get(ref)
+            except ray.exceptions.WorkerCrashedError:
+                row = {"model": entry.id, "pipeline": entry.pipeline or pipeline, "status": "error", "seconds": 0.0,
+                       "reason": f"its Ray worker process died {RETRIES + 1} times (killed by the OS, most often "
+                                 "for lack of memory)"}
+            yield row, [e.id for e in list(pending.values())[:width]]
+    finally:
+        if started:
+            ray.shutdown()
