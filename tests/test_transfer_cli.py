@@ -124,3 +124,13 @@ def test_train_and_val_folders_and_every_image_mode(tmp_path):
     assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
     # normalised with the config's statistics (ImageNet's for a model without one)
     torch.testing.assert_close(x[0, 0], (data.val.images[0, 0].float() / 255 - 0.485) / 0.229)
+
+
+def test_transfer_prunes_jointly_with_averaged_importance(factory, tmp_path):
+    data = write_folder(tmp_path / "shapes")
+    out = tmp_path / "small.pt2"
+    assert transfer(factory, data, out, "--prune", "joint", "--momentum", "0.9") == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert (record["settings"]["prune"], record["settings"]["momentum"]) == ("joint", 0.9)
+    before, after = record["params"]
+    assert after <= 0.6 * before

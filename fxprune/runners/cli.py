@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_argument("--max-steps", type=int, default=50, help="at most this many pruning steps (50)")
     transfer.add_argument("--importance-batches", type=int, default=8,
                           help="train batches that taylor importance is measured on per step (8)")
+    transfer.add_argument("--momentum", type=float, help="average taylor importance across steps: momentum * "
+                                                         "previous + (1 - momentum) * this step's (e.g. 0.9)")
     transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
                                                             "history (.json) are written beside it")
     zoo = sub.add_parser("zoo", help="run a pipeline over every model of a zoo config")
