@@ -199,3 +199,28 @@ def test_transfer_with_data_bases_joint_pruning_and_momentum():
                                                                      "fold"]
     steps = [r.text for r in fxprune.history(result.model) if r.name == "prune-joint"]
     assert steps and all(t.endswith(" momentum=0.9}") for t in steps)
+
+
+def test_distillation_loss_is_the_weighted_kl_to_the_teacher():
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[4 * torch.log(torch.tensor(3.0)).item(), 0.0]])
+    hard = torch.tensor(2.0)
+    # at T = 4 the teacher says (0.75, 0.25): KL((.75, .25) || (.5, .5)) = .75 ln 1.5 + .25 ln .5, times T^2 = 16
+    kl = 0.75 * torch.log(torch.tensor(1.5)) + 0.25 * torch.log(torch.tensor(0.5))
+    loss = fxprune.training.scales.distillation_loss(student, teacher, hard, weight=0.25)
+    torch.testing.assert_close(loss, 0.75 * hard + 0.25 * 16 * kl, rtol=1e-6, atol=0)
+
+
+def test_a_student_equal_to_its_teacher_has_nothing_to_learn():
+    model = randomize_bn(Plain()).eval()
+    gm = fxprune.prune(model, X, "decompose-conv,insert-scaling")
+    teacher = fxprune.prune(gm, X, "fold")
+    before = {n: p.detach().clone() for n, p in gm.named_parameters() if p.requires_grad}
+    # SGD: a step is the gradient itself (Adam would blow float noise up to full-size steps)
+    fxprune.train_scaling(gm, batches(), epochs=1, optimizer="sgd", teacher=teacher, distill=1.0, progress=False)
+    after = dict(gm.named_parameters())
+    for name, value in before.items():  # the KL gradient is zero to float precision: nothing moves
+        torch.testing.assert_close(after[name].detach(), value, rtol=0, atol=1e-6)
+    fxprune.train_scaling(gm, batches(), epochs=1, optimizer="sgd", progress=False)  # without the teacher: it does
+    assert any((after[n].detach() - v).abs().max() > 1e-4 for n, v in before.items())
+    with pytest.raises(ValueError, match=r"train_scaling: distill=1.5 is the weight of the teacher's term, in \[0, 1\]"):
+        fxprune.train_scaling(gm, batches(), teacher=teacher, distill=1.5, progress=False)

@@ -25,7 +25,7 @@ from .digits import batches, digits
 from .lite0 import load_lite0
 from .peer import at_budget
 from .peer import iterative as tp_iterative
-from fxprune.analysis.report import write_report
+from .report import write_report
 
 BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2)
 ENERGIES = (0.999, 0.99, 0.95, 0.9)

@@ -37,6 +37,7 @@ def main(argv=None) -> None:
     ap.add_argument("--val", type=int, default=500, help="training digits held out as val (the last ones)")
     ap.add_argument("--momentum", type=float, help="average Taylor importance across steps with this momentum")
     ap.add_argument("--basis", default="svd", choices=["svd", "data"], help="decompose-conv's bases")
+    ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
     ap.add_argument("--tag", default="", help="appended to the output names")
     args = ap.parse_args(argv)
     start = time.time()
@@ -47,7 +48,7 @@ def main(argv=None) -> None:
     val, test = batches(x_train[n:], y_train[n:], 250), batches(x_test, y_test, 250)
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
-                              momentum=args.momentum, basis=args.basis)
+                              momentum=args.momentum, basis=args.basis, distill=args.distill)
     test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -62,6 +63,7 @@ def main(argv=None) -> None:
     command = " ".join(["--dataset", args.dataset, "--prune", args.prune, "--max-steps", str(args.max_steps)]
                        + (["--momentum", str(args.momentum)] if args.momentum is not None else [])
                        + (["--basis", args.basis] if args.basis != "svd" else [])
+                       + (["--distill", str(args.distill)] if args.distill else [])
                        + (["--tag", args.tag] if args.tag else []))
     text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until 1 point of val accuracy
 
@@ -69,7 +71,7 @@ Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['secon
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
 of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
-step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step, at
+step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
 {result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
 

@@ -54,7 +54,8 @@ def stop_rule(until: str, transferred_accuracy: float) -> str:
 def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable, epochs: int = 5, lr: float = 1e-2,
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
-             momentum: float | None = None, basis: str = "svd", progress: bool = True) -> TransferResult:
+             momentum: float | None = None, basis: str = "svd", distill: float = 0.0,
+             progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each, until `until`
@@ -62,7 +63,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
     (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
     steps with `momentum` where given. `basis="data"` decomposes into bases fitted to the responses on
-    those batches (decompose-conv{basis=data}) instead of each layer's SVD. `model` is not modified."""
+    those batches (decompose-conv{basis=data}) instead of each layer's SVD. `distill` > 0: the retraining
+    after each step distils from the transferred model with that weight. `model` is not modified."""
     inputs = as_inputs(example_inputs)
     clock = {}
     start = time.perf_counter()
@@ -79,7 +81,7 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     some = _first(train, importance_batches)
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
                                       prune_what=prune_what, step=step, until=rule, epochs=1, lr=lr,
-                                      max_steps=max_steps, importance_data=some, momentum=momentum,
+                                      max_steps=max_steps, importance_data=some, momentum=momentum, distill=distill,
                                       progress=progress)
     small = prune(pruned, inputs, "fold")
     clock["prune"] = time.perf_counter() - start

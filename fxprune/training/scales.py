@@ -21,6 +21,8 @@ from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.core.pipeline import Pipeline
 from fxprune.core.progress import bar as progress_bar
 
+TEMPERATURE = 4.0  # softening of both models' logits in distillation
+
 
 def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = None) -> dict[str, float]:
     """Mean loss and top-1 accuracy over `data` (batches of (inputs, targets))."""
@@ -37,11 +39,24 @@ def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = Non
     return {"loss": loss / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard: torch.Tensor, weight: float,
+                      temperature: float = TEMPERATURE) -> torch.Tensor:
+    """(1 - weight) * `hard` (the task loss) + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+    (Hinton et al. 2015: T^2 keeps the soft term's gradients on the hard term's scale)."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), log_target=True,
+                    reduction="batchmean") * t * t
+    return (1 - weight) * hard + weight * soft
+
+
 def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: float = 1e-2,
                   optimizer: str = "adam", loss_fn: Callable | None = None, val_data: Iterable | None = None,
-                  l1: float = 0.0, progress: bool = True) -> list[dict[str, float]]:
+                  l1: float = 0.0, teacher: torch.nn.Module | None = None, distill: float = 0.5,
+                  progress: bool = True) -> list[dict[str, float]]:
     """Train what insert-scaling / insert-channel-scaling left trainable; `l1` adds l1 * sum|s| over
-    every scale (of bases and of channels) to drive unneeded ones to 0.
+    every scale (of bases and of channels) to drive unneeded ones to 0. With a `teacher` (e.g. the
+    unpruned model), the objective is distillation_loss with weight `distill` (no weight of either
+    model changes but the scales and head of `gm`); the reported loss stays the task loss.
 
     Returns one dict per epoch: train loss/accuracy and, with `val_data`, val loss/accuracy.
     """
@@ -51,6 +66,8 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
                          "or 'insert-channel-scaling' pipeline first")
     if optimizer not in ("adam", "sgd"):
         raise ValueError(f"train_scaling: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if not 0 <= distill <= 1:
+        raise ValueError(f"train_scaling: distill={distill} is the weight of the teacher's term, in [0, 1]")
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
     loss_fn = loss_fn or F.cross_entropy
     scales = [m.scale if isinstance(m, BasisScalingConv) else m.weight for m in gm.modules()
@@ -65,7 +82,13 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
             x, y = split_batch(batch)
             out = gm(x)
             loss = loss_fn(out, y)
-            objective = loss + l1 * sum(s.abs().sum() for s in scales) if l1 else loss
+            objective = loss
+            if teacher is not None:
+                with torch.no_grad():
+                    soft_targets = teacher(x)
+                objective = distillation_loss(out, soft_targets, loss, distill)
+            if l1:
+                objective = objective + l1 * sum(s.abs().sum() for s in scales)
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
@@ -128,14 +151,15 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       until: str = "params=0.5", epochs: int = 1, lr: float = 1e-2, l1: float = 0.0,
                       max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
-                      progress: bool = True):
+                      distill: float = 0.0, progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
     `prune_what`: "bases" (prune-basis), "channels" (prune-channels), "joint" (prune-joint: bases
     and channels in one ranking, taylor only) or "double" (both, each taking half the step). `criterion` is the importance of both (taylor, or for bases energy/scale,
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`) and, with
-    `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's).
+    `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's). With
+    `distill` > 0 the retraining distils from the unpruned model (train_scaling's teacher, that weight).
     With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times
     in a row (then the run ends): one noisy step does not end the run. After a step that holds, the
@@ -162,8 +186,11 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
             row["val_accuracy"] = evaluate(model, val_data, loss_fn)["accuracy"]
         return row
 
+    teacher = prune(gm, inputs, "fold") if distill else None
+
     def retrain(model: fx.GraphModule) -> None:
-        train_scaling(model, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, progress=False)
+        train_scaling(model, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, teacher=teacher, distill=distill,
+                      progress=False)
 
     history: list[dict] = []
     history.append(record(0, gm, 0.0))
