@@ -126,11 +126,13 @@ def test_train_and_val_folders_and_every_image_mode(tmp_path):
     torch.testing.assert_close(x[0, 0], (data.val.images[0, 0].float() / 255 - 0.485) / 0.229)
 
 
-def test_transfer_prunes_jointly_with_averaged_importance(factory, tmp_path):
+def test_transfer_prunes_jointly_on_data_bases_with_averaged_importance_and_distillation(factory, tmp_path):
     data = write_folder(tmp_path / "shapes")
     out = tmp_path / "small.pt2"
-    assert transfer(factory, data, out, "--prune", "joint", "--momentum", "0.9") == 0
+    assert transfer(factory, data, out, "--prune", "joint", "--momentum", "0.9", "--basis", "data", "--distill",
+                    "0.5") == 0
     record = json.loads(out.with_suffix(".json").read_text())
-    assert (record["settings"]["prune"], record["settings"]["momentum"]) == ("joint", 0.9)
+    settings = record["settings"]
+    assert (settings["prune"], settings["momentum"], settings["basis"], settings["distill"]) == ("joint", 0.9, "data", 0.5)
     before, after = record["params"]
     assert after <= 0.6 * before

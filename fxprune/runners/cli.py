@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                           help="train batches that taylor importance is measured on per step (8)")
     transfer.add_argument("--momentum", type=float, help="average taylor importance across steps: momentum * "
                                                          "previous + (1 - momentum) * this step's (e.g. 0.9)")
+    transfer.add_argument("--basis", default="svd", choices=["svd", "data"],
+                          help="svd: each layer's SVD; data: bases fitted to the responses on the importance "
+                               "batches (decompose-conv{basis=data})")
+    transfer.add_argument("--distill", type=float, default=0.0, help="weight of distilling from the transferred "
+                                                                     "model while retraining after each step (0)")
     transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
                                                             "history (.json) are written beside it")
     zoo = sub.add_parser("zoo", help="run a pipeline over every model of a zoo config")

@@ -43,7 +43,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
                       prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
                       max_steps=args.max_steps, importance_batches=args.importance_batches,
-                      momentum=args.momentum)
+                      momentum=args.momentum, basis=args.basis, distill=args.distill)
     if args.test:
         test = load_test_folder(args.test, data.classes, norm)
         result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (result.transferred, result.model))
