@@ -224,3 +224,31 @@ def test_a_student_equal_to_its_teacher_has_nothing_to_learn():
     assert any((after[n].detach() - v).abs().max() > 1e-4 for n, v in before.items())
     with pytest.raises(ValueError, match=r"train_scaling: distill=1.5 is the weight of the teacher's term, in \[0, 1\]"):
         fxprune.train_scaling(gm, batches(), teacher=teacher, distill=1.5, progress=False)
+
+
+def test_schedule_backs_off_by_halves_and_grows_back_by_half(monkeypatch):
+    """Scripted val accuracies (floor 0.9): step 1 holds; step 2 (0.2) falls, is retrained, still falls:
+    undone and tried at 0.1, which holds; the step grows back to 0.15, then falls at 0.15, 0.075,
+    0.0375 and 0.01875: the fourth miss in a row (backoffs=3) ends the run."""
+    from fxprune.training import scales
+
+    accuracies = iter([0.95, 0.95, 0.85, 0.85, 0.95] + [0.85] * 8)
+    tried = []
+    real_prune = scales.prune
+
+    def prune(gm, inputs, pipeline, **context):
+        if pipeline.startswith("prune-"):
+            tried.append(pipeline)
+        return real_prune(gm, inputs, pipeline, **context)
+
+    monkeypatch.setattr(scales, "prune", prune)
+    monkeypatch.setattr(scales, "evaluate", lambda *a, **k: {"accuracy": next(accuracies)})
+    monkeypatch.setattr(scales, "train_scaling", lambda *a, **k: [])
+    gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
+    _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
+                                        criterion="l2", step=0.2, until="accuracy=0.9", progress=False)
+    assert [h["step_size"] for h in hist] == [0.0, 0.2, 0.1]
+    assert tried == [f"prune-channels{{criterion=l2 target-params={k}}}"
+                     for k in (0.8, 0.8, 0.9, 0.85, 0.925, 0.9625, 0.98125)]
+    assert hist[1]["params_kept"] <= 0.8 and hist[2]["params"] <= 0.9 * hist[1]["params"]
+    assert next(accuracies, None) is None  # every scripted evaluation was used: none skipped, none extra
