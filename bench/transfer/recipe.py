@@ -61,6 +61,8 @@ def main(argv=None) -> None:
     rows = "\n".join(f"| {s['step']} | {s['step_size']:.4g} | {s['params']:,} | {s['params_kept']:.3f} | "
                      f"{s['macs_kept']:.3f} | {s['val_accuracy']:.3f} |" for s in result.steps)
     command = " ".join(["--dataset", args.dataset, "--prune", args.prune, "--max-steps", str(args.max_steps)]
+                       + (["--epochs", str(args.epochs)] if args.epochs != 6 else [])
+                       + (["--val", str(args.val)] if args.val != 500 else [])
                        + (["--momentum", str(args.momentum)] if args.momentum is not None else [])
                        + (["--basis", args.basis] if args.basis != "svd" else [])
                        + (["--distill", str(args.distill)] if args.distill else [])
