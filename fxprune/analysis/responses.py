@@ -8,11 +8,7 @@ import torch
 import torch.fx as fx
 
 from fxprune.analysis.importance import split_batch
-from fxprune.core.lowrank import groups_of, torch_base
-
-
-def _linear(layer: torch.nn.Module) -> bool:
-    return torch_base(layer) is torch.nn.Linear
+from fxprune.core.lowrank import groups_of, is_conv
 
 
 def response_moments(gm: fx.GraphModule, paths: list[str], data: Iterable) -> dict[str, torch.Tensor]:
@@ -24,7 +20,7 @@ def response_moments(gm: fx.GraphModule, paths: list[str], data: Iterable) -> di
     def hook(path: str, layer: torch.nn.Module):
         def record(_module, _inputs, out):
             y = out.detach().double()
-            y = y.reshape(-1, y.shape[-1]) if _linear(layer) else y.movedim(1, -1).reshape(-1, y.shape[1])
+            y = y.movedim(1, -1).reshape(-1, y.shape[1]) if is_conv(layer) else y.reshape(-1, y.shape[-1])
             if layer.bias is not None:
                 y = y - layer.bias.detach().double()
             y = y.view(len(y), groups_of(layer), -1).transpose(0, 1)  # (g, positions, m)

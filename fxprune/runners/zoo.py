@@ -125,6 +125,12 @@ def wake(model):
     return model
 
 
+def died_row(entry: ZooEntry, pipeline: str, reason: str) -> dict:
+    """The row of a model whose worker process died (no measurement to report)."""
+    return {"model": entry.id, "pipeline": entry.pipeline or pipeline, "status": "error", "seconds": 0.0,
+            "reason": reason}
+
+
 def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compile: bool = False) -> dict:
     """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from fxprune.runners.zoo import ZooEntry
+from fxprune.runners.zoo import ZooEntry, died_row
 
 RETRIES = 1  # re-runs of a model whose worker process died
 
@@ -40,9 +40,8 @@ def ray_rows(todo: list[ZooEntry], work: Callable[[ZooEntry], dict], pipeline: s
             try:
                 row = ray.get(ref)
             except ray.exceptions.WorkerCrashedError:
-                row = {"model": entry.id, "pipeline": entry.pipeline or pipeline, "status": "error", "seconds": 0.0,
-                       "reason": f"its Ray worker process died {RETRIES + 1} times (killed by the OS, most often "
-                                 "for lack of memory)"}
+                row = died_row(entry, pipeline, f"its Ray worker process died {RETRIES + 1} times (killed by the "
+                                                "OS, most often for lack of memory)")
             yield row, [e.id for e in list(pending.values())[:width]]
     finally:
         if started:

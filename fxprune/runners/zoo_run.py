@@ -19,7 +19,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from fxprune.core.io import atomic_write_text
-from fxprune.runners.zoo import ZooEntry, check
+from fxprune.runners.zoo import ZooEntry, check, died_row
 from fxprune.runners.zoo_ray import ray_rows
 
 RESULTS = "results.jsonl"
@@ -136,9 +136,8 @@ def parallel_rows(todo: list[ZooEntry], jobs: int, work: Callable[[ZooEntry], di
         retry += yield from _pool_rows(queue, jobs, work)
     for e in retry:
         if (yield from _pool_rows(deque([e]), 1, work)):
-            yield {"model": e.id, "pipeline": e.pipeline or pipeline, "status": "error", "seconds": 0.0,
-                   "reason": "its worker process was killed (by the OS, most often for lack of memory), "
-                             "also when run alone"}, []
+            yield died_row(e, pipeline, "its worker process was killed (by the OS, most often for lack of memory), "
+                                        "also when run alone"), []
 
 
 def _pool_rows(queue: deque, jobs: int, work):
