@@ -2,6 +2,7 @@
 
 from . import passes  # noqa: F401  (registers the passes)
 from . import nn  # noqa: F401  (fxprune.nn.BasisScalingConv)
+from .analysis.latency import LatencyTable
 from .analysis.report import SavingsReport, savings
 from .core.api import DEFAULT_PIPELINE, prune
 from .core.errors import FxPruneError, PassError, PipelineError, TraceError, VerificationError
@@ -15,7 +16,7 @@ from .training.recipe import TransferResult, transfer
 from .training.scales import evaluate, prune_iteratively, train_scaling
 
 __all__ = [
-    "DEFAULT_PIPELINE", "backend", "FxPass", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
+    "DEFAULT_PIPELINE", "backend", "FxPass", "LatencyTable", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
     "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling", "transfer",
     "TransferResult", "save",

@@ -5,16 +5,19 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.analysis.counting import propagate_shapes, tied_modules
+from fxprune.analysis.latency import LatencyTable
+from fxprune.analysis.layer_shapes import pair_forms
 from fxprune.core.lowrank import CONVS, find_pairs, is_conv, forget_original, merge_back, pays, set_module, unscaled_coef
 from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.core.smoothing import forget
-from fxprune.core.pass_base import FxPass, PassContext, PassResult, register
+from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
 try:
     from timm.layers import BatchNormAct2d
@@ -35,16 +38,26 @@ class Fold(FxPass):
     whose activation stays) into a preceding conv/linear/coef layer when it is in eval mode, has
     running statistics and is that layer's only user.
     The result uses only torch.nn modules and is never bigger than its input (params and MACs).
+    With `merge=latency` a pair that pays in params is merged all the same where a latency table
+    (`latency=` a fxprune.LatencyTable; by default the one cached for this device) times its two
+    layers slower than the merged layer on the example inputs.
     """
 
     name = "fold"
     summary = "fold scales and eval-mode BatchNorm into weights; merge pairs back where they do not pay"
     lossless = True
+    merge: Literal["size", "latency"] = option(
+        "size", "merge a pair back where it does not pay in params (size), or also where it is slower (latency)")
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:  # latency= is read only for merge=latency
+        return ("latency",) if self.merge == "latency" else ()
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
         scales = merged = kept = 0
+        slower = self._slower_pairs(gm, ctx) if self.merge == "latency" else set()
         for pair in find_pairs(gm):
-            if pays(pair.rank, pair.m, pair.n):
+            if pays(pair.rank, pair.m, pair.n) and pair.path not in slower:
                 if pair.scale is not None:
                     set_module(gm, pair.coef_node.target, unscaled_coef(pair))
                     scales += 1
@@ -63,7 +76,21 @@ class Fold(FxPass):
         gm.delete_all_unused_submodules()
         forget(gm)  # the pruned model carries no running importance
         stats = {"scales-folded": scales, "bn-folded": folded, "pairs-merged": merged, "pairs-kept": kept}
+        if self.merge == "latency":
+            stats["pairs-merged-slower"] = len(slower)
         return PassResult(gm, scales + folded + merged > 0, stats)
+
+    def _slower_pairs(self, gm: fx.GraphModule, ctx: PassContext) -> set[str]:
+        """Paths of the pairs that pay in params but whose two layers the table times slower than one."""
+        table = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device)
+        propagate_shapes(gm, ctx.example_inputs)
+        slower = set()
+        for pair in find_pairs(gm):
+            split, merged = pair_forms(pair)
+            if pays(pair.rank, pair.m, pair.n) and table.layers(split) > table.layer(merged):
+                slower.add(pair.path)
+        table.save()
+        return slower
 
 
 def _is_foldable_bn(bn: nn.Module) -> bool:

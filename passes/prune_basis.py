@@ -11,7 +11,9 @@ import torch.fx as fx
 
 from fxprune.analysis.counting import node_macs, total_macs, total_params
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.rank_cuts import RankCuts, pair_units
+from fxprune.analysis.latency import LatencyTable, rest_and_folded
+from fxprune.analysis.layer_shapes import pair_at
+from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -28,10 +30,11 @@ class PruneBasis(FxPass):
     Per layer (`energy`): keep the smallest rank whose cumulative squared importance reaches that
     fraction of the layer's total, in every group; a layer where that rank would not pay
     (r*(m + n) >= m*n per group: fold would merge it back) keeps every basis and is counted in
-    `no-gain-kept`, so no layer loses accuracy for no saving. Global (`target-params` / `target-macs`): until
-    the model, counted as `fold` will leave it (a pair that no longer pays is merged back), is at
-    most that fraction of its size, cut the rank of the layer that loses the least importance per
-    param (MAC) saved; only cuts that save count, so a budget never leaves a pair that does not pay
+    `no-gain-kept`, so no layer loses accuracy for no saving. Global (`target-params` / `target-macs` /
+    `target-latency`): until the model, counted as `fold` will leave it (a pair that no longer pays is
+    merged back), is at most that fraction of its size, cut the rank of the layer that loses the least
+    importance per param (MAC, second) saved; latency as in prune-channels (a table of layer times on
+    this machine, `latency=`), with 16 candidate ranks per layer; only cuts that save count, so a budget never leaves a pair that does not pay
     at a lower rank either. taylor and scale are compared across layers as they are (loss units; every
     scale starts at 1); energy as a share of its layer's energy.
     """
@@ -40,21 +43,26 @@ class PruneBasis(FxPass):
     summary = "remove low-energy bases of decomposed layers (per-layer energy or a global budget)"
     lossless = False
     requires = {"decompose-conv": "it prunes the bases that decompose-conv creates"}
-    context_keys = ("data", "loss_fn")
     criterion: Literal["energy", "scale", "taylor"] = option(
         "energy", "importance: energy (S_i*|s_i|, no data), scale (|s_i|) or taylor ((s_i*dL/ds_i)^2, needs data=)")
     energy: float | None = option(None, f"per-layer energy to keep, in (0, 1]; {DEFAULT_ENERGY} if no target")
     min_rank: int = option(1, "never keep fewer bases per group than this")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
     target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
+    target_latency: float | None = option(None, "global budget: fraction of the model's measured latency to keep")
     momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
                                           "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
 
     def __post_init__(self):
-        self.check_options(("energy", "target_params", "target_macs"),
-                           {"energy": "(0, 1]", "target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1",
+        self.check_options(("energy", "target_params", "target_macs", "target_latency"),
+                           {"energy": "(0, 1]", "target_params": "(0, 1]", "target_macs": "(0, 1]",
+                            "target_latency": "(0, 1]", "min_rank": ">= 1",
                             "momentum": "[0, 1)"})
         self.check_momentum()
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:  # latency= is read only for target-latency
+        return ("data", "loss_fn", "latency") if self.target_latency is not None else ("data", "loss_fn")
 
     def check_context(self, extra: dict) -> None:
         self.check_data_for_taylor(extra)
@@ -63,7 +71,10 @@ class PruneBasis(FxPass):
         pairs = find_pairs(gm)
         before = sum(p.rank * p.groups for p in pairs)
         scores = self._scores(gm, ctx, pairs)
-        if self.target_params is not None or self.target_macs is not None:
+        extra = {}
+        if self.target_latency is not None:
+            ranks, reached, extra = self._latency_ranks(gm, ctx, pairs, scores)
+        elif self.target_params is not None or self.target_macs is not None:
             ranks, reached = self._budget_ranks(gm, ctx, pairs, scores)
         else:
             energy = DEFAULT_ENERGY if self.energy is None else self.energy
@@ -78,7 +89,8 @@ class PruneBasis(FxPass):
                 set_module(gm, pair.path, rebuild_pair(pair, keep))
                 changed += 1
         after = sum(r * p.groups for p, r in zip(pairs, ranks))
-        stats = {"bases-before": before, "bases-after": after, "layers-pruned": changed, "no-gain-kept": no_gain}
+        stats = {"bases-before": before, "bases-after": after, "layers-pruned": changed, "no-gain-kept": no_gain,
+                 **extra}
         if not reached:
             stats["budget-reached"] = False
             warnings.warn(f"{self}: the budget cannot be reached with min-rank={self.min_rank}; "
@@ -103,6 +115,17 @@ class PruneBasis(FxPass):
         need = (cum < energy * cum[:, -1:] * (1 - 1e-12)).sum(dim=1) + 1
         return int(min(pair.rank, max(self.min_rank, need.max().item())))
 
+    def _latency_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
+                       scores: list[torch.Tensor]) -> tuple[list[int], bool, dict]:
+        """_budget_ranks in seconds: the model's measured time; each pair timed at candidate ranks."""
+        table = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device)
+        _, start = rest_and_folded(table, gm, ctx.example_inputs)
+        cuts = TimedRankCuts(pairs, scores, lambda i, r: table.layers(pair_at(pairs[i], r)), self.min_rank,
+                             shares=self.criterion == "energy")
+        ranks, reached, left = self._greedy(cuts, start, self.target_latency * start)
+        table.save()
+        return ranks, reached, {"latency-ms": round(start * 1e3, 3), "latency-ms-predicted": round(left * 1e3, 3)}
+
     def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
                       scores: list[torch.Tensor]) -> tuple[list[int], bool]:
         """Cost-aware greedy: repeatedly apply the rank cut, in any layer, that loses the least
@@ -114,8 +137,12 @@ class PruneBasis(FxPass):
             total, fraction = total_macs(gm, ctx.example_inputs), self.target_macs
         cuts = RankCuts(pairs, scores, unit, self.min_rank, shares=self.criterion == "energy")
         current = total - sum(u * p.rank * (p.m + p.n) for u, p in zip(unit, pairs)) + cuts.size()
-        budget = fraction * current
-        best = {i: cuts.best(i) for i in range(len(pairs))}
+        return self._greedy(cuts, current, fraction * current)[:2]
+
+    @staticmethod
+    def _greedy(cuts: RankCuts, current: float, budget: float) -> tuple[list[int], bool, float]:
+        """(ranks, budget met, size left): cut until `current` is within `budget`."""
+        best = {i: cuts.best(i) for i in range(len(cuts.pairs))}
         while current > budget:
             live = [(c[0], i) for i, c in best.items() if c is not None]
             if not live:
@@ -128,4 +155,4 @@ class PruneBasis(FxPass):
             _, cuts.ranks[i], saved = best[i]
             current -= saved
             best[i] = cuts.best(i)
-        return cuts.ranks, current <= budget
+        return cuts.ranks, current <= budget, current

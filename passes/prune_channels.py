@@ -9,9 +9,11 @@ from typing import Callable, Literal
 
 import torch.fx as fx
 
+from fxprune.analysis.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, kept_shares,
+                                       macs_after, magnitude, params_after, remove, taylor)
 from fxprune.analysis.counting import node_macs, total_macs
-from fxprune.analysis.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, macs_after, magnitude,
-                              params_after, remove, taylor)
+from fxprune.analysis.latency import LatencyTable, rest_and_folded
+from fxprune.analysis.layer_shapes import folded_layers
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
 DEFAULT_RATIO = 0.3
@@ -31,16 +33,19 @@ class PruneChannels(FxPass):
     are kept); taylor, (sum of w*dL/dw over its weights, channel scales included)^2 averaged over
     the batches of `data=`.
     Per group (`ratio`): remove that share of its channels. Global (`target-params` /
-    `target-macs`): remove the least important channels of the whole model (importance divided by
-    its group's mean) until the model has at most that fraction of its params / MACs, decomposed
-    pairs counted as `fold` will leave them. A group always keeps at least one channel,
+    `target-macs` / `target-latency`): remove the least important channels of the whole model
+    (importance divided by its group's mean) until the model has at most that fraction of its params /
+    MACs / measured latency, decomposed pairs counted as `fold` will leave them. Latency is the
+    model's time on the example inputs (their batch size, this device and thread count), predicted as
+    its conv/linear layers' times from a table measured on this machine (`latency=` a
+    fxprune.LatencyTable; by default one cached under ~/.cache/fxprune) plus the rest of the model,
+    held fixed. A group always keeps at least one channel,
     and with `round-to=N` a multiple of N (or all of them).
     """
 
     name = "prune-channels"
     summary = "remove whole channels of coupled layers (residuals, concat, depthwise, BN, SE, flatten)"
     lossless = False
-    context_keys = ("data", "loss_fn")
     criterion: Literal["l1", "l2", "bn", "scale", "taylor"] = option(
         "l2", "importance: l1 or l2 (weight norms), bn (|gamma|), scale (|s| of channel scales), "
               "taylor ((w*dL/dw)^2, needs data=)")
@@ -48,15 +53,21 @@ class PruneChannels(FxPass):
                                        "if no target")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
     target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
+    target_latency: float | None = option(None, "global budget: fraction of the model's measured latency to keep")
     round_to: int = option(1, "keep a multiple of this many channels per group (or the whole group)")
     momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
                                           "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
 
     def __post_init__(self):
-        self.check_options(("ratio", "target_params", "target_macs"),
-                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "target_macs": "(0, 1]", "round_to": ">= 1",
+        self.check_options(("ratio", "target_params", "target_macs", "target_latency"),
+                           {"ratio": "[0, 1)", "target_params": "(0, 1]", "target_macs": "(0, 1]",
+                            "target_latency": "(0, 1]", "round_to": ">= 1",
                             "momentum": "[0, 1)"})
         self.check_momentum()
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:  # latency= is read only for target-latency
+        return ("data", "loss_fn", "latency") if self.target_latency is not None else ("data", "loss_fn")
 
     def check_context(self, extra: dict) -> None:
         self.check_data_for_taylor(extra)
@@ -65,19 +76,25 @@ class PruneChannels(FxPass):
         graph = analyse(gm, ctx.example_inputs)
         score = self._scores(graph, ctx)
         scored = [g for g in graph.prunable if all(c in score for c in g.classes)]
-        reached = True
-        if self.target_params is None and self.target_macs is None:
+        reached, extra = True, {}
+        if self.target_params is None and self.target_macs is None and self.target_latency is None:
             removed = set()
             for g in scored:
                 ranked = sorted(g.classes, key=lambda c: score[c])
                 removed.update(ranked[:g.size - self._keep(g, g.size - math.floor(self.ratio_ * g.size))])
+        elif self.target_latency is not None:
+            count, budget, table = self._latency(graph, ctx)
+            removed, reached = self._budget(graph, scored, score, (count, budget))
+            table.save()
+            extra = {"latency-ms": round(budget / self.target_latency * 1e3, 3),
+                     "latency-ms-predicted": round(count(removed) * 1e3, 3)}
         else:
             removed, reached = self._budget(graph, scored, score, self._size(graph, ctx))
         before = sum(g.size for g in graph.prunable)
         changed = remove(graph, removed)
         stats = {"groups": len(graph.groups), "groups-prunable": len(graph.prunable),
                  "groups-unscored": len(graph.prunable) - len(scored), "channels-before": before,
-                 "channels-after": before - len(removed), "layers-changed": changed}
+                 "channels-after": before - len(removed), "layers-changed": changed, **extra}
         if not reached:
             stats["budget-reached"] = False
             warnings.warn(f"{self}: the budget cannot be reached: every prunable group is down to its minimum",
@@ -113,6 +130,15 @@ class PruneChannels(FxPass):
         fixed = total_macs(graph.gm, ctx.example_inputs) - sum(macs.values())  # attention: not prunable here
         return (lambda removed: fixed + macs_after(graph, removed, macs)), self.target_macs * (
             fixed + macs_after(graph, set(), macs))
+
+    def _latency(self, graph: ChannelGraph, ctx: PassContext) -> tuple[Callable[[set[int]], float], float, LatencyTable]:
+        """Predicted seconds given the channels removed, the most they may be, and the table used."""
+        table = ctx.extra.get("latency") or LatencyTable(next(graph.gm.parameters()).device)
+        rest, start = rest_and_folded(table, graph.gm, ctx.example_inputs)
+
+        def count(removed: set[int]) -> float:
+            return rest + table.layers(folded_layers(graph.gm, kept_shares(graph, removed)))
+        return count, self.target_latency * start, table
 
     def _budget(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float],
                 size: tuple[Callable[[set[int]], int], float]):

@@ -14,7 +14,7 @@ PAPER = "Wong et al. (2021) report 98.9% of parameters removed on MNIST with und
 
 
 FAMILIES = ("fxprune one-shot", "fxprune iterative bases taylor", "fxprune iterative bases (data)",
-            "fxprune iterative channels", "fxprune iterative joint", "fxprune iterative double", "Torch-Pruning taylor",
+            "fxprune iterative channels", "fxprune iterative joint", "Torch-Pruning taylor",
             "Torch-Pruning iterative")
 
 
@@ -62,8 +62,7 @@ def equal_budgets(rows: list[dict]) -> str:
                 ("double (taylor)", "fxprune one-shot double taylor", "target-params={h}}},"),
                 ("Torch-Pruning taylor", "Torch-Pruning taylor", "params<={b} ")]
     iterative = ["fxprune iterative bases taylor", "fxprune iterative bases (data) taylor",
-                 "fxprune iterative channels taylor", "fxprune iterative joint taylor",
-                 "fxprune iterative double taylor", "Torch-Pruning iterative taylor"]
+                 "fxprune iterative channels taylor", "fxprune iterative joint taylor", "Torch-Pruning iterative taylor"]
     body = [[f"keep {b}"] + [acc(m, part.format(b=b, h=round(float(b) ** 0.5, 4))) for _, m, part in one_shot]
             for b in budgets]
     steps = sorted({int(r["setting"].split()[1]) for r in rows if "iterative" in r["method"]})
@@ -71,6 +70,19 @@ def equal_budgets(rows: list[dict]) -> str:
     return (tabulate(body, ["one shot"] + [h for h, _, _ in one_shot], tablefmt="github", disable_numparse=True)
             + "\n\n" + tabulate(later, ["iterative"] + [m.replace("fxprune iterative ", "") for m in iterative],
                                   tablefmt="github", disable_numparse=True))
+
+
+def recipes(out: Path) -> str:
+    """The bench.transfer.recipe runs found beside results.json: prune until the val floor."""
+    body = []
+    for path in sorted(out.glob("recipe-*.json")):
+        r = json.loads(path.read_text())
+        p, m, t = r["params"], r["macs"], r["test_accuracy"]
+        body.append([f"[{path.stem}]({path.stem}.md)", r["settings"]["dataset"], r["settings"]["prune"],
+                     r["settings"].get("basis", "svd"), str(r["settings"]["max_steps"]), f"{1 - p[1] / p[0]:.1%}",
+                     f"{1 - m[1] / m[0]:.1%}", f"{t[0]:.3f} -> {t[1]:.3f} ({100 * (t[1] - t[0]):+.1f})", f"{r['seconds']}"])
+    return tabulate(body, ["run", "data", "prune", "bases", "tries", "params -%", "MACs -%", "test accuracy (points)",
+                           "seconds"], tablefmt="github", disable_numparse=True)
 
 
 def table(rows: list[dict]) -> str:
@@ -126,8 +138,8 @@ model: test accuracy **{a0['test_accuracy']:.3f}**, {a0['params']:,} params (BN 
 No weight is fine-tuned after pruning. One-shot rows prune once and fold: bases (`prune-basis`), channels
 (`prune-channels`) or both (double pruning: each keeps the square root of the budget). The iterative
 rows prune {meta['step']:.0%} of the remaining params per step (Taylor importance) and retrain only the scaling
-factors and the head for one epoch between steps: bases, channels, joint (`prune-joint`: bases and channels in
-one ranking, least importance lost per param saved) or double (half a step of bases, then half of channels).
+factors and the head for one epoch between steps: bases, channels or joint (`prune-joint`: bases and channels in
+one ranking, least importance lost per param saved).
 Data-aware bases: a second transfer from `decompose-conv{{basis=data}}` (each layer's bases are the principal
 directions of its responses on 1,024 training digits, the whitened SVD), then the same training; its bases
 pruned one shot by energy (now their RMS response on those digits) and iteratively by Taylor.
@@ -145,13 +157,22 @@ The headline picks, per family, the smallest model within 1 point of A0 on the t
 
 {chr(10).join(headline(rows))}
 - {PAPER}. Here the best is {best_share(rows)} on this fixed schedule (it stops at
-  15% of the params; `bench.transfer.recipe` goes on until the accuracy floor). Why basis pruning alone
+  {meta.get('until', 0.15):.0%} of the params); `bench.transfer.recipe` goes on until the accuracy floor: below. Why basis pruning alone
   stays behind on this model: a decomposed 1x1 layer saves nothing until more than half its bases are gone
   (r(m + n) < mn), and most of Lite0's parameters sit in 1x1 convs. Bases fitted to the target data
   (`decompose-conv{{basis=data}}`) carry the digits' responses in the first bases, so cutting the rest loses
   far less than cutting the smallest singular values: compare the two bases columns.
 
 ![accuracy against parameters](accuracy_vs_params.png)
+
+## Until the accuracy floor
+
+`bench.transfer.recipe` runs the whole `fxprune.transfer` job: the same transfer on the training digits less
+a val split (the last 500), then steps backed off by halves where val accuracy would fall more than 1 point
+below the transferred model's and grown back after, up to the stated number of tries; the test digits choose
+nothing. Each run is a separate command (its own page has it and every step).
+
+{recipes(out)}
 
 ## Every arm at equal budgets
 
@@ -162,6 +183,8 @@ Test accuracy (params kept) at each one-shot target and after each iterative ste
 ## All runs
 
 {table(rows)}
+
+Seconds per arm: {', '.join(f"{k} {v}" for k, v in meta.get('arm_seconds', {}).items())}.
 
 Transfer epochs (train / test accuracy): {', '.join(f"{h['train_accuracy']:.3f}/{h['val_accuracy']:.3f}" for h in meta['transfer_history'])}.
 """

@@ -187,7 +187,7 @@ def _smoothed(graph: ChannelGraph, score: dict[int, float], momentum: float) -> 
     return score
 
 
-def _kept(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, float]]:
+def kept_shares(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, float]]:
     """Per member module, the share of its "in" and "out" channels left once `removed` are gone."""
     gone = torch.tensor(sorted(removed), dtype=torch.long)
     kept: dict[str, dict[str, float]] = defaultdict(dict)
@@ -210,7 +210,7 @@ def params_after(graph: ChannelGraph, removed: set[int], ranks: dict[str, int] |
     """Parameters of `graph.gm` once the classes in `removed` are gone (and each pair whose path is in
     `ranks` is cut to that rank), every decomposed pair counted as `fold` will leave it (merged back
     into one layer where it no longer pays; scales folded)."""
-    kept = _kept(graph, removed)
+    kept = kept_shares(graph, removed)
     total, in_pairs = 0, set()
     for pair in find_pairs(graph.gm):
         in_pairs.update((pair.basis_node.target, pair.coef_node.target))
@@ -233,7 +233,7 @@ def macs_after(graph: ChannelGraph, removed: set[int], macs: dict[str, int], ran
     """MACs of the conv/linear nodes (`macs`: analysis.node_macs of `graph.gm`) once the classes in
     `removed` are gone (and pairs cut to `ranks`, as in params_after), pairs counted as `fold` will leave them. Other MACs (attention matmuls)
     do not depend on prunable channels and are not included."""
-    kept = _kept(graph, removed)
+    kept = kept_shares(graph, removed)
     total, in_pairs = 0, set()
     for pair in find_pairs(graph.gm):
         in_pairs.update((pair.basis_node.target, pair.coef_node.target))

@@ -8,6 +8,9 @@ of its bases are gone: a cut may drop several bases at once to get there.
 
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import torch
 
 from fxprune.core.lowrank import Pair
@@ -39,9 +42,13 @@ class RankCuts:
         """What the pairs cost at their current ranks."""
         return sum(self.cost(i, r).item() for i, r in enumerate(self.ranks))
 
+    def candidates(self, i: int, r: int) -> torch.Tensor:
+        """The ranks below r that pair i may be cut to."""
+        return torch.arange(self.min_rank, r)
+
     def _options(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r = self.ranks[i]
-        keep = torch.arange(self.min_rank, r)
+        keep = self.candidates(i, r)
         return keep, self.cost(i, r) - self.cost(i, keep), self.lost[i][keep] - self.lost[i][r]
 
     def best(self, i: int) -> tuple[float, int, float] | None:
@@ -63,6 +70,26 @@ class RankCuts:
             return None
         j = int(lost.argmin())
         return lost[j].item(), int(keep[j]), saved[j].item()
+
+
+class TimedRankCuts(RankCuts):
+    """Rank cuts costed in seconds: `seconds(i, r)` is pair i at rank r as fold leaves it, timed
+    (a latency table); only `grid` ranks per pair are candidates (ceil(rank * k / grid), k = 1..grid,
+    and min_rank), so each pair is timed at most grid + 1 times."""
+
+    def __init__(self, pairs: list[Pair], scores: list[torch.Tensor], seconds: Callable[[int, int], float],
+                 min_rank: int, shares: bool = False, grid: int = 16):
+        super().__init__(pairs, scores, [1] * len(pairs), min_rank, shares)
+        self.seconds, self.grid = seconds, grid
+
+    def candidates(self, i: int, r: int) -> torch.Tensor:
+        full = self.pairs[i].rank
+        points = {max(self.min_rank, math.ceil(full * k / self.grid)) for k in range(1, self.grid + 1)}
+        return torch.tensor(sorted(p for p in points | {self.min_rank} if p < r), dtype=torch.long)
+
+    def cost(self, i: int, r: torch.Tensor | int) -> torch.Tensor:
+        r = torch.as_tensor(r)
+        return torch.tensor([self.seconds(i, int(k)) for k in r.reshape(-1)], dtype=torch.float64).reshape(r.shape)
 
 
 def pair_units(pairs: list[Pair], macs: dict[str, int] | None = None) -> list[int]:
