@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from fxprune.analysis.channels import analyse, macs_after, params_after, remove, taylor
+from fxprune.analysis.channels import analyse, kept_shares, macs_after, params_after, remove, taylor
 from fxprune.analysis.counting import node_macs, total_macs
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.rank_cuts import RankCuts, pair_units
+from fxprune.analysis.latency import LatencyTable, rest_and_folded
+from fxprune.analysis.layer_shapes import folded_layers, pair_at
+from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import find_pairs, rebuild_pair, set_module
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -20,7 +22,8 @@ from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, regi
 @dataclass(frozen=True)
 class PruneJoint(FxPass):
     """Bases and channels compete in one ranking: until the model, counted as `fold` will leave it,
-    is at most `target-params` (or `target-macs`) of its size, make the cut that loses the least
+    is at most `target-params` (or `target-macs`, or `target-latency`: seconds from a table of layer
+    times on this machine, `latency=`, as in prune-channels) of its size, make the cut that loses the least
     importance per param (MAC) saved, whether it lowers a pair's rank (several bases at once where
     a pair only pays below some rank, as in prune-basis) or removes one channel of a group (every
     coupled layer, as in prune-channels). Both importances are first-order Taylor estimates of the
@@ -34,18 +37,24 @@ class PruneJoint(FxPass):
     summary = "remove bases and channels in one ranking: least Taylor importance per param (MAC) saved"
     lossless = False
     requires = {"insert-scaling": "bases are ranked by the Taylor importance of their scaling factors"}
-    context_keys = ("data", "loss_fn")
     target_params: float | None = option(None, "fraction of the model's params to keep")
     target_macs: float | None = option(None, "fraction of the model's MACs to keep")
+    target_latency: float | None = option(None, "fraction of the model's measured latency to keep")
     min_rank: int = option(1, "never keep fewer bases per group than this")
     momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
                                           "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
 
     def __post_init__(self):
-        self.check_options(("target_params", "target_macs"),
-                           {"target_params": "(0, 1]", "target_macs": "(0, 1]", "min_rank": ">= 1", "momentum": "[0, 1)"})
-        if self.target_params is None and self.target_macs is None:
-            raise self.fail("give a budget: target-params=F or target-macs=F (fraction of the model to keep)")
+        self.check_options(("target_params", "target_macs", "target_latency"),
+                           {"target_params": "(0, 1]", "target_macs": "(0, 1]", "target_latency": "(0, 1]",
+                            "min_rank": ">= 1", "momentum": "[0, 1)"})
+        if self.target_params is None and self.target_macs is None and self.target_latency is None:
+            raise self.fail("give a budget: target-params=F, target-macs=F or target-latency=F "
+                            "(fraction of the model to keep)")
+
+    @property
+    def context_keys(self) -> tuple[str, ...]:  # latency= is read only for target-latency
+        return ("data", "loss_fn", "latency") if self.target_latency is not None else ("data", "loss_fn")
 
     def check_context(self, extra: dict) -> None:
         if extra.get("data") is None:
@@ -57,24 +66,37 @@ class PruneJoint(FxPass):
         data, loss_fn = ctx.extra["data"], ctx.extra.get("loss_fn")
         basis_scores = taylor_scores(gm, pairs, data, loss_fn, self.momentum)
         channel_scores = taylor(graph, data, loss_fn, self.momentum)
+        table = None
         if self.target_params is not None:
             unit, fraction = pair_units(pairs), self.target_params
 
             def size(removed, ranks=None):
                 return params_after(graph, removed, ranks)
-        else:
+        elif self.target_macs is not None:
             macs = node_macs(gm, ctx.example_inputs)
             unit, fraction = pair_units(pairs, macs), self.target_macs
             fixed = total_macs(gm, ctx.example_inputs) - sum(macs.values())  # attention: not prunable here
 
             def size(removed, ranks=None):
                 return fixed + macs_after(graph, removed, macs, ranks)
+        else:
+            table, fraction = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device), self.target_latency
+            rest, _ = rest_and_folded(table, gm, ctx.example_inputs)
 
-        cuts = RankCuts(pairs, basis_scores, unit, self.min_rank)
+            def size(removed, ranks=None):
+                return rest + table.layers(folded_layers(gm, kept_shares(graph, removed), ranks))
+
+        if table is None:
+            cuts = RankCuts(pairs, basis_scores, unit, self.min_rank)
+        else:
+            cuts = TimedRankCuts(pairs, basis_scores, lambda i, r: table.layers(pair_at(pairs[i], r)), self.min_rank)
         groups = [g for g in graph.prunable if all(c in channel_scores for c in g.classes)]
         order = [sorted(g.classes, key=lambda c: channel_scores[c]) for g in groups]
         start = size(set())
-        per_channel = [start - size({g.classes[0]}) for g in groups]  # every channel of a group costs alike
+        if table is None:  # every channel of a group costs alike
+            per_channel = [start - size({g.classes[0]}) for g in groups]
+        else:  # timed: one channel's saving drowns in timing noise, so average over half the group
+            per_channel = [(start - size(set(o[:max(1, len(o) // 2)]))) / max(1, len(o) // 2) for o in order]
         heap: list[tuple] = []
 
         def offer_pair(i: int) -> None:
@@ -104,6 +126,8 @@ class PruneJoint(FxPass):
             estimate = size(removed, self._ranks(pairs, cuts.ranks))  # exact, with every cut made so far
             if estimate <= budget:
                 break
+        if table is not None:
+            table.save()
         changed = remove(graph, removed)
         for pair, score, rank in zip(find_pairs(gm), basis_scores, cuts.ranks):  # channels first: ranks stay
             if rank < pair.rank:

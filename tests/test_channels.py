@@ -236,7 +236,7 @@ def test_taylor_ranks_a_channel_the_loss_ignores_last():
 @pytest.mark.parametrize("text, message", [
     ("prune-channels{ratio=1}", "option 'ratio' must be in [0, 1), got 1.0"),
     ("prune-channels{ratio=0.2 target-params=0.5}",
-     "give one of ratio, target-params, target-macs, not ratio and target-params"),
+     "give one of ratio, target-params, target-macs, target-latency, not ratio and target-params"),
     ("prune-channels{round-to=0}", "option 'round-to' must be at least 1, got 0"),
     ("prune-channels{criterion=taylor}", "criterion=taylor needs data"),
 ])

@@ -89,9 +89,9 @@ def test_keeping_everything_cuts_nothing(tiny):
 
 @pytest.mark.parametrize("pipeline, context, message", [
     ("prune-joint", {"data": [(X, Y)]},
-     "prune-joint: give a budget: target-params=F or target-macs=F (fraction of the model to keep)"),
+     "prune-joint: give a budget: target-params=F, target-macs=F or target-latency=F (fraction of the model to keep)"),
     ("prune-joint{target-params=0.5 target-macs=0.5}", {"data": [(X, Y)]},
-     "prune-joint: give one of target-params, target-macs, not target-params and target-macs"),
+     "prune-joint: give one of target-params, target-macs, target-latency, not target-params and target-macs"),
     ("prune-joint{target-params=0.5}", {},
      "prune-joint: needs data for Taylor importance: pass batches of (inputs, targets), e.g. "
      "fxprune.prune(model, x, pipeline, data=train_loader)"),

@@ -12,6 +12,7 @@ from fxprune.analysis.latency import LatencyTable
 from fxprune.analysis.layer_shapes import Layer, folded_layers
 from fxprune.core.errors import PipelineError
 from fxprune.core.lowrank import find_pairs
+from fxprune.nn import BasisScalingConv
 
 X = torch.randn(1, 3, 8, 8)
 
@@ -37,7 +38,7 @@ def fake_timer(calls: list | None = None, per_layer: float = 0.0):
     def timer(module, inputs):
         if calls is not None:
             calls.append(module)
-        layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear, BasisScalingConv))]
         whole = not isinstance(module, (nn.Conv2d, nn.Linear))
         return sum(1e-6 * m.weight.numel() + per_layer for m in layers) + (1e-4 if whole else 0.0)
     return timer
@@ -136,3 +137,15 @@ def test_prune_basis_meets_a_latency_budget_on_candidate_ranks():
     assert [p.rank for p in find_pairs(out)] == [6]
     stats = fxprune.history(out)[-2].stats
     assert stats["latency-ms"] == pytest.approx(4.708) and stats["latency-ms-predicted"] == pytest.approx(1.156)
+
+
+def test_prune_joint_meets_a_latency_budget():
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    gm = fxprune.prune(Net(), x, "decompose-conv,insert-scaling")
+    table = LatencyTable(timer=fake_timer(), persist=False)
+    before = table.model(fxprune.prune(gm, x, "fold"), (x,))
+    out = fxprune.prune(gm, x, "prune-joint{target-latency=0.5},fold", data=[(x, y)], latency=table)
+    after = table.model(out, (x,))
+    assert after <= 0.5 * before
+    stats = fxprune.history(out)[-2].stats  # both kinds of cut were taken
+    assert stats["channels-after"] < stats["channels-before"] and stats["bases-after"] < stats["bases-before"]

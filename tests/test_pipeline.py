@@ -40,7 +40,7 @@ def test_options_are_typed():
     ("decompose-conv,prune-basis{energy=1.5}", "prune-basis: option 'energy' must be in (0, 1], got 1.5"),
     ("decompose-conv,prune-basis{energy=0}", "prune-basis: option 'energy' must be in (0, 1], got 0.0"),
     ("decompose-conv,prune-basis{target-params=0}", "option 'target-params' must be in (0, 1]"),
-    ("decompose-conv,prune-basis{energy=0.9 target-macs=0.5}", "give one of energy, target-params, target-macs, not energy and "
+    ("decompose-conv,prune-basis{energy=0.9 target-macs=0.5}", "give one of energy, target-params, target-macs, target-latency, not energy and "
                                                                 "target-macs"),
     ("decompose-conv,prune-basis{min-rank=0}", "option 'min-rank' must be at least 1, got 0"),
     ("decompose-conv,prune-basis{energy=0.9 energy=0.8}", "option 'energy' is given twice"),
