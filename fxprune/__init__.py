@@ -9,6 +9,7 @@ from .core.errors import FxPruneError, PassError, PipelineError, TraceError, Ver
 from .core.manager import PassManager, PassRecord, history
 from .core.pass_base import FxPass, PassContext, PassResult, register
 from .core.pipeline import Pipeline
+from .core.submodule import prune_submodule
 from .core.tracing import trace
 from .runners.backend import backend
 from .runners.export import save_exported as save
@@ -18,6 +19,6 @@ from .training.scales import evaluate, prune_iteratively, train_scaling
 __all__ = [
     "DEFAULT_PIPELINE", "backend", "FxPass", "LatencyTable", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
-    "evaluate", "prune", "prune_iteratively", "register", "savings", "trace", "train_scaling", "transfer",
+    "evaluate", "prune", "prune_iteratively", "prune_submodule", "register", "savings", "trace", "train_scaling", "transfer",
     "TransferResult", "save",
 ]

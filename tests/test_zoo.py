@@ -32,7 +32,8 @@ def test_smoke_zoo_is_lossless(entry):
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("entry", entries("torchvision.toml") + entries("timm.toml"))
+@pytest.mark.parametrize("entry", entries("torchvision.toml") + entries("timm.toml") + entries("torchvision_dense.toml")
+                         + entries("torchvision_detection.toml"))
 def test_full_zoo_is_lossless(entry):
     check_lossless(entry)
 
@@ -40,6 +41,77 @@ def test_full_zoo_is_lossless(entry):
 def test_every_zoo_config_loads():
     assert len(zoo.load(CONFIGS / "torchvision.toml")) == 80
     assert len(zoo.load(CONFIGS / "timm.toml")) >= 90
+    assert len(zoo.load(CONFIGS / "torchvision_dense.toml")) == 17  # 6 segmentation, 9 video, 2 optical flow
+    detection = zoo.load(CONFIGS / "torchvision_detection.toml")
+    assert len(detection) == 12 and {e.submodule for e in detection} == {"backbone"}
+
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 1))
+
+    def forward(self, x):
+        a = self.a(x)
+        return {"0": a, "1": self.b(a)}
+
+
+class Detector(nn.Module):
+    """Takes a list of images, as torchvision's detectors do; its head does not trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = Backbone()
+
+    def forward(self, images):
+        feats = self.backbone(torch.stack(images))
+        score = feats["1"].mean()
+        return [{"boxes": feats["1"].flatten(1)[:, :4] * (2 if score > 0 else 1)}]
+
+
+class Flow(nn.Module):
+    """Two frames in, one map out."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 8, 3, padding=1)
+        self.out = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x1, x2):
+        return self.out(torch.cat([torch.relu(self.enc(x1)), torch.relu(self.enc(x2))], 1))
+
+
+def detector():
+    return Detector()
+
+
+def flow():
+    return Flow()
+'''
+
+
+@pytest.mark.parametrize("pipeline, status", [(LOSSLESS, "ok"), ("prune-channels{ratio=0.5},fold", "ok")])
+def test_a_submodule_entry_prunes_that_part_and_the_whole_still_runs(tmp_path, pipeline, status):
+    (tmp_path / "models.py").write_text(MODELS)
+    entry = zoo.ZooEntry(f"{tmp_path}/models.py:detector", (3, 12, 12), submodule="backbone")
+    row = zoo.check(entry, pipeline)
+    assert row["status"] == status and row["submodule"] == "backbone", row
+    if pipeline == LOSSLESS:
+        assert row["rel_l2_error"] < 1e-6 and row["params_after"] == row["params_before"] - 48, row  # BN folded
+    else:  # the 16 channels inside stage b can go; the 8 + 8 that leave the backbone stay
+        assert row["params_after"] < row["params_before"], row
+
+
+def test_an_entry_with_two_inputs(tmp_path):
+    (tmp_path / "models.py").write_text(MODELS)
+    row = zoo.check(zoo.ZooEntry(f"{tmp_path}/models.py:flow", (3, 8, 8), inputs=2), LOSSLESS)
+    assert row["status"] == "ok" and row["rel_l2_error"] < 1e-6, row
 
 
 def test_bad_zoo_config_names_the_entry(tmp_path):
@@ -59,6 +131,9 @@ def test_bad_zoo_config_names_the_entry(tmp_path):
                                                      "comma"),
     ('[[model]]\nid = "tv:a"\n\n[[model]]\nid = "tv:a"\n', "model #2 (tv:a): the same id as model #1"),
     ('modle = 3\n[[model]]\nid = "tv:a"\n', "unknown top-level keys ['modle']"),
+    ('[[model]]\nid = "tv:a"\ninputs = 0\n', "model #1 (tv:a): 'inputs' must be a positive integer (the number of "
+                                              "model inputs), got 0"),
+    ('[[model]]\nid = "tv:a"\nsubmodule = 1\n', "model #1: 'submodule' must be a string, got 1"),
 ])
 def test_config_values_are_checked_up_front_naming_file_entry_and_key(tmp_path, text, message):
     bad = tmp_path / "bad.toml"

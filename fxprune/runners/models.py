@@ -64,6 +64,8 @@ def _torchvision(name: str, pretrained: bool, kwargs: dict) -> nn.Module:
 
         load_state(model, reference.state_dict(), new_head=True, origin=f"torchvision's {name} weights")
         return model
+    if not pretrained and "weights_backbone" in inspect.signature(tvm.get_model_builder(name)).parameters:
+        kwargs = {"weights_backbone": None, **kwargs}  # segmentation/detection: no ImageNet backbone download
     return tvm.get_model(name, weights="DEFAULT" if pretrained else None, **kwargs)
 
 

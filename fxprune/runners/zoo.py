@@ -6,6 +6,9 @@
     pipeline = "..."            # optional: overrides the run's pipeline for this model
     rel-l2 = 1e-5               # optional: tolerance of the lossless check (relative L2 error)
     skip = "why"                # optional: the model is listed but not run, with the reason
+    inputs = 2                  # optional: the model takes this many inputs of input-size (optical flow: 2)
+    submodule = "backbone"      # optional: prune only this part (fxprune.prune_submodule) of a model that
+                                # takes a list of images (torchvision detection); its outputs are compared
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REL_L2 = 1e-5  # the lossless check of a full-rank pipeline: relative L2 error of the logits
-_KEYS = {"id", "input-size", "pipeline", "rel-l2", "skip"}
+_KEYS = {"id", "input-size", "pipeline", "rel-l2", "skip", "submodule", "inputs"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class ZooEntry:
     pipeline: str | None = None
     rel_l2: float = REL_L2
     skip: str | None = None
+    submodule: str | None = None
+    inputs: int = 1
 
 
 def load(path: str | Path) -> list[ZooEntry]:
@@ -50,7 +55,7 @@ def load(path: str | Path) -> list[ZooEntry]:
         if "id" not in raw or unknown:
             problem = f"unknown keys {sorted(unknown)}" if unknown else "no id"
             raise ValueError(f"{where}: {problem}; keys are {sorted(_KEYS)}")
-        for key in ("id", "input-size", "pipeline", "skip"):
+        for key in ("id", "input-size", "pipeline", "skip", "submodule"):
             if key in raw and not isinstance(raw[key], str):
                 raise ValueError(f"{where}: '{key}' must be a string, got {raw[key]!r}")
         where = f"zoo config {path}, model #{i} ({raw['id']})"
@@ -69,10 +74,14 @@ def load(path: str | Path) -> list[ZooEntry]:
                 Pipeline.parse(raw["pipeline"])
             except ValueError as e:
                 raise ValueError(f"{where}: 'pipeline': {e}") from None
+        inputs = raw.get("inputs", 1)
+        if isinstance(inputs, bool) or not isinstance(inputs, int) or inputs < 1:
+            raise ValueError(f"{where}: 'inputs' must be a positive integer (the number of model inputs), got {inputs!r}")
         if raw["id"] in seen:
             raise ValueError(f"{where}: the same id as model #{seen[raw['id']]}; give each model once")
         seen[raw["id"]] = i
-        entries.append(ZooEntry(raw["id"], size, raw.get("pipeline"), float(rel_l2), raw.get("skip")))
+        entries.append(ZooEntry(raw["id"], size, raw.get("pipeline"), float(rel_l2), raw.get("skip"),
+                                raw.get("submodule"), inputs))
     if not entries:
         raise ValueError(f"zoo config {path} lists no [[model]]")
     return entries
@@ -147,6 +156,7 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     from torch.utils._pytree import tree_leaves
 
     from fxprune.core.api import prune
+    from fxprune.core.submodule import prune_submodule, submodule_inputs
     from fxprune.core.errors import first_line
     from fxprune.core.io import atomic_write_text
     from fxprune.runners.models import create
@@ -161,8 +171,15 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     try:
         torch.manual_seed(0)
         model = wake(create(entry.id)).eval()
-        x = (torch.randn(1, *entry.input_size),)
-        small = prune(model, x, pipeline)
+        if entry.submodule:  # the part is pruned and compared; the whole must still run
+            images = ([torch.rand(*entry.input_size)],)
+            whole = prune_submodule(model, entry.submodule, images, pipeline)
+            run_model(whole, images)
+            x = submodule_inputs(model, entry.submodule, images)
+            model, small = model.get_submodule(entry.submodule), whole.get_submodule(entry.submodule)
+        else:
+            x = tuple(torch.randn(1, *entry.input_size) for _ in range(entry.inputs))
+            small = prune(model, x, pipeline)
         reference = run_model(model, x)
         err = output_error(run_model(small, x), reference)
         report = savings(model, small, x)
@@ -172,6 +189,8 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
                "params_unused": sum(report.unused.values()), "macs_before": totals["macs_before"],
                "macs_after": totals["macs_after"],
                "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
+        if entry.submodule:
+            row["submodule"] = entry.submodule
         if all(p.lossless for p in Pipeline.of(pipeline).passes):
             nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
             row["status"] = "vacuous" if not nonzero else "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
