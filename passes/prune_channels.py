@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import torch.fx as fx
 from fxprune.analysis.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, kept_shares,
                                        macs_after, magnitude, params_after, remove, taylor)
 from fxprune.analysis.counting import node_macs, total_macs
-from fxprune.analysis.latency import LatencyTable, rest_and_folded
+from fxprune.analysis.latency import LatencyTable, first_fit, folded_seconds, rest_and_folded
 from fxprune.analysis.layer_shapes import folded_layers
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -83,13 +84,9 @@ class PruneChannels(FxPass):
                 ranked = sorted(g.classes, key=lambda c: score[c])
                 removed.update(ranked[:g.size - self._keep(g, g.size - math.floor(self.ratio_ * g.size))])
         elif self.target_latency is not None:
-            count, budget, table = self._latency(graph, ctx)
-            removed, reached = self._budget(graph, scored, score, (count, budget))
-            table.save()
-            extra = {"latency-ms": round(budget / self.target_latency * 1e3, 3),
-                     "latency-ms-predicted": round(count(removed) * 1e3, 3)}
+            removed, reached, extra = self._latency(graph, scored, score, ctx)
         else:
-            removed, reached = self._budget(graph, scored, score, self._size(graph, ctx))
+            removed, reached = self._budget(scored, score, self._size(graph, ctx))
         before = sum(g.size for g in graph.prunable)
         changed = remove(graph, removed)
         stats = {"groups": len(graph.groups), "groups-prunable": len(graph.prunable),
@@ -131,18 +128,46 @@ class PruneChannels(FxPass):
         return (lambda removed: fixed + macs_after(graph, removed, macs)), self.target_macs * (
             fixed + macs_after(graph, set(), macs))
 
-    def _latency(self, graph: ChannelGraph, ctx: PassContext) -> tuple[Callable[[set[int]], float], float, LatencyTable]:
-        """Predicted seconds given the channels removed, the most they may be, and the table used."""
+    def _latency(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float],
+                 ctx: PassContext) -> tuple[set[int], bool, dict]:
+        """The fewest channels (in ranking order) whose removal leaves the model, folded, measured
+        within `target-latency` of its own folded time. The table's prediction (the rest of the model
+        held fixed: it errs slow) bounds the search; measured copies decide it by bisection."""
         table = ctx.extra.get("latency") or LatencyTable(next(graph.gm.parameters()).device)
-        rest, start = rest_and_folded(table, graph.gm, ctx.example_inputs)
+        inputs = ctx.example_inputs
+        rest, start = rest_and_folded(table, graph.gm, inputs)
+        removed, n = self._sequence(groups, score)
 
-        def count(removed: set[int]) -> float:
-            return rest + table.layers(folded_layers(graph.gm, kept_shares(graph, removed)))
-        return count, self.target_latency * start, table
+        def predicted(k: int) -> float:
+            return rest + table.layers(folded_layers(graph.gm, kept_shares(graph, removed(k))))
 
-    def _budget(self, graph: ChannelGraph, groups: list[ChannelGroup], score: dict[int, float],
+        def measured(k: int) -> float:
+            trial = copy.deepcopy(graph.gm)
+            remove(ChannelGraph(trial, graph.flow, graph.groups, graph._roots), removed(k))
+            return folded_seconds(table, trial, inputs)
+
+        hi = first_fit(lambda k: predicted(k) <= self.target_latency * start, 0, n)
+        goal = self.target_latency * folded_seconds(table, graph.gm, inputs)
+        lo = 0
+        if measured(hi) > goal:  # the prediction was not slow enough here: search the rest
+            lo, hi = hi, n
+        k = first_fit(lambda k: measured(k) <= goal, lo, hi)
+        after = measured(k)
+        table.save()
+        return removed(k), after <= goal, {"latency-ms": round(goal / self.target_latency * 1e3, 3),
+                                           "latency-ms-after": round(after * 1e3, 3)}
+
+    def _budget(self, groups: list[ChannelGroup], score: dict[int, float],
                 size: tuple[Callable[[set[int]], int], float]):
-        """Remove the globally least important channels (score / group mean) until the size fits."""
+        """Remove the globally least important channels until the size fits."""
+        removed, n = self._sequence(groups, score)
+        count, budget = size
+        chosen = removed(first_fit(lambda k: count(removed(k)) <= budget, 0, n))
+        return chosen, count(chosen) <= budget
+
+    def _sequence(self, groups: list[ChannelGroup], score: dict[int, float]) -> tuple[Callable[[int], set[int]], int]:
+        """(removed(k): the k globally least important channels (score / group mean), each group
+        stopping at its minimum, round-to applied; the most k can be)."""
         order = []
         for g in groups:
             mean = sum(score[c] for c in g.classes) / g.size or 1.0
@@ -163,14 +188,4 @@ class PruneChannels(FxPass):
                 gone = sorted((c for c in g.classes if c in chosen), key=lambda c: -score[c])
                 chosen.difference_update(gone[:self._keep(g, g.size - len(gone)) - (g.size - len(gone))])
             return chosen
-
-        count, budget = size
-        lo, hi = 0, len(sequence)  # count(removed(k)) does not grow with k
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if count(removed(mid)) <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        chosen = removed(lo)
-        return chosen, count(chosen) <= budget
+        return removed, len(sequence)

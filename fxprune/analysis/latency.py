@@ -13,6 +13,7 @@ a file whose header names another device, torch or thread count is not read.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -121,3 +122,23 @@ def rest_and_folded(table: LatencyTable, gm, inputs: tuple) -> tuple[float, floa
     propagate_shapes(gm, inputs)
     rest = max(0.0, table.model(gm, inputs) - table.layers(current_layers(gm)))
     return rest, rest + table.layers(folded_layers(gm))
+
+
+def folded_seconds(table: LatencyTable, gm, inputs: tuple) -> float:
+    """Measured seconds of `gm` once fold has run on it (BatchNorm and scales folded, pairs that do
+    not pay merged): the model a budget is about. `gm` itself is left as it is."""
+    from fxprune.core.api import prune  # the fold pass, run as prune runs it
+
+    return table.model(prune(copy.deepcopy(gm), inputs, "fold"), inputs)
+
+
+def first_fit(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The smallest k in [lo, hi] with fits(k), by bisection (fits is taken as monotone: cutting more
+    never makes a model slower); hi if none below it fits."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
