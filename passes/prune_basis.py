@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -11,7 +12,7 @@ import torch.fx as fx
 
 from fxprune.analysis.counting import node_macs, total_macs, total_params
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.latency import LatencyTable, rest_and_folded
+from fxprune.analysis.latency import LatencyTable, first_fit, folded_seconds, rest_and_folded
 from fxprune.analysis.layer_shapes import pair_at
 from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
@@ -82,12 +83,7 @@ class PruneBasis(FxPass):
         no_gain = sum(r < p.rank and not pays(r, p.m, p.n) for p, r in zip(pairs, ranks))
         # a cut that does not pay would be merged back by fold at the lower rank: loss for no saving
         ranks = [r if pays(r, p.m, p.n) else p.rank for p, r in zip(pairs, ranks)]
-        changed = 0
-        for pair, score, rank in zip(pairs, scores, ranks):
-            if rank < pair.rank:
-                keep = score.topk(rank, dim=1).indices
-                set_module(gm, pair.path, rebuild_pair(pair, keep))
-                changed += 1
+        changed = self._apply(gm, pairs, scores, ranks)
         after = sum(r * p.groups for p, r in zip(pairs, ranks))
         stats = {"bases-before": before, "bases-after": after, "layers-pruned": changed, "no-gain-kept": no_gain,
                  **extra}
@@ -115,16 +111,49 @@ class PruneBasis(FxPass):
         need = (cum < energy * cum[:, -1:] * (1 - 1e-12)).sum(dim=1) + 1
         return int(min(pair.rank, max(self.min_rank, need.max().item())))
 
+    @staticmethod
+    def _apply(gm: fx.GraphModule, pairs: list[Pair], scores: list[torch.Tensor], ranks: list[int]) -> int:
+        """Rebuild each pair with its `rank` most important bases; the number of pairs changed."""
+        changed = 0
+        for pair, score, rank in zip(pairs, scores, ranks):
+            if rank < pair.rank:
+                set_module(gm, pair.path, rebuild_pair(pair, score.topk(rank, dim=1).indices))
+                changed += 1
+        return changed
+
     def _latency_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
                        scores: list[torch.Tensor]) -> tuple[list[int], bool, dict]:
-        """_budget_ranks in seconds: the model's measured time; each pair timed at candidate ranks."""
+        """_budget_ranks in seconds, met as measured: the greedy orders every cut that saves by
+        importance lost per second (pairs timed at candidate ranks); the table's prediction (the rest
+        of the model held fixed: it errs slow) bounds a bisection over that order on folded copies."""
         table = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device)
-        _, start = rest_and_folded(table, gm, ctx.example_inputs)
+        inputs = ctx.example_inputs
+        _, start = rest_and_folded(table, gm, inputs)
         cuts = TimedRankCuts(pairs, scores, lambda i, r: table.layers(pair_at(pairs[i], r)), self.min_rank,
                              shares=self.criterion == "energy")
-        ranks, reached, left = self._greedy(cuts, start, self.target_latency * start)
+        steps = self._greedy(cuts, start, float("-inf"))[3]  # every cut that saves, in order
+
+        def ranks_at(k: int) -> list[int]:
+            ranks = [p.rank for p in pairs]
+            for i, rank, _ in steps[:k]:
+                ranks[i] = rank
+            return ranks
+
+        def measured(k: int) -> float:
+            trial = copy.deepcopy(gm)
+            self._apply(trial, find_pairs(trial), scores, ranks_at(k))
+            return folded_seconds(table, trial, inputs)
+
+        goal = self.target_latency * folded_seconds(table, gm, inputs)
+        hi = next((k + 1 for k, (_, _, left) in enumerate(steps) if left <= self.target_latency * start), len(steps))
+        lo = 0
+        if measured(hi) > goal:  # the prediction was not slow enough here: search the rest
+            lo, hi = hi, len(steps)
+        k = first_fit(lambda k: measured(k) <= goal, lo, hi)
+        after = measured(k)
         table.save()
-        return ranks, reached, {"latency-ms": round(start * 1e3, 3), "latency-ms-predicted": round(left * 1e3, 3)}
+        return ranks_at(k), after <= goal, {"latency-ms": round(goal / self.target_latency * 1e3, 3),
+                                            "latency-ms-after": round(after * 1e3, 3)}
 
     def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
                       scores: list[torch.Tensor]) -> tuple[list[int], bool]:
@@ -140,8 +169,10 @@ class PruneBasis(FxPass):
         return self._greedy(cuts, current, fraction * current)[:2]
 
     @staticmethod
-    def _greedy(cuts: RankCuts, current: float, budget: float) -> tuple[list[int], bool, float]:
-        """(ranks, budget met, size left): cut until `current` is within `budget`."""
+    def _greedy(cuts: RankCuts, current: float, budget: float) -> tuple[list[int], bool, float, list]:
+        """(ranks, budget met, size left, the cuts made: (pair, new rank, size after) in order): cut
+        until `current` is within `budget`."""
+        steps = []
         best = {i: cuts.best(i) for i in range(len(cuts.pairs))}
         while current > budget:
             live = [(c[0], i) for i, c in best.items() if c is not None]
@@ -154,5 +185,6 @@ class PruneBasis(FxPass):
                 best[i] = cut
             _, cuts.ranks[i], saved = best[i]
             current -= saved
+            steps.append((i, cuts.ranks[i], current))
             best[i] = cuts.best(i)
-        return cuts.ranks, current <= budget, current
+        return cuts.ranks, current <= budget, current, steps

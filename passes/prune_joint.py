@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import heapq
 import warnings
 from dataclasses import dataclass
 
 import torch.fx as fx
 
-from fxprune.analysis.channels import analyse, kept_shares, macs_after, params_after, remove, taylor
+from fxprune.analysis.channels import ChannelGraph, analyse, kept_shares, macs_after, params_after, remove, taylor
 from fxprune.analysis.counting import node_macs, total_macs
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.latency import LatencyTable, rest_and_folded
+from fxprune.analysis.latency import LatencyTable, first_fit, folded_seconds, rest_and_folded
 from fxprune.analysis.layer_shapes import folded_layers, pair_at
 from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import find_pairs, rebuild_pair, set_module
@@ -113,35 +114,85 @@ class PruneJoint(FxPass):
         for j in range(len(groups)):
             offer_group(j, 0)
         budget, estimate, removed = fraction * start, float(start), set()
-        while heap:
-            while estimate > budget and heap:
-                _, minus_saved, kind, i, at = heapq.heappop(heap)
-                estimate += minus_saved
-                if kind == 0:
-                    cuts.ranks[i] = at
-                    offer_pair(i)
-                else:
-                    removed.add(order[i][at])
-                    offer_group(i, at + 1)
-            estimate = size(removed, self._ranks(pairs, cuts.ranks))  # exact, with every cut made so far
-            if estimate <= budget:
-                break
-        if table is not None:
+
+        def pop() -> tuple[int, int, int]:
+            """Make the next cut of the ranking; (kind, index, position) of it."""
+            nonlocal estimate
+            _, minus_saved, kind, i, at = heapq.heappop(heap)
+            estimate += minus_saved
+            if kind == 0:
+                cuts.ranks[i] = at
+                offer_pair(i)
+            else:
+                removed.add(order[i][at])
+                offer_group(i, at + 1)
+            return kind, i, at
+
+        extra = {}
+        if table is not None:  # met as measured: every cut in ranking order, then bisection on folded copies
+            sequence = []
+            while heap:
+                sequence.append((*pop(), estimate))
+            removed, cuts.ranks, reached, extra = self._measured(gm, graph, pairs, basis_scores, order, sequence,
+                                                                 table, ctx.example_inputs, budget)
             table.save()
-        changed = remove(graph, removed)
-        for pair, score, rank in zip(find_pairs(gm), basis_scores, cuts.ranks):  # channels first: ranks stay
-            if rank < pair.rank:
-                set_module(gm, pair.path, rebuild_pair(pair, score.topk(rank, dim=1).indices))
-                changed += 1
+        else:
+            while heap:
+                while estimate > budget and heap:
+                    pop()
+                estimate = size(removed, self._ranks(pairs, cuts.ranks))  # exact, with every cut made so far
+                if estimate <= budget:
+                    break
+            reached = estimate <= budget
+        changed = self._apply(gm, graph, basis_scores, removed, cuts.ranks)
         channels = sum(g.size for g in graph.prunable)
         stats = {"bases-before": sum(p.rank * p.groups for p in pairs),
                  "bases-after": sum(r * p.groups for p, r in zip(pairs, cuts.ranks)),
-                 "channels-before": channels, "channels-after": channels - len(removed), "layers-changed": changed}
-        if estimate > budget:
+                 "channels-before": channels, "channels-after": channels - len(removed), "layers-changed": changed,
+                 **extra}
+        if not reached:
             stats["budget-reached"] = False
             warnings.warn(f"{self}: the budget cannot be reached: every pair is at min-rank and every "
                           "prunable group down to one channel", stacklevel=2)
         return PassResult(gm, changed > 0, stats)
+
+    @staticmethod
+    def _apply(gm: fx.GraphModule, graph, basis_scores, removed: set[int], ranks: list[int]) -> int:
+        """Remove the channels, then cut each pair to its rank; the number of modules changed."""
+        changed = remove(graph, removed)
+        for pair, score, rank in zip(find_pairs(gm), basis_scores, ranks):  # channels first: ranks stay
+            if rank < pair.rank:
+                set_module(gm, pair.path, rebuild_pair(pair, score.topk(rank, dim=1).indices))
+                changed += 1
+        return changed
+
+    def _measured(self, gm, graph, pairs, basis_scores, order, sequence, table, inputs, budget):
+        """(channels removed, ranks, met, stats) of the shortest prefix of `sequence` (every cut in
+        ranking order, with the predicted size after it) whose folded copy measures within
+        target-latency of the folded model; the prediction (rest held fixed: it errs slow) bounds it."""
+        def at(k: int) -> tuple[set[int], list[int]]:
+            removed, ranks = set(), [p.rank for p in pairs]
+            for kind, i, pos, _ in sequence[:k]:
+                if kind == 0:
+                    ranks[i] = pos
+                else:
+                    removed.add(order[i][pos])
+            return removed, ranks
+
+        def measured(k: int) -> float:
+            trial = copy.deepcopy(gm)
+            self._apply(trial, ChannelGraph(trial, graph.flow, graph.groups, graph._roots), basis_scores, *at(k))
+            return folded_seconds(table, trial, inputs)
+
+        goal = self.target_latency * folded_seconds(table, gm, inputs)
+        hi = next((k + 1 for k, step in enumerate(sequence) if step[3] <= budget), len(sequence))
+        lo = 0
+        if measured(hi) > goal:  # the prediction was not slow enough here: search the rest
+            lo, hi = hi, len(sequence)
+        k = first_fit(lambda k: measured(k) <= goal, lo, hi)
+        after = measured(k)
+        return (*at(k), after <= goal, {"latency-ms": round(goal / self.target_latency * 1e3, 3),
+                                        "latency-ms-after": round(after * 1e3, 3)})
 
     @staticmethod
     def _ranks(pairs, ranks: list[int]) -> dict[str, int]:

@@ -136,7 +136,7 @@ def test_prune_basis_meets_a_latency_budget_on_candidate_ranks():
     out = fxprune.prune(gm, x, "prune-basis{target-latency=0.3},fold", latency=table)
     assert [p.rank for p in find_pairs(out)] == [6]
     stats = fxprune.history(out)[-2].stats
-    assert stats["latency-ms"] == pytest.approx(4.708) and stats["latency-ms-predicted"] == pytest.approx(1.156)
+    assert stats["latency-ms"] == pytest.approx(4.708) and stats["latency-ms-after"] == pytest.approx(1.156)
 
 
 def test_prune_joint_meets_a_latency_budget():
