@@ -111,3 +111,25 @@ def test_a_pruned_model_with_a_caching_leaf_module_can_be_deep_copied():
     small = fxprune.prune(model, x, "decompose-conv,prune-basis{energy=0.95},fold")
     torch.testing.assert_close(copy.deepcopy(small)(x), small(x))
     assert fxprune.savings(model, small, x).totals["params_after"] < sum(p.numel() for p in model.parameters())
+
+
+def _clip_window(window, size):  # edits the list it is given, as torchvision's video Swin does
+    for i in range(len(size)):
+        if size[i] <= window[i]:
+            window[i] = size[i]
+    return window
+
+
+torch.fx.wrap("_clip_window")
+
+
+class ClipsWindow(torch.nn.Module):
+    def forward(self, x):
+        w = _clip_window([8, 8], [x.shape[2], x.shape[3]])
+        return torch.nn.functional.avg_pool2d(x, w)
+
+
+def test_shapes_propagate_through_a_wrapped_function_that_edits_its_list_argument():
+    x = torch.randn(1, 3, 4, 16)
+    gm = fxprune.prune(ClipsWindow(), x, "fold", verify=True)  # verify runs ShapeProp
+    torch.testing.assert_close(gm(x), ClipsWindow()(x))

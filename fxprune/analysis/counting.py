@@ -83,11 +83,30 @@ def is_counted(m: nn.Module) -> bool:
     return isinstance(m, (*CONVS, nn.Linear, BasisScalingConv))
 
 
+class _ShapeProp(ShapeProp):
+    """ShapeProp handing functions plain lists and dicts, as the generated forward does: the
+    interpreter's immutable ones break a wrapped function that edits a list it is given
+    (torchvision's video Swin, _get_window_and_shift_size)."""
+
+    def fetch_args_kwargs_from_env(self, n: fx.Node):
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        return _plain(args), _plain(kwargs)
+
+
+def _plain(value):
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return items if isinstance(value, list) else type(value)(items) if type(value) is tuple else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
     """ShapeProp under no_grad: a leaf module that caches a tensor on its first call (timm's
     efficientvit attention biases) must not keep one with a grad_fn, which deepcopy refuses."""
     with torch.no_grad():
-        ShapeProp(gm).propagate(*example_inputs)
+        _ShapeProp(gm).propagate(*example_inputs)
 
 
 def node_macs(gm: fx.GraphModule, example_inputs: tuple) -> dict[str, int]:
