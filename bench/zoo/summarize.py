@@ -11,7 +11,11 @@ from fxprune.runners import zoo
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE.parent.parent / "zoo_configs"
-RUNS = [("torchvision", "lossless-torchvision", "torchvision.toml"), ("timm", "lossless-timm", "timm.toml")]
+RUNS = [("torchvision", "lossless-torchvision", "torchvision.toml"), ("timm", "lossless-timm", "timm.toml"),
+        ("torchvision segmentation, video, flow", "lossless-tv-dense", "torchvision_dense.toml"),
+        ("torchvision detection (backbones)", "lossless-tv-detection", "torchvision_detection.toml")]
+CHANNEL_RUNS = [("torchvision segmentation, video, flow", "channels-tv-dense", "torchvision_dense.toml"),
+                ("torchvision detection (backbones)", "channels-tv-detection", "torchvision_detection.toml")]
 DEFAULT_RUNS = [("torchvision", "default-torchvision", "torchvision.toml"), ("timm", "default-timm", "timm.toml")]
 
 
@@ -65,6 +69,28 @@ def default_section() -> list[str]:
     return lines + [""] + notes
 
 
+def channels_section() -> list[str]:
+    """prune-channels beyond classification: shapes kept (every output leaf), params fallen."""
+    lines = ["", "## Channels beyond classification", "",
+             "`prune-channels{ratio=0.3},fold` (`fxprune zoo CONFIG --pipeline \"prune-channels{ratio=0.3},fold\" --out",
+             "bench/zoo/channels-NAME --jobs 2`). Status `ok`: every output leaf keeps its shape (segmentation's",
+             "`out` and `aux`; a detector's backbone feature maps, with the whole detector then run) and params fell.", "",
+             "| zoo | models | ok | no-gain | shape-changed | error | params kept (median) | MACs kept (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for name, folder, config in CHANNEL_RUNS:
+        ids, rows, count = tally(folder, config, ("ok", "no-gain", "shape-changed", "error"))
+        sized = [r for r in rows.values() if r["status"] == "ok"]
+        kept = [r["params_after"] / r["params_before"] for r in sized]
+        macs = [r["macs_after"] / r["macs_before"] for r in sized]
+        lines.append(f"| {f'[{name}]({folder}/summary.md)' if (HERE / folder / 'summary.md').exists() else name} | "
+                     f"{len(ids)} | {count['ok']} | {count['no-gain']} | {count['shape-changed']} | {count['error']} | "
+                     + (f"{statistics.median(kept):.2f} | {statistics.median(macs):.2f} |" if sized else "- | - |"))
+        notes += [f"- {r['model']}: {r['status']}: {r.get('reason', '')}" for r in rows.values()
+                  if r["status"] not in ("ok",)]
+    return lines + [""] + notes
+
+
 def main() -> None:
     lines = ["# Zoo results", "",
              "`decompose-conv,fold` at full rank must reproduce the logits (float32, eval mode, batch 1):",
@@ -91,7 +117,7 @@ def main() -> None:
         if missing:
             notes.append(f"- {name}: not run yet: {', '.join(missing)}")
         notes += unused_notes(rows)
-    (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section()) + "\n")
+    (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section() + channels_section()) + "\n")
 
 
 if __name__ == "__main__":
