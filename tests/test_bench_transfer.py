@@ -10,11 +10,10 @@ pytest.importorskip("matplotlib", reason="install the [bench] extra")
 
 from bench.transfer import mnist  # noqa: E402
 
-ARMS = ["transferred (A0)", "fxprune one-shot bases energy", "fxprune one-shot bases scale",
-        "fxprune one-shot bases taylor", "fxprune one-shot channels taylor", "fxprune one-shot double taylor",
+ARMS = ["transferred (A0)", "fxprune one-shot bases energy", "fxprune one-shot bases taylor", "fxprune one-shot channels taylor", "fxprune one-shot double taylor",
         "transferred with channel scales", "fxprune one-shot channels scale", "Torch-Pruning taylor",
         "Torch-Pruning iterative taylor", "fxprune iterative bases taylor", "fxprune iterative channels taylor",
-        "fxprune iterative joint taylor", "fxprune iterative double taylor", "transferred with data bases",
+        "fxprune iterative joint taylor", "transferred with data bases",
         "fxprune one-shot bases (data) energy", "fxprune iterative bases (data) taylor"]
 
 

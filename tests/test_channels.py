@@ -13,6 +13,7 @@ import fxprune
 from fxprune.analysis.counting import total_macs, total_params
 from fxprune.analysis.channels import analyse, zero
 from fxprune.runners.models import create
+from fxprune.runners import zoo
 from fxprune.runners.zoo import wake
 
 from .conftest import assert_same_state, randomize_bn, state_copy
@@ -146,20 +147,21 @@ def test_chunk_couples_position_j_of_every_part():
 def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True):
     """Zero half the channels of every prunable group; prune-channels{criterion=l1 ratio=0.5} must
     remove exactly those and leave the outputs as they were."""
+    inputs = x if isinstance(x, tuple) else (x,)
     gm = fxprune.trace(copy.deepcopy(model).eval())  # zeroing must not touch the caller's model
     if random_weights:
         wake(gm)
-    graph = analyse(gm, (x,))
+    graph = analyse(gm, inputs)
     chosen = {c for g in graph.prunable for c in g.classes[:min(g.size // 2, g.size - 1)]}
     zero(graph, chosen)
     with torch.no_grad():
-        reference = gm(x)
-    small = fxprune.prune(gm, x, "prune-channels{criterion=l1 ratio=0.5}", verify=True)
+        reference = gm(*inputs)
+    small = fxprune.prune(gm, inputs, "prune-channels{criterion=l1 ratio=0.5}", verify=True)
     stats = fxprune.history(small)[-1].stats
     assert stats["channels-before"] - stats["channels-after"] == len(chosen) > 0
     assert total_params(small) < total_params(gm)
     with torch.no_grad():
-        torch.testing.assert_close(small(x), reference, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(small(*inputs), reference, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("model", [Residual, Concat, Gate, SpatialGate, Glu])
@@ -171,7 +173,7 @@ def test_zeroed_channels_are_removed_losslessly_on_hand_made_graphs(model):
 @pytest.mark.parametrize("entry", entries("smoke.toml"))
 def test_zeroed_channels_are_removed_losslessly_on_the_smoke_zoo(entry):
     torch.manual_seed(0)
-    check_zeroed_channels_are_removed_losslessly(create(entry.id), torch.randn(1, *entry.input_size))
+    check_zeroed_channels_are_removed_losslessly(*zoo.example(entry, create(entry.id).eval()))
 
 
 @pytest.mark.zoo

@@ -5,6 +5,8 @@ from torch import nn
 import fxprune
 from fxprune.analysis.counting import is_counted
 from fxprune.core.lowrank import find_pairs
+from fxprune.core.verify import output_error
+from fxprune.runners import zoo
 from fxprune.runners.models import create
 from fxprune.nn import BasisScalingConv
 
@@ -25,11 +27,10 @@ def batches(n=4, size=8, seed=1):
 
 @pytest.mark.parametrize("entry", entries("smoke.toml"))
 def test_insert_scaling_is_lossless_and_leaves_only_scales_and_head_trainable(entry):
-    model = create(entry.id).eval()
-    x = torch.randn(1, *entry.input_size)
+    model, x = zoo.example(entry, create(entry.id).eval())
     gm = fxprune.prune(model, x, "decompose-conv,insert-scaling", verify=True)
     with torch.no_grad():
-        torch.testing.assert_close(gm(x), model(x), rtol=1e-4, atol=1e-4)
+        assert output_error(gm(*x), model(*x)).rel_l2 < 1e-5
     traced = fxprune.trace(model)
     head = [n.target for n in traced.graph.nodes
             if n.op == "call_module" and is_counted(traced.get_submodule(n.target))][-1]

@@ -27,7 +27,7 @@ from .peer import at_budget
 from .peer import iterative as tp_iterative
 from .report import write_report
 
-BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+BUDGETS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 ENERGIES = (0.999, 0.99, 0.95, 0.9)
 CRITERIA = ("energy", "taylor")  # |s| ranks like energy after transfer; measured 2026-11 and dropped
 

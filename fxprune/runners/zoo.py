@@ -140,6 +140,21 @@ def died_row(entry: ZooEntry, pipeline: str, reason: str) -> dict:
             "reason": reason}
 
 
+def example(entry: ZooEntry, model):
+    """(the module an entry prunes, its example inputs): the model with random inputs of input-size, or,
+    with `submodule`, that part with what it receives when the model runs on a list of one random image
+    (the seed is set first, so the image is the same each time)."""
+    import torch
+
+    from fxprune.core.submodule import submodule_inputs
+
+    if entry.submodule:
+        torch.manual_seed(0)
+        return model.get_submodule(entry.submodule), submodule_inputs(model, entry.submodule,
+                                                                       ([torch.rand(*entry.input_size)],))
+    return model, tuple(torch.randn(1, *entry.input_size) for _ in range(entry.inputs))
+
+
 def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compile: bool = False) -> dict:
     """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status.
 
@@ -156,7 +171,7 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     from torch.utils._pytree import tree_leaves
 
     from fxprune.core.api import prune
-    from fxprune.core.submodule import prune_submodule, submodule_inputs
+    from fxprune.core.submodule import prune_submodule
     from fxprune.core.errors import first_line
     from fxprune.core.io import atomic_write_text
     from fxprune.runners.models import create
@@ -170,15 +185,14 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     start = time.perf_counter()
     try:
         torch.manual_seed(0)
-        model = wake(create(entry.id)).eval()
+        whole = wake(create(entry.id)).eval()
+        model, x = example(entry, whole)
         if entry.submodule:  # the part is pruned and compared; the whole must still run
             images = ([torch.rand(*entry.input_size)],)
-            whole = prune_submodule(model, entry.submodule, images, pipeline)
-            run_model(whole, images)
-            x = submodule_inputs(model, entry.submodule, images)
-            model, small = model.get_submodule(entry.submodule), whole.get_submodule(entry.submodule)
+            pruned = prune_submodule(whole, entry.submodule, images, pipeline)
+            run_model(pruned, images)
+            small = pruned.get_submodule(entry.submodule)
         else:
-            x = tuple(torch.randn(1, *entry.input_size) for _ in range(entry.inputs))
             small = prune(model, x, pipeline)
         reference = run_model(model, x)
         err = output_error(run_model(small, x), reference)
