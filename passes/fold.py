@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.analysis.counting import propagate_shapes, tied_modules
-from fxprune.analysis.latency import LatencyTable
+from fxprune.analysis.latency import table_for
 from fxprune.analysis.layer_shapes import pair_forms
 from fxprune.core.lowrank import CONVS, find_pairs, is_conv, forget_original, merge_back, pays, set_module, unscaled_coef
 from fxprune.nn import BasisScalingConv, ChannelScaling
@@ -82,7 +82,7 @@ class Fold(FxPass):
 
     def _slower_pairs(self, gm: fx.GraphModule, ctx: PassContext) -> set[str]:
         """Paths of the pairs that pay in params but whose two layers the table times slower than one."""
-        table = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device)
+        table = table_for(ctx.extra.get("latency"), gm)
         propagate_shapes(gm, ctx.example_inputs)
         slower = set()
         for pair in find_pairs(gm):

@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from fxprune.analysis.counting import node_macs, total_macs, total_params
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.latency import LatencyTable, first_fit, folded_seconds, rest_and_folded
+from fxprune.analysis.latency import first_fit, folded_seconds, rest_and_folded, table_for
 from fxprune.analysis.layer_shapes import pair_at
 from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
@@ -128,7 +128,7 @@ class PruneBasis(FxPass):
         """_budget_ranks in seconds, met as measured: the greedy orders every cut that saves by
         importance lost per second (pairs timed at candidate ranks); the table's prediction (the rest
         of the model held fixed: it errs slow) bounds a bisection over that order on folded copies."""
-        table = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device)
+        table = table_for(ctx.extra.get("latency"), gm)
         inputs = ctx.example_inputs
         _, start = rest_and_folded(table, gm, inputs)
         cuts = TimedRankCuts(pairs, scores, lambda i, r: table.layers(pair_at(pairs[i], r)), self.min_rank,

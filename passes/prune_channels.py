@@ -13,7 +13,7 @@ import torch.fx as fx
 from fxprune.analysis.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, kept_shares,
                                        macs_after, magnitude, params_after, remove, taylor)
 from fxprune.analysis.counting import node_macs, total_macs
-from fxprune.analysis.latency import LatencyTable, first_fit, folded_seconds, rest_and_folded
+from fxprune.analysis.latency import first_fit, folded_seconds, rest_and_folded, table_for
 from fxprune.analysis.layer_shapes import folded_layers
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -36,11 +36,11 @@ class PruneChannels(FxPass):
     Per group (`ratio`): remove that share of its channels. Global (`target-params` /
     `target-macs` / `target-latency`): remove the least important channels of the whole model
     (importance divided by its group's mean) until the model has at most that fraction of its params /
-    MACs / measured latency, decomposed pairs counted as `fold` will leave them. Latency is the
-    model's time on the example inputs (their batch size, this device and thread count), predicted as
-    its conv/linear layers' times from a table measured on this machine (`latency=` a
-    fxprune.LatencyTable; by default one cached under ~/.cache/fxprune) plus the rest of the model,
-    held fixed. A group always keeps at least one channel,
+    MACs / latency, decomposed pairs counted as `fold` will leave them. Latency is the time of the
+    model, folded, on the example inputs (their batch size, this device and thread count), as
+    measured: a prediction from a table of layer times on this machine (`latency=` a
+    fxprune.LatencyTable; by default one cached under ~/.cache/fxprune) bounds a bisection over the
+    ranking on folded copies. A group always keeps at least one channel,
     and with `round-to=N` a multiple of N (or all of them).
     """
 
@@ -133,7 +133,7 @@ class PruneChannels(FxPass):
         """The fewest channels (in ranking order) whose removal leaves the model, folded, measured
         within `target-latency` of its own folded time. The table's prediction (the rest of the model
         held fixed: it errs slow) bounds the search; measured copies decide it by bisection."""
-        table = ctx.extra.get("latency") or LatencyTable(next(graph.gm.parameters()).device)
+        table = table_for(ctx.extra.get("latency"), graph.gm)
         inputs = ctx.example_inputs
         rest, start = rest_and_folded(table, graph.gm, inputs)
         removed, n = self._sequence(groups, score)

@@ -12,7 +12,7 @@ import torch.fx as fx
 from fxprune.analysis.channels import ChannelGraph, analyse, kept_shares, macs_after, params_after, remove, taylor
 from fxprune.analysis.counting import node_macs, total_macs
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.latency import LatencyTable, first_fit, folded_seconds, rest_and_folded
+from fxprune.analysis.latency import first_fit, folded_seconds, rest_and_folded, table_for
 from fxprune.analysis.layer_shapes import folded_layers, pair_at
 from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import find_pairs, rebuild_pair, set_module
@@ -81,7 +81,7 @@ class PruneJoint(FxPass):
             def size(removed, ranks=None):
                 return fixed + macs_after(graph, removed, macs, ranks)
         else:
-            table, fraction = ctx.extra.get("latency") or LatencyTable(next(gm.parameters()).device), self.target_latency
+            table, fraction = table_for(ctx.extra.get("latency"), gm), self.target_latency
             rest, _ = rest_and_folded(table, gm, ctx.example_inputs)
 
             def size(removed, ranks=None):

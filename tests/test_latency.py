@@ -167,3 +167,13 @@ def test_measured_copies_correct_a_prediction_that_holds_the_rest_fixed():
     small = fxprune.prune(model, X, "prune-channels{target-latency=0.5},fold", latency=table)
     assert 0.45 * before <= table.model(small, (X,)) <= 0.5 * before
     assert fxprune.history(small)[-2].stats["channels-after"] > 2 + 1  # stem/dw and pw groups above 1 each
+
+
+def test_a_model_without_weights_gets_the_cpu_table(tmp_path, monkeypatch):
+    from fxprune.analysis.latency import table_for
+
+    monkeypatch.setenv("FXPRUNE_CACHE", str(tmp_path))
+    table = table_for(None, nn.ReLU())
+    assert table.device == torch.device("cpu") and table.path.parent == tmp_path / "latency"
+    given = LatencyTable(persist=False)
+    assert table_for(given, nn.ReLU()) is given

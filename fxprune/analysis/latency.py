@@ -116,6 +116,14 @@ class LatencyTable:
         self._new = 0
 
 
+def table_for(given: LatencyTable | None, module: nn.Module) -> LatencyTable:
+    """The table a pass uses: the one given as `latency=`, else the cached one for the device the
+    module's weights are on (the CPU for a module without weights)."""
+    if given is not None:
+        return given
+    return LatencyTable(next((p.device for p in module.parameters()), torch.device("cpu")))
+
+
 def rest_and_folded(table: LatencyTable, gm, inputs: tuple) -> tuple[float, float]:
     """(seconds of everything in `gm` but its conv/linear layers, measured once; seconds of `gm` as
     fold will leave it, predicted). Runs ShapeProp on `gm`, which folded_layers then reads."""
