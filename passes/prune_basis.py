@@ -12,7 +12,7 @@ import torch.fx as fx
 
 from fxprune.analysis.counting import node_macs, total_macs, total_params
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.latency import first_fit, folded_seconds, rest_and_folded, table_for
+from fxprune.analysis.latency import measured_prefix, rest_and_folded, table_for
 from fxprune.analysis.layer_shapes import pair_at
 from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import Pair, find_pairs, pays, rebuild_pair, set_module
@@ -141,21 +141,15 @@ class PruneBasis(FxPass):
                 ranks[i] = rank
             return ranks
 
-        def measured(k: int) -> float:
-            trial = copy.deepcopy(gm)
-            self._apply(trial, find_pairs(trial), scores, ranks_at(k))
-            return folded_seconds(table, trial, inputs)
+        def trial(k: int) -> fx.GraphModule:
+            copied = copy.deepcopy(gm)
+            self._apply(copied, find_pairs(copied), scores, ranks_at(k))
+            return copied
 
-        goal = self.target_latency * folded_seconds(table, gm, inputs)
-        hi = next((k + 1 for k, (_, _, left) in enumerate(steps) if left <= self.target_latency * start), len(steps))
-        lo = 0
-        if measured(hi) > goal:  # the prediction was not slow enough here: search the rest
-            lo, hi = hi, len(steps)
-        k = first_fit(lambda k: measured(k) <= goal, lo, hi)
-        after = measured(k)
+        bound = next((k + 1 for k, (_, _, left) in enumerate(steps) if left <= self.target_latency * start), len(steps))
+        k, met, stats = measured_prefix(table, gm, inputs, self.target_latency, trial, bound, len(steps))
         table.save()
-        return ranks_at(k), after <= goal, {"latency-ms": round(goal / self.target_latency * 1e3, 3),
-                                            "latency-ms-after": round(after * 1e3, 3)}
+        return ranks_at(k), met, stats
 
     def _budget_ranks(self, gm: fx.GraphModule, ctx: PassContext, pairs: list[Pair],
                       scores: list[torch.Tensor]) -> tuple[list[int], bool]:

@@ -13,7 +13,7 @@ import torch.fx as fx
 from fxprune.analysis.channels import (ChannelGraph, ChannelGroup, analyse, bn_scale, channel_scale, kept_shares,
                                        macs_after, magnitude, params_after, remove, taylor)
 from fxprune.analysis.counting import node_macs, total_macs
-from fxprune.analysis.latency import first_fit, folded_seconds, rest_and_folded, table_for
+from fxprune.analysis.latency import first_fit, measured_prefix, rest_and_folded, table_for
 from fxprune.analysis.layer_shapes import folded_layers
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 
@@ -138,24 +138,16 @@ class PruneChannels(FxPass):
         rest, start = rest_and_folded(table, graph.gm, inputs)
         removed, n = self._sequence(groups, score)
 
-        def predicted(k: int) -> float:
-            return rest + table.layers(folded_layers(graph.gm, kept_shares(graph, removed(k))))
+        def trial(k: int) -> fx.GraphModule:
+            copied = copy.deepcopy(graph.gm)
+            remove(ChannelGraph(copied, graph.flow, graph.groups, graph._roots), removed(k))
+            return copied
 
-        def measured(k: int) -> float:
-            trial = copy.deepcopy(graph.gm)
-            remove(ChannelGraph(trial, graph.flow, graph.groups, graph._roots), removed(k))
-            return folded_seconds(table, trial, inputs)
-
-        hi = first_fit(lambda k: predicted(k) <= self.target_latency * start, 0, n)
-        goal = self.target_latency * folded_seconds(table, graph.gm, inputs)
-        lo = 0
-        if measured(hi) > goal:  # the prediction was not slow enough here: search the rest
-            lo, hi = hi, n
-        k = first_fit(lambda k: measured(k) <= goal, lo, hi)
-        after = measured(k)
+        bound = first_fit(lambda k: rest + table.layers(folded_layers(graph.gm, kept_shares(graph, removed(k))))
+                          <= self.target_latency * start, 0, n)
+        k, met, stats = measured_prefix(table, graph.gm, inputs, self.target_latency, trial, bound, n)
         table.save()
-        return removed(k), after <= goal, {"latency-ms": round(goal / self.target_latency * 1e3, 3),
-                                           "latency-ms-after": round(after * 1e3, 3)}
+        return removed(k), met, stats
 
     def _budget(self, groups: list[ChannelGroup], score: dict[int, float],
                 size: tuple[Callable[[set[int]], int], float]):

@@ -12,7 +12,7 @@ import torch.fx as fx
 from fxprune.analysis.channels import ChannelGraph, analyse, kept_shares, macs_after, params_after, remove, taylor
 from fxprune.analysis.counting import node_macs, total_macs
 from fxprune.analysis.importance import taylor_scores
-from fxprune.analysis.latency import first_fit, folded_seconds, rest_and_folded, table_for
+from fxprune.analysis.latency import measured_prefix, rest_and_folded, table_for
 from fxprune.analysis.layer_shapes import folded_layers, pair_at
 from fxprune.analysis.rank_cuts import RankCuts, TimedRankCuts, pair_units
 from fxprune.core.lowrank import find_pairs, rebuild_pair, set_module
@@ -179,20 +179,14 @@ class PruneJoint(FxPass):
                     removed.add(order[i][pos])
             return removed, ranks
 
-        def measured(k: int) -> float:
-            trial = copy.deepcopy(gm)
-            self._apply(trial, ChannelGraph(trial, graph.flow, graph.groups, graph._roots), basis_scores, *at(k))
-            return folded_seconds(table, trial, inputs)
+        def trial(k: int) -> fx.GraphModule:
+            copied = copy.deepcopy(gm)
+            self._apply(copied, ChannelGraph(copied, graph.flow, graph.groups, graph._roots), basis_scores, *at(k))
+            return copied
 
-        goal = self.target_latency * folded_seconds(table, gm, inputs)
-        hi = next((k + 1 for k, step in enumerate(sequence) if step[3] <= budget), len(sequence))
-        lo = 0
-        if measured(hi) > goal:  # the prediction was not slow enough here: search the rest
-            lo, hi = hi, len(sequence)
-        k = first_fit(lambda k: measured(k) <= goal, lo, hi)
-        after = measured(k)
-        return (*at(k), after <= goal, {"latency-ms": round(goal / self.target_latency * 1e3, 3),
-                                        "latency-ms-after": round(after * 1e3, 3)})
+        bound = next((k + 1 for k, step in enumerate(sequence) if step[3] <= budget), len(sequence))
+        k, met, stats = measured_prefix(table, gm, inputs, self.target_latency, trial, bound, len(sequence))
+        return (*at(k), met, stats)
 
     @staticmethod
     def _ranks(pairs, ranks: list[int]) -> dict[str, int]:

@@ -94,9 +94,10 @@ class _ShapeProp(ShapeProp):
 
 
 def _plain(value):
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return items if isinstance(value, list) else type(value)(items) if type(value) is tuple else value
+    if isinstance(value, list):  # fx's immutable_list among them
+        return [_plain(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_plain(v) for v in value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     return value

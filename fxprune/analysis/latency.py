@@ -135,9 +135,34 @@ def rest_and_folded(table: LatencyTable, gm, inputs: tuple) -> tuple[float, floa
 def folded_seconds(table: LatencyTable, gm, inputs: tuple) -> float:
     """Measured seconds of `gm` once fold has run on it (BatchNorm and scales folded, pairs that do
     not pay merged): the model a budget is about. `gm` itself is left as it is."""
+    return _fold_and_time(table, copy.deepcopy(gm), inputs)
+
+
+def _fold_and_time(table: LatencyTable, gm, inputs: tuple) -> float:
+    """folded_seconds of a copy nobody else holds (fold may edit its layers)."""
     from fxprune.core.api import prune  # the fold pass, run as prune runs it
 
-    return table.model(prune(copy.deepcopy(gm), inputs, "fold"), inputs)
+    return table.model(prune(gm, inputs, "fold"), inputs)
+
+
+def measured_prefix(table: LatencyTable, gm, inputs: tuple, fraction: float, trial: Callable[[int], nn.Module],
+                    bound: int, n: int) -> tuple[int, bool, dict]:
+    """(k, met, stats) for a ranking of n cuts: the fewest first cuts k whose model `trial(k)` (a fresh
+    copy of `gm` with them made) measures, folded, within `fraction` of `gm` folded. `bound` is where
+    the table's prediction (it errs slow) says the budget holds: the bisection searches [0, bound], or
+    [bound, n] where the model at `bound` still measures too slow. Each k is timed once."""
+    goal = fraction * folded_seconds(table, gm, inputs)
+    times: dict[int, float] = {}
+
+    def measured(k: int) -> float:
+        if k not in times:
+            times[k] = _fold_and_time(table, trial(k), inputs)
+        return times[k]
+
+    lo, hi = (0, bound) if measured(bound) <= goal else (bound, n)
+    k = first_fit(lambda k: measured(k) <= goal, lo, hi)
+    return k, measured(k) <= goal, {"latency-ms": round(goal / fraction * 1e3, 3),
+                                    "latency-ms-after": round(measured(k) * 1e3, 3)}
 
 
 def first_fit(fits: Callable[[int], bool], lo: int, hi: int) -> int:

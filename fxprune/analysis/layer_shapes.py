@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from fxprune.analysis.counting import is_counted
 from fxprune.core.lowrank import find_pairs, pays, torch_base
 
 
@@ -101,19 +102,22 @@ def layer_of(module: nn.Module, inp: tuple[int, ...]) -> Layer:
                  tuple(module.dilation), module.groups, module.bias is not None)
 
 
+def layer_at(node, module: nn.Module) -> Layer:
+    """The Layer of `module` called at `node`, its input shape from a ShapeProp run."""
+    return layer_of(module, tuple(node.args[0].meta["tensor_meta"].shape))
+
+
 def folded_layers(gm, kept: dict[str, dict[str, float]] | None = None,
                   ranks: dict[str, int] | None = None) -> list[Layer]:
     """The conv/linear layers of `gm` (shapes from a ShapeProp run: analysis.counting.propagate_shapes)
     as fold will leave them, each module path's "in"/"out" channels scaled by `kept` (as
     analysis.channels computes it for removed channels) and each pair at path cut to `ranks[path]`."""
-    from fxprune.analysis.counting import is_counted
-
     kept, ranks = kept or {}, ranks or {}
     pairs = {pair.basis_node.target: pair for pair in find_pairs(gm)}
     coefs = {pair.coef_node.target for pair in pairs.values()}
 
     def scaled(node, module) -> Layer:
-        layer = layer_of(module, tuple(node.args[0].meta["tensor_meta"].shape))
+        layer = layer_at(node, module)
         share = kept.get(node.target, {})
         out = share.get("out", 1.0)
         depthwise = layer.groups > 1 and layer.groups == layer.channels  # a "dw" member: its inputs follow its outputs
@@ -130,16 +134,13 @@ def folded_layers(gm, kept: dict[str, dict[str, float]] | None = None,
 
 def pair_at(pair, rank: int) -> list[Layer]:
     """The layers a pair leaves at `rank` (shapes from a ShapeProp run): two where it pays, else one."""
-    basis = layer_of(pair.basis, tuple(pair.basis_node.args[0].meta["tensor_meta"].shape))
-    return _pair_layers(pair, basis, {}, {pair.path: rank})
+    return _pair_layers(pair, layer_at(pair.basis_node, pair.basis), {}, {pair.path: rank})
 
 
 def current_layers(gm) -> list[Layer]:
     """The conv/linear layers of `gm` as they are now (pairs as two layers, at any rank)."""
-    from fxprune.analysis.counting import is_counted
-
-    return [layer_of(module, tuple(node.args[0].meta["tensor_meta"].shape))
-            for node in gm.graph.find_nodes(op="call_module") if is_counted(module := gm.get_submodule(node.target))]
+    return [layer_at(node, module) for node in gm.graph.find_nodes(op="call_module")
+            if is_counted(module := gm.get_submodule(node.target))]
 
 
 def _pair_layers(pair, basis: Layer, kept: dict, ranks: dict) -> list[Layer]:
@@ -154,7 +155,7 @@ def _pair_layers(pair, basis: Layer, kept: dict, ranks: dict) -> list[Layer]:
 def pair_forms(pair, basis: Layer | None = None, rank: int | None = None, out: int | None = None) -> tuple[list[Layer], Layer]:
     """([basis layer, 1x1 coef layer], merged layer) of a pair (shapes from a ShapeProp run), at its
     own widths and rank unless given."""
-    basis = basis or layer_of(pair.basis, tuple(pair.basis_node.args[0].meta["tensor_meta"].shape))
+    basis = basis or layer_at(pair.basis_node, pair.basis)
     rank = pair.rank if rank is None else rank
     out = pair.coef.weight.shape[0] if out is None else out
     g, bias = basis.groups, pair.coef.bias is not None
