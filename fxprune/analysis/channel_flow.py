@@ -6,8 +6,15 @@ position of its channel axis. Elementwise ops, BatchNorm, pooling and depthwise 
 `add`/`mul` of two channel tensors unite the ids position by position (residuals, SE gates);
 `cat` along channels concatenates them (a self-concat repeats them); `chunk` along channels cuts
 them into equal parts and unites position j of every part (so every part loses the same positions
-and the chunks stay aligned: gated MLPs); flatten and permutes move or repeat them. Conv/linear layers read them (`in`) and start new ones (`out`). Elements united by
-this make one *class*: channels that must be removed together.
+and the chunks stay aligned: gated MLPs); flatten and permutes move or repeat them; reshapes that keep the channel axis whole move it. Conv/linear layers read
+them (`in`) and start new ones (`out`). Elements united by this make one *class*: channels that must be removed together.
+
+Norms over the channel axis (LayerNorm, RMSNorm, GroupNorm with one group; modules or functions) keep the ids
+and slice their affine (`norm`); they then compute their statistics over fewer channels, so removing a
+channel equals masking it out of the statistics (`Norm`, channels.masked_norms), not zeroing it. Tensors
+read directly from the model (`get_attr`: position embeddings, class tokens, layer scales, a functional
+norm's weight) are sliced with the channels they meet (`param`) when every use of them is understood;
+literal sizes in the graph (a reshape to 768, a normalized_shape) are rewritten (`Fixup`).
 
 Any op this file does not understand is a *barrier*: every element reaching it is blocked with the
 op's name as the reason, so its class is kept whole. Never guess.
@@ -34,6 +41,7 @@ STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, 
              nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout1d, nn.Dropout3d, nn.AdaptiveAvgPool1d, nn.AvgPool1d,
              nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool3d, nn.AvgPool3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclasses may normalise other dims
 ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "hardsigmoid", "hardswish",
                "hardtanh", "tanh", "mish", "leaky_relu", "elu", "softplus", "dropout", "dropout2d", "contiguous",
                "clone", "clamp", "clamp_", "clamp_min", "neg", "abs", "exp", "sqrt", "float", "detach",
@@ -43,6 +51,8 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "upsample", "drop_path"}
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
+# functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
+TOKENS_ONLY = {"window_partition", "window_reverse"}
 
 
 def op_name(node: fx.Node) -> str:
@@ -60,9 +70,33 @@ class Member:
     (weight columns), `dw` (depthwise conv: both), `bn` (per-channel affine and statistics) or
     `scale` (fxprune.nn.ChannelScaling)."""
 
-    path: str
+    path: str  # a module's path; for `param`, the tensor attribute's qualified name
     role: str
     ids: torch.Tensor  # element id of each position (of its output channels for out/dw/bn, inputs for in)
+    axis: int = 0  # `param`: the tensor's axis that holds the channels
+
+
+@dataclass
+class Norm:
+    """A node normalising its input over `dims`, channel axis `axis` among them (RMS: no mean)."""
+
+    node: str
+    ids: torch.Tensor
+    axis: int
+    dims: tuple[int, ...]
+    rms: bool
+
+
+@dataclass
+class Fixup:
+    """A channel count in `node`'s size arguments, args[index] (or args[index][item]), to be written
+    as a literal: the count of `ids` kept."""
+
+    node: str
+    index: int
+    item: int | None
+    ids: torch.Tensor | None  # None: the size is `value`, fixed (it sizes a dim that channels do not change)
+    value: int = 0
 
 
 @dataclass
@@ -70,6 +104,8 @@ class ChannelFlow:
     parent: list[int] = field(default_factory=list)
     blocked: dict[int, str] = field(default_factory=dict)
     members: list[Member] = field(default_factory=list)
+    norms: list[Norm] = field(default_factory=list)
+    fixups: list[Fixup] = field(default_factory=list)
     value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
     def fresh(self, n: int) -> torch.Tensor:
@@ -105,6 +141,14 @@ def _basis_reason(node: fx.Node) -> str | None:
     return "bases of a decomposed layer (prune-basis prunes them)" if node.meta.get(ROLE) == "basis" else None
 
 
+def _size_args(node: fx.Node, size: fx.Node) -> list[tuple[int, int, int | None]]:
+    """(output dim, args index, item) of each size argument of a view/reshape/expand that is `size`."""
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        return [(d, 1, d) for d, s in enumerate(sizes[0]) if s is size]
+    return [(d, 1 + d, None) for d, s in enumerate(sizes) if s is size]
+
+
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
     found: list[fx.Node] = []
     fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
@@ -119,6 +163,12 @@ class _Propagator:
         self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
         self.tied = tied_modules(gm)
         self.parts: dict[fx.Node, list[tuple[int, torch.Tensor]]] = {}  # the chunks of a chunk node
+        self.origin: dict[fx.Node, tuple[str, list[int | None]]] = {}  # attribute read, its axis behind each dim
+        self.used: set[tuple[fx.Node, fx.Node]] = set()  # (attribute-derived node, user) understood
+        self.attr_shape: dict[str, tuple[int, ...]] = {}
+        self.shape_of: dict[fx.Node, fx.Node] = {}  # x.shape / x.size() -> x
+        self.size_of: dict[fx.Node, torch.Tensor] = {}  # a channel count read as a number -> its channels
+        self.merged: set[tuple[fx.Node, int]] = set()  # (reshape, output dim) where channels merge with others
 
     def barrier(self, node: fx.Node, reason: str) -> None:
         for arg in _tensor_args(node):
@@ -137,6 +187,11 @@ class _Propagator:
         for node in self.gm.graph.nodes:
             if node.op == "output":
                 self.barrier(node, "reaches the model output")
+            elif node.op == "get_attr":
+                t = operator.attrgetter(node.target)(self.gm)
+                if isinstance(t, torch.Tensor) and t.dim() > 0:
+                    self.origin[node] = (node.target, list(range(t.dim())))
+                    self.attr_shape[node.target] = tuple(t.shape)
             elif node.op in ("call_module", "call_function", "call_method"):
                 try:
                     if node.op == "call_module":
@@ -146,7 +201,103 @@ class _Propagator:
                 except (IndexError, KeyError, TypeError, ValueError) as e:  # a form of the op the rules miss
                     self.flow.value.pop(node, None)
                     self.barrier(node, f"{op_name(node)} ({node.name}) in a form not understood ({type(e).__name__})")
+        self.check_attributes()
+        self.check_sizes()
         return self.flow
+
+    # channel counts read as numbers ------------------------------------------------------------
+    def sizes(self, node: fx.Node, name: str) -> None:
+        """Note x.shape, x.size() and the channel count read from them (x.shape[axis], x.size(axis))."""
+        src = node.args[0]
+        if name in ("getattr", "size") and src in self.flow.value:
+            axis, ids = self.flow.value[src]
+            n = len(_shape(src))
+            if name == "getattr" and node.args[1] == "shape" or name == "size" and len(node.args) == 1:
+                self.shape_of[node] = src
+            elif name == "size" and isinstance(node.args[1], int) and node.args[1] % n == axis:
+                self.size_of[node] = ids
+        elif name == "getitem" and src in self.shape_of and isinstance(node.args[1], int):
+            axis, ids = self.flow.value[self.shape_of[src]]
+            if node.args[1] % len(_shape(self.shape_of[src])) == axis:
+                self.size_of[node] = ids
+
+    def check_sizes(self) -> None:
+        """A channel count read as a number may only give the size of a reshape's channel axis (then
+        rewritten to a literal); any other use keeps those channels."""
+        for size, ids in self.size_of.items():
+            for user in size.users:
+                if (size, user) in self.used:
+                    continue
+                where = _size_args(user, size) if op_name(user) in ("view", "reshape", "expand") else []
+                if where and not any((user, dim) in self.merged for dim, _, _ in where):  # sizes a dim that stays
+                    self.flow.fixups += [Fixup(user.name, index, item, None, len(ids)) for _, index, item in where]
+                else:
+                    self.flow.block(ids, f"their count is read by {op_name(user)} ({user.name})")
+
+    # tensors read directly (get_attr) --------------------------------------------------------
+    def derive(self, node: fx.Node, name: str) -> bool:
+        """Carry the origin of an attribute through ops that only add, drop, move or broadcast dims
+        (gamma.reshape(1, -1, 1, 1), cls_token.expand(B, -1, -1)). True if `node` is such an op."""
+        src = node.args[0] if node.args else None
+        if src not in self.origin or any(a is not src and a in self.flow.value for a in _tensor_args(node)):
+            return False
+        path, dims = self.origin[src]
+        old, new = _shape(src), _shape(node)
+        if old is None or new is None:
+            return False
+        if name in ("contiguous", "float", "to", "type", "detach", "clone", "expand", "expand_as"):
+            mapped = [None] * (len(new) - len(old)) + dims if len(new) >= len(old) else None
+        elif name in ("reshape", "view", "unsqueeze"):
+            real = [(d, size) for d, size in zip(dims, old) if size != 1]
+            mapped = [None] * len(new)
+            for j, size in enumerate(new):
+                if size != 1:
+                    mapped[j] = real.pop(0)[0] if real and real[0][1] == size else -1
+            mapped = None if real or -1 in mapped else mapped
+        elif name in ("permute", "transpose"):
+            order = list(range(len(old)))
+            if name == "transpose":
+                a, b = (d % len(old) for d in node.args[1:3])
+                order[a], order[b] = order[b], order[a]
+            else:
+                order = [d % len(old) for d in (node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:])]
+            mapped = [dims[d] for d in order]
+        else:
+            return False
+        if mapped is not None:
+            self.origin[node] = (path, mapped)
+            self.used.add((src, node))
+        return mapped is not None
+
+    def adopt(self, arg, user: fx.Node, pos: int, ids: torch.Tensor) -> bool:
+        """Slice the attribute behind `arg` along the axis at its dim `pos` with the channels `ids`."""
+        path, dims = self.origin.get(arg, (None, []))
+        axis = dims[pos] if 0 <= pos < len(dims) else None
+        if axis is None or self.attr_shape[path][axis] != len(ids):
+            return False
+        self.used.add((arg, user))
+        same = [m for m in self.flow.members if m.role == "param" and m.path == path and m.axis == axis]
+        if same:  # read in several places: the same channels everywhere
+            self.flow.union(same[0].ids, ids)
+        else:
+            self.flow.members.append(Member(path, "param", ids, axis))
+        return True
+
+    def check_attributes(self) -> None:
+        """An attribute sliced with its channels must have no use the rules did not understand."""
+        for member in [m for m in self.flow.members if m.role == "param"]:
+            for node in self.gm.graph.find_nodes(op="get_attr", target=member.path):
+                escape = self.escape(node)
+                if escape:
+                    self.flow.block(member.ids, f"{member.path} is also read by {escape}")
+
+    def escape(self, node: fx.Node) -> str | None:
+        for user in node.users:
+            if (node, user) not in self.used and op_name(user) not in NEUTRAL:
+                return f"{op_name(user)} ({user.name})"
+            if user in self.origin and self.escape(user):
+                return self.escape(user)
+        return None
 
     # modules ---------------------------------------------------------------------------------
     def module(self, node: fx.Node, m: nn.Module) -> None:
@@ -168,6 +319,8 @@ class _Propagator:
             return
         if is_batchnorm(m):
             self.keep(node, src, member=(path, "bn"), axis=1)
+        elif type(m) in NORMS and tracked is not None:
+            self.norm_module(node, m, path, tracked)
         elif isinstance(m, ChannelScaling):
             self.keep(node, src, member=(path, "scale"), axis=m.dim % len(_shape(node)))
         elif is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1:  # 1-D, 2-D, 3-D
@@ -178,6 +331,24 @@ class _Propagator:
             self.start(node, last, m.weight.shape[0], path, _basis_reason(node))
         else:
             self.barrier(node, f"module {path} ({type(m).__name__})")
+
+    def norm_module(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
+        """LayerNorm / RMSNorm over the last dim, GroupNorm with one group (over dims 1...)."""
+        axis, ids = tracked
+        n = len(_shape(node))
+        if isinstance(m, nn.GroupNorm):
+            if m.num_groups != 1 or axis != 1:
+                return self.barrier(node, f"module {path} (GroupNorm with {m.num_groups} groups)")
+            dims = tuple(range(1, n))
+        else:
+            if len(m.normalized_shape) != 1:
+                return self.barrier(node, f"module {path} ({type(m).__name__} over {len(m.normalized_shape)} dims)")
+            if axis != n - 1:
+                return self.keep(node, node.args[0])
+            dims = (n - 1,)
+        self.flow.members.append(Member(path, "norm", ids))
+        self.flow.norms.append(Norm(node.name, ids, axis, dims, isinstance(m, nn.RMSNorm)))
+        self.flow.value[node] = tracked
 
     def conv(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
         groups, cout = m.groups, m.weight.shape[0]
@@ -218,7 +389,9 @@ class _Propagator:
 
     # functions and methods -------------------------------------------------------------------
     def function(self, node: fx.Node, name: str) -> None:
-        if name in NEUTRAL or not any(a in self.flow.value for a in _tensor_args(node)):
+        if name in NEUTRAL or name == "getitem":
+            self.sizes(node, name)
+        if name in NEUTRAL or self.derive(node, name) or not any(a in self.flow.value for a in _tensor_args(node)):
             return
         src = node.args[0]
         if name in ELEMENTWISE and all(a is src for a in _tensor_args(node)):
@@ -227,8 +400,14 @@ class _Propagator:
             self.binary(node, name)
         elif name == "cat":
             self.cat(node)
-        elif name in ("flatten", "view", "reshape"):
+        elif name in ("view", "reshape", "expand"):
+            self.reshape(node, name)
+        elif name == "flatten":
             self.merge(node, name)
+        elif name in ("layer_norm", "rms_norm"):
+            self.norm_function(node, name)
+        elif name == "linear":
+            self.linear_function(node)
         elif name in ("permute", "transpose"):
             self.permute(node, name)
         elif name in ("mean", "sum", "amax"):
@@ -239,7 +418,11 @@ class _Propagator:
             self.flow.value[node] = self.parts[src][node.args[1]]
         elif name == "getitem":
             self.getitem(node)
-        elif name == "pad" and len(_shape(src) or ()) - len(node.args[1]) // 2 > self.flow.value[src][0]:
+        elif name in TOKENS_ONLY and self.flow.value[src][0] == len(_shape(src)) - 1 == len(_shape(node)) - 1:
+            self.keep(node, src)
+        elif name in ("roll", "flip") and self.on_other_axes(node):
+            self.keep(node, src)
+        elif name == "pad" and self.pads_other_axes(node):
             self.keep(node, src)
         else:
             self.barrier(node, f"{name} ({node.name})")
@@ -275,7 +458,7 @@ class _Propagator:
             shape = _shape(arg)
             if shape is not None and arg not in self.flow.value:
                 pos = result[0] - len(out) + len(shape)
-                if pos >= 0 and shape[pos] != 1:
+                if pos >= 0 and shape[pos] != 1 and not self.adopt(arg, node, pos, result[1]):
                     return self.barrier(node, f"{name} ({node.name}) with a per-channel tensor "
                                               f"({arg.name}) that is not a layer output")
         self.flow.value[node] = result
@@ -286,9 +469,15 @@ class _Propagator:
         out = _shape(node)
         tracked = [self.flow.value.get(t) for t in tensors]
         dim = dim % len(out)
-        if any(t is None for t in tracked) or len({t[0] for t in tracked}) != 1:
+        known = [t for t in tracked if t is not None]
+        if len({t[0] for t in known}) != 1:
+            return self.barrier(node, f"cat ({node.name}) of tensors with channels on different axes")
+        axis, ids = known[0]
+        if dim != axis:  # a class token or another attribute joins the channels along another axis
+            tracked = [(axis, ids) if t is None and self.adopt(tensor, node, axis, ids) else t
+                       for t, tensor in zip(tracked, tensors)]
+        if any(t is None for t in tracked):
             return self.barrier(node, f"cat ({node.name}) of untracked tensors")
-        axis = tracked[0][0]
         if dim == axis:
             self.flow.value[node] = (axis, torch.cat([t[1] for t in tracked]))
         elif len({len(t[1]) for t in tracked}) != 1:
@@ -317,6 +506,88 @@ class _Propagator:
             self.parts[node] = [(axis, part) for part in parts]
         self.flow.value[node] = (axis, ids)
 
+    def reshape(self, node: fx.Node, name: str) -> None:
+        """view / reshape / expand: where the channel axis stays one whole dim with the same elements
+        before it, only the other dims changed (windows, tokens, broadcasting); otherwise a merge."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        old, new = _shape(src), _shape(node)
+        before = math.prod(old[:axis])
+        if name == "expand":
+            before, fits = 0, [axis + len(new) - len(old)] if new[axis + len(new) - len(old)] == old[axis] else []
+        else:
+            fits = [j for j in range(len(new)) if new[j] == old[axis] and math.prod(new[:j]) == before]
+        if not fits:
+            return self.merge(node, name)
+        self.flow.value[node] = (fits[0], ids)
+        self.literal_size(node, fits[0], ids)
+
+    def literal_size(self, node: fx.Node, dim: int, ids: torch.Tensor, computed: bool = True) -> None:
+        """Record the size argument of `dim` (view/reshape/expand) for rewriting to the kept count: a
+        literal, or (`computed`: the channel axis is one whole dim, so its size is fixed) a number
+        computed in the graph, such as another tensor's channel count read from its shape."""
+        sizes, index = node.args[1:], None
+        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+            sizes, index = sizes[0], 1
+        size = sizes[dim] if dim < len(sizes) else -1
+        if isinstance(size, fx.Node) and computed:
+            self.used.add((size, node))
+        elif not isinstance(size, int) or size == -1:
+            return
+        self.flow.fixups.append(Fixup(node.name, 1 + dim if index is None else index,
+                                      None if index is None else dim, ids))
+
+    def on_other_axes(self, node: fx.Node) -> bool:
+        """torch.roll(x, shifts, dims) / torch.flip(x, dims) with dims given, the channel axis not among them."""
+        src = node.args[0]
+        dims = node.kwargs.get("dims", node.args[-1] if len(node.args) > (2 if op_name(node) == "roll" else 1) else None)
+        dims = [dims] if isinstance(dims, int) else dims
+        n, axis = len(_shape(src)), self.flow.value[src][0]
+        return dims is not None and axis not in {d % n for d in dims}
+
+    def pads_other_axes(self, node: fx.Node) -> bool:
+        """F.pad leaves the channel axis alone: its pair of pads is absent or (0, 0)."""
+        src, pads = node.args[0], node.args[1]
+        n, axis = len(_shape(src)), self.flow.value[src][0]
+        i = n - 1 - axis  # pads[2i], pads[2i + 1] pad this axis
+        return 2 * i >= len(pads) or pads[2 * i] == 0 and pads[2 * i + 1] == 0
+
+    def linear_function(self, node: fx.Node) -> None:
+        """F.linear(x, weight, bias) with a weight (and bias) read from the model: a Linear layer whose
+        input and output channels are axes 1 and 0 of that attribute."""
+        x = node.args[0]
+        weight, bias = (list(node.args[1:]) + [node.kwargs.get(k) for k in ("weight", "bias")][len(node.args) - 1:])[:2]
+        tracked, last = self.flow.value.get(x), len(_shape(node)) - 1
+        if tracked is not None and (tracked[0] != len(_shape(x)) - 1 or not self.adopt(weight, node, 1, tracked[1])):
+            self.barrier(node, f"linear ({node.name}) with a weight computed in the graph")
+        ids = self.flow.fresh(_shape(node)[-1])
+        if not self.adopt(weight, node, 0, ids) or (bias is not None and not self.adopt(bias, node, 0, ids)):
+            self.flow.block(ids, f"linear ({node.name}) with a weight or bias computed in the graph")
+        self.flow.value[node] = (last, ids)
+
+    def norm_function(self, node: fx.Node, name: str) -> None:
+        """F.layer_norm(x, shape, weight, bias, eps) / F.rms_norm(x, shape, weight, eps) over the last dim."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        n = len(_shape(src))
+        shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+        k = 1 if isinstance(shape, int) else len(shape)
+        if axis < n - k:  # statistics over other dims: channels stay independent
+            return self.keep(node, src)
+        if k != 1:
+            return self.barrier(node, f"{name} ({node.name}) over the channel axis and others")
+        params = ("weight", "bias") if name == "layer_norm" else ("weight",)
+        for i, key in enumerate(params):
+            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
+            if t is not None and not self.adopt(t, node, 0, ids):
+                return self.barrier(node, f"{name} ({node.name}) with a {key} that is not a model attribute")
+        self.flow.norms.append(Norm(node.name, ids, n - 1, (n - 1,), name == "rms_norm"))
+        if isinstance(shape, int):
+            self.flow.fixups.append(Fixup(node.name, 1, None, ids))
+        elif isinstance(shape[0], int):
+            self.flow.fixups.append(Fixup(node.name, 1, 0, ids))
+        self.flow.value[node] = (axis, ids)
+
     def merge(self, node: fx.Node, name: str) -> None:
         """flatten / view / reshape that only merge consecutive dims."""
         src = node.args[0]
@@ -336,6 +607,9 @@ class _Propagator:
             view = [1] * k
             view[axis - s] = len(ids)
             self.flow.value[node] = (s, ids.view(view).expand(old[s:s + k]).reshape(-1))
+            self.merged.add((node, s))
+            if name != "flatten":
+                self.literal_size(node, s, self.flow.value[node][1], computed=False)
 
     def permute(self, node: fx.Node, name: str) -> None:
         src = node.args[0]

@@ -9,6 +9,8 @@ with the reason.
 from __future__ import annotations
 
 import copy
+import math
+import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -18,13 +20,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.analysis.channel_flow import ChannelFlow, Member, propagate
+from fxprune.analysis.channel_flow import ChannelFlow, Member, op_name, propagate
 from fxprune.analysis.importance import split_batch
 from fxprune.core.lowrank import find_pairs, same_format, set_module
 from fxprune.core.smoothing import CHANNELS, stored
 
 
-PER_CHANNEL = ("bn", "scale")  # roles whose weight is one value per channel, not a slice of a layer
+PER_CHANNEL = ("bn", "scale", "norm", "param")  # roles that are not a layer's weight slices
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,17 @@ def _slices(w: torch.Tensor, role: str) -> torch.Tensor:
 
 def magnitude(graph: ChannelGraph, p: int) -> dict[int, float]:
     """Per class: the sum over its members of the Lp norm of its weight slice, each member's
-    norms divided by their mean so that layers of any scale count alike."""
+    norms divided by their mean so that layers of any scale count alike. Members holding one value
+    per channel (BatchNorm, norms, scales, layer scales, class tokens) do not count."""
     score: dict[int, float] = defaultdict(float)
     for member in graph.flow.members:
-        if member.role in PER_CHANNEL:
+        if member.role in ("bn", "scale", "norm"):
             continue
-        norms = _slices(graph.gm.get_submodule(member.path).weight, member.role).detach().double().norm(p=p, dim=1)
+        _, t, axis = _tensors(graph.gm, member)[0]
+        slices = t.detach().double().movedim(axis, 0).reshape(t.shape[axis], -1)
+        if slices.shape[1] == 1:
+            continue
+        norms = slices.norm(p=p, dim=1)
         norms = norms / norms.mean().clamp_min(1e-30)
         for root, v in zip(graph.roots(member).tolist(), norms.tolist()):
             score[root] += v
@@ -124,21 +131,28 @@ def channel_scale(graph: ChannelGraph) -> dict[int, float]:
     return {root: v / count[root] for root, v in total.items()}
 
 
+def _tensors(gm: fx.GraphModule, member: Member) -> list[tuple[str, torch.Tensor, int]]:
+    """(qualified name, tensor, axis of the member's positions) of every tensor the member slices."""
+    if member.role == "param":
+        return [(member.path, operator.attrgetter(member.path)(gm), member.axis)]
+    m = gm.get_submodule(member.path)
+    names = ("weight",) if member.role == "in" else ("weight", "bias")
+    return [(f"{member.path}.{n}", getattr(m, n), int(member.role == "in")) for n in names
+            if isinstance(getattr(m, n, None), torch.Tensor)]
+
+
 def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
            momentum: float | None = None) -> dict[int, float]:
     """Per class: (sum over its weights of w * dL/dw)^2, averaged over the batches of `data`; with
     `momentum`, blended with the estimate an earlier run left on the class's members (core.smoothing)."""
     loss_fn = loss_fn or F.cross_entropy
     gm = graph.gm
-    members = graph.flow.members
-    params = {m.path: gm.get_submodule(m.path) for m in members}
-    tensors = {(path, name): p for path, mod in params.items() for name, p in mod.named_parameters(recurse=False)
-               if name in ("weight", "bias")}
+    entries = [(graph.roots(m), _tensors(gm, m)) for m in graph.flow.members]
+    tensors = {key: t for _, ts in entries for key, t, _ in ts}
+    keys = list(tensors)
     flags = {k: t.requires_grad for k, t in tensors.items()}
     for t in tensors.values():
         t.requires_grad_(True)
-    keys = list(tensors)
-    index = [graph.roots(m) for m in members]
     total: dict[int, float] = defaultdict(float)
     batches = 0
     try:
@@ -148,15 +162,12 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
                 grads = dict(zip(keys, torch.autograd.grad(loss_fn(gm(x), y), [tensors[k] for k in keys],
                                                            allow_unused=True)))
                 per_class: dict[int, float] = defaultdict(float)
-                for member, roots in zip(members, index):
-                    for name in ("weight", "bias"):
-                        t, g = tensors.get((member.path, name)), grads.get((member.path, name))
-                        if t is None or g is None or (name == "bias" and member.role == "in"):
+                for roots, ts in entries:
+                    for key, t, axis in ts:
+                        if grads[key] is None:
                             continue
-                        prod = (t.detach() * g).double()
-                        if name == "weight" and member.role not in PER_CHANNEL:
-                            prod = _slices(prod, member.role).sum(1)
-                        for root, v in zip(roots.tolist(), prod.tolist()):
+                        prod = (t.detach() * grads[key]).double().movedim(axis, 0)
+                        for root, v in zip(roots.tolist(), prod.reshape(len(roots), -1).sum(1).tolist()):
                             per_class[root] += v
                 for root, v in per_class.items():
                     total[root] += v * v
@@ -173,7 +184,7 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
 def _smoothed(graph: ChannelGraph, score: dict[int, float], momentum: float) -> dict[int, float]:
     """`score` blended with the per-channel estimates stored on the members that own the channels as
     outputs (momentum * old + (1 - momentum) * new; new where none is stored), stored back on them."""
-    owners = [m for m in graph.flow.members if m.role != "in"]
+    owners = [m for m in graph.flow.members if m.role not in ("in", "param")]
     old: dict[int, float] = {}
     for member in owners:
         history, roots = stored(graph.gm.get_submodule(member.path), CHANNELS), graph.roots(member)
@@ -193,7 +204,8 @@ def kept_shares(graph: ChannelGraph, removed: set[int]) -> dict[str, dict[str, f
     kept: dict[str, dict[str, float]] = defaultdict(dict)
     for member in graph.flow.members:
         roots = graph.roots(member)
-        kept[member.path]["in" if member.role == "in" else "out"] = 1 - torch.isin(roots, gone).float().mean().item()
+        key = f"axis{member.axis}" if member.role == "param" else "in" if member.role == "in" else "out"
+        kept[member.path][key] = 1 - torch.isin(roots, gone).float().mean().item()
     return kept
 
 
@@ -219,6 +231,9 @@ def params_after(graph: ChannelGraph, removed: set[int], ranks: dict[str, int] |
     for name, p in graph.gm.named_parameters():
         path, _, attr = name.rpartition(".")
         share = kept.get(path)
+        if name in kept:  # a parameter sliced along its channels (position embedding, layer scale)
+            total += round(p.numel() * math.prod(kept[name].values()))
+            continue
         if path in in_pairs:
             continue
         if share is None or attr not in ("weight", "bias"):
@@ -252,10 +267,12 @@ def zero(graph: ChannelGraph, classes: set[int]) -> None:
     the outputs. The lossless check of prune-channels is built on this."""
     with torch.no_grad():
         for member in graph.flow.members:
-            m = graph.gm.get_submodule(member.path)
+            hit = torch.tensor([r in classes for r in graph.roots(member).tolist()])
+            if member.role == "param":
+                operator.attrgetter(member.path)(graph.gm).index_fill_(member.axis, hit.nonzero().flatten(), 0)
             if member.role in PER_CHANNEL:
                 continue
-            hit = torch.tensor([r in classes for r in graph.roots(member).tolist()])
+            m = graph.gm.get_submodule(member.path)
             if member.role == "in":
                 m.weight[:, hit] = 0
             else:
@@ -264,23 +281,107 @@ def zero(graph: ChannelGraph, classes: set[int]) -> None:
                     m.bias[hit] = 0
 
 
+def _kept(graph: ChannelGraph, ids: torch.Tensor, removed: set[int]) -> torch.Tensor:
+    return torch.tensor([graph.flow.find(e) not in removed for e in ids.tolist()], dtype=torch.bool)
+
+
 def remove(graph: ChannelGraph, removed: set[int]) -> int:
-    """Slice every member module of `graph.gm` so the classes in `removed` are gone; modules are
-    replaced (never edited in place, so a module shared with the caller's model is untouched).
-    Returns the number of modules changed."""
+    """Slice every member of `graph.gm` so the classes in `removed` are gone and rewrite the literal
+    channel counts in its graph; modules are replaced (never edited in place, so a module shared with
+    the caller's model is untouched). Returns the number of modules and attributes changed."""
     keep_out: dict[str, torch.Tensor] = {}
     keep_in: dict[str, torch.Tensor] = {}
+    changed = 0
     for member in graph.flow.members:
         keep = torch.tensor([r not in removed for r in graph.roots(member).tolist()])
-        (keep_in if member.role == "in" else keep_out)[member.path] = keep
-    changed = 0
+        if member.role == "param":
+            if not keep.all():
+                _slice_attribute(graph.gm, member.path, keep, member.axis)
+                changed += 1
+        else:
+            (keep_in if member.role == "in" else keep_out)[member.path] = keep
     for path in sorted(set(keep_out) | set(keep_in)):
         out, inp = keep_out.get(path), keep_in.get(path)
         if (out is None or out.all()) and (inp is None or inp.all()):
             continue
         set_module(graph.gm, path, _sliced(graph.gm.get_submodule(path), out, inp))
         changed += 1
+    nodes = {n.name: n for n in graph.gm.graph.nodes}
+    for fix in graph.flow.fixups:
+        node = nodes[fix.node]
+        size = fix.value if fix.ids is None else int(_kept(graph, fix.ids, removed).sum())
+        args = list(node.args)
+        if fix.item is None:
+            args[fix.index] = size
+        else:
+            seq = list(args[fix.index])
+            seq[fix.item] = size
+            args[fix.index] = type(args[fix.index])(seq)
+        node.args = tuple(args)
+    if graph.flow.fixups:
+        graph.gm.recompile()
     return changed
+
+
+def _slice_attribute(gm: fx.GraphModule, name: str, keep: torch.Tensor, axis: int) -> None:
+    """Replace the tensor attribute `name` by its slice; its owner module is replaced by a shallow copy
+    first, so a module shared with the caller's model keeps its tensor."""
+    path, _, attr = name.rpartition(".")
+    owner = gm.get_submodule(path)
+    if owner is not gm:
+        fresh = copy.copy(owner)
+        for d in ("_parameters", "_buffers", "_modules"):
+            fresh.__dict__[d] = dict(owner.__dict__[d])
+        set_module(gm, path, fresh)
+        owner = fresh
+    t = getattr(owner, attr)
+    data = t.detach().index_select(axis, keep.nonzero().flatten()).contiguous()
+    if isinstance(t, nn.Parameter):
+        setattr(owner, attr, nn.Parameter(data, requires_grad=t.requires_grad))
+    elif attr in owner._buffers:
+        owner._buffers[attr] = data
+    else:
+        setattr(owner, attr, data)
+
+
+def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
+    """A copy of `graph.gm` whose norms over channels compute their statistics without the channels in
+    `classes`: what removing them gives, with those channels still in place. Zeroed channels
+    (`zero`) are removed losslessly against this reference; with no norm it equals `graph.gm`."""
+    gm = copy.deepcopy(graph.gm)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for i, norm in enumerate(graph.flow.norms):
+        node = nodes[norm.node]
+        gm.register_buffer(f"_fxprune_mask{i}", _kept(graph, norm.ids, classes))
+        with gm.graph.inserting_before(node):
+            mask = gm.graph.get_attr(f"_fxprune_mask{i}")
+            if node.op == "call_module":
+                m = gm.get_submodule(node.target)
+                affine = [gm.graph.get_attr(f"{node.target}.{k}") if getattr(m, k, None) is not None else None
+                          for k in ("weight", "bias")]
+                eps = m.eps
+            else:
+                names = ("weight", "bias", "eps") if op_name(node) == "layer_norm" else ("weight", "eps")
+                given = dict(zip(names, node.args[2:]), **node.kwargs)
+                affine, eps = [given.get("weight"), given.get("bias")], given.get("eps", 1e-5)
+            masked = gm.graph.call_function(_masked_norm, (node.args[0], mask, *affine, eps, norm.axis,
+                                                           norm.dims, norm.rms))
+        node.replace_all_uses_with(masked)
+        gm.graph.erase_node(node)
+    gm.recompile()
+    return gm
+
+
+def _masked_norm(x, mask, weight, bias, eps, axis: int, dims: tuple[int, ...], rms: bool):
+    shape = [1] * x.dim()
+    shape[axis] = -1
+    m = mask.view(shape).to(x.dtype).expand_as(x)
+    count = m.sum(dims, keepdim=True)
+    mean = 0 if rms else (x * m).sum(dims, keepdim=True) / count
+    var = ((x - mean) ** 2 * m).sum(dims, keepdim=True) / count
+    y = (x - mean) / torch.sqrt(var + (torch.finfo(x.dtype).eps if eps is None else eps))
+    y = y * weight.view(shape) if weight is not None else y
+    return y + bias.view(shape) if bias is not None else y
 
 
 def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) -> nn.Module:
@@ -303,9 +404,11 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
         if history is not None and len(history) == len(out):  # the running importance follows its channels
             new.__dict__[CHANNELS] = history[out]
         n = int(out.sum())
-        for attr in ("out_channels", "out_features", "num_features"):
+        for attr in ("out_channels", "out_features", "num_features", "num_channels"):
             if hasattr(new, attr):
                 setattr(new, attr, n)
+        if hasattr(new, "normalized_shape"):
+            new.normalized_shape = (n,)
         if getattr(new, "groups", 1) > 1:  # depthwise: channels in = out = groups
             new.groups = new.in_channels = n
     if inp is not None:

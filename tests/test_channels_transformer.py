@@ -1,0 +1,214 @@
+"""prune-channels on transformer-style graphs: the embedding width as one group with its norms,
+position embedding, class token and layer scales; literal and computed channel counts rewritten;
+token-only reshapes (windows), roll and pad; exact members, reasons and lossless removal."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+from fxprune.analysis.channels import analyse, masked_norms, zero
+
+from .test_channels import check_zeroed_channels_are_removed_losslessly
+
+C, N = 8, 4  # embedding width, tokens
+IMG = torch.randn(2, 3, 4, 4)  # 2x2 patches of 2x2 pixels: N = 4 tokens
+
+
+class TinyViT(nn.Module):
+    """Patch conv, class token, position embedding, a pre-norm block with a module LayerNorm and a
+    functional one (weight read directly), layer scale, final norm, head on the class token."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, C, 2, stride=2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, C))
+        self.pos_embed = nn.Parameter(torch.randn(1, N + 1, C))
+        self.norm1 = nn.LayerNorm(C)
+        self.fc1, self.fc2 = nn.Linear(C, 12), nn.Linear(12, C)
+        self.gamma = nn.Parameter(torch.rand(C) + 0.5)
+        self.norm2_weight, self.norm2_bias = nn.Parameter(torch.rand(C) + 0.5), nn.Parameter(torch.randn(C))
+        self.head = nn.Linear(C, 5)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = x + self.gamma * self.fc2(F.gelu(self.fc1(self.norm1(x))))
+        x = F.layer_norm(x, (C,), self.norm2_weight, self.norm2_bias)
+        return self.head(x[:, 0])
+
+
+def groups_of(model, x=IMG):
+    graph = analyse(fxprune.trace(model.eval()), (x,))
+    return {frozenset(g.members): (g.size, g.blocked) for g in graph.groups}
+
+
+def test_the_embedding_width_is_one_group_with_norms_and_attributes():
+    assert groups_of(TinyViT()) == {
+        frozenset({("patch", "out"), ("cls_token", "param"), ("pos_embed", "param"), ("norm1", "norm"),
+                   ("fc1", "in"), ("fc2", "out"), ("gamma", "param"), ("norm2_weight", "param"),
+                   ("norm2_bias", "param"), ("head", "in")}): (C, None),
+        frozenset({("fc1", "out"), ("fc2", "in")}): (12, None),
+        frozenset({("head", "out")}): (5, "reaches the model output"),
+    }
+
+
+def test_removing_embedding_channels_slices_every_attribute_and_norm():
+    small = fxprune.prune(TinyViT(), IMG, "prune-channels{ratio=0.5}")
+    assert small.cls_token.shape == (1, 1, 4) and small.pos_embed.shape == (1, N + 1, 4)
+    assert small.gamma.shape == small.norm2_weight.shape == small.norm2_bias.shape == (4,)
+    assert small.get_submodule("norm1").normalized_shape == (4,)
+    assert [n.args[1] for n in small.graph.nodes if n.target is F.layer_norm] == [(4,)]
+    assert small(IMG).shape == (2, 5)
+
+
+def test_zeroed_embedding_channels_are_removed_losslessly_against_masked_norms():
+    check_zeroed_channels_are_removed_losslessly(TinyViT(), IMG, random_weights=False)
+
+
+def test_masked_norms_differ_from_plain_norms_only_where_channels_are_masked():
+    """The rule the lossless check rests on: a LayerNorm over C channels of which some are zero is
+    not the LayerNorm over the others; masking them out of its statistics is."""
+    gm = fxprune.trace(TinyViT().eval())
+    graph = analyse(gm, (IMG,))
+    with torch.no_grad():
+        torch.testing.assert_close(masked_norms(graph, set())(IMG), gm(IMG), rtol=1e-6, atol=1e-6)
+        chosen = set(graph.prunable[0].classes[:3])
+        zero(graph, chosen)
+        assert not torch.allclose(masked_norms(graph, chosen)(IMG), gm(IMG), atol=1e-3)
+
+
+class Norms(nn.Module):
+    """RMSNorm and GroupNorm with one group over a residual stream (channels first for GroupNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, C, 1), nn.Conv2d(C, C, 1)
+        self.gn, self.rms = nn.GroupNorm(1, C), nn.RMSNorm(C)
+        self.head = nn.Linear(C, 5)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x + self.b(self.gn(x))
+        return self.head(self.rms(x.mean((2, 3))))
+
+
+def test_rms_norm_and_one_group_group_norm_prune_losslessly_against_masked_norms():
+    members = next(iter(g for g in groups_of(Norms()) if ("gn", "norm") in g))
+    assert members == {("a", "out"), ("b", "in"), ("b", "out"), ("gn", "norm"), ("rms", "norm"), ("head", "in")}
+    check_zeroed_channels_are_removed_losslessly(Norms(), IMG, random_weights=False)
+
+
+def test_group_norm_with_several_groups_is_a_barrier_with_its_name():
+    model = Norms()
+    model.gn = nn.GroupNorm(2, C)
+    assert not any(("gn", "norm") in members for members in groups_of(model))
+    assert {r for _, r in groups_of(model).values()} >= {"module gn (GroupNorm with 2 groups)"}
+
+
+class Windows(nn.Module):
+    """Channels-last tokens cut into windows (view/permute/view with the width read from the shape),
+    shifted with roll and padded on the token axes only, as Swin does; a literal width in a reshape."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.norm = nn.Conv2d(3, C, 1), nn.LayerNorm(C)
+        self.fc = nn.Linear(C, C)
+        self.head = nn.Linear(C, 5)
+
+    def forward(self, x):
+        x = self.embed(x).reshape(2, C, 16).transpose(1, 2).reshape(2, 4, 4, C)  # literal C
+        x = F.pad(self.norm(x), (0, 0, 0, 2, 0, 2))  # (B, 6, 6, C)
+        b, h, w, c = x.shape
+        win = torch.roll(x, (1, 1), (1, 2)).view(b, h // 3, 3, w // 3, 3, c).permute(0, 1, 3, 2, 4, 5)
+        win = self.fc(win.reshape(-1, 9, c))
+        x = x + win.view(b, 2, 2, 3, 3, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return self.head(x.mean((1, 2)))
+
+
+def test_token_reshapes_roll_and_pad_keep_the_channel_axis_and_literals_are_rewritten():
+    members = next(iter(g for g in groups_of(Windows()) if ("norm", "norm") in g))
+    assert members == {("embed", "out"), ("norm", "norm"), ("fc", "in"), ("fc", "out"), ("head", "in")}
+    assert groups_of(Windows())[members] == (C, None)
+    check_zeroed_channels_are_removed_losslessly(Windows(), IMG, random_weights=False)
+    small = fxprune.prune(Windows(), IMG, "prune-channels{ratio=0.5}")
+    assert [n.args for n in small.graph.nodes if n.target == "reshape"][0][1:] == (2, 4, 16)
+
+
+class FunctionalLinear(nn.Module):
+    """A linear layer applied as F.linear with its weight read directly (BEiT's qkv), and a width
+    read from the shape sizing a tensor whose channels are not pruned."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, C)
+        self.qkv = nn.Linear(C, C)
+        self.head = nn.Linear(C, 5)
+
+    def forward(self, x):
+        x = self.a(x)
+        b, c = x.shape
+        y = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 2, 4)  # split: a barrier for qkv's outputs
+        return self.head(y.reshape(b, c))  # x's width sizes y: written as a literal, 8
+
+
+def test_functional_linear_reads_channels_through_its_weight_attribute():
+    x = torch.randn(2, 6)
+    groups = groups_of(FunctionalLinear(), x)
+    assert groups[frozenset({("a", "out"), ("qkv.weight", "param")})] == (C, None)
+    check_zeroed_channels_are_removed_losslessly(FunctionalLinear(), x, random_weights=False)
+    small = fxprune.prune(FunctionalLinear(), x, "prune-channels{ratio=0.5}")
+    assert small.qkv.weight.shape == (C, 4) and small(x).shape == (2, 5)
+
+
+class CountAsNumber(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(6, C), nn.Linear(C, 5)
+        self.table = nn.Parameter(torch.randn(C))
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.head(x) * x.shape[1] + self.table.sum()
+
+
+def test_a_channel_count_used_as_a_number_keeps_its_channels():
+    x = torch.randn(2, 6)
+    assert groups_of(CountAsNumber(), x)[frozenset({("a", "out"), ("head", "in")})] == (
+        C, "their count is read by mul (mul)")
+
+
+class SharedAttribute(nn.Module):
+    """pos is added to the channels and also read by an op the rules do not understand."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Linear(6, C), nn.Linear(C, 5)
+        self.pos = nn.Parameter(torch.randn(C))
+
+    def forward(self, x):
+        return self.head(self.a(x) + self.pos) + self.pos.exp().sum()
+
+
+def test_an_attribute_with_a_use_not_understood_keeps_its_channels():
+    x = torch.randn(2, 6)
+    assert groups_of(SharedAttribute(), x)[frozenset({("a", "out"), ("pos", "param"), ("head", "in")})] == (
+        C, "pos is also read by exp (exp)")
+
+
+@pytest.mark.parametrize("name, kwargs, member", [
+    ("deit_tiny_patch16_224", dict(img_size=32, depth=2), ("pos_embed", "param")),
+    ("swin_tiny_patch4_window7_224", dict(img_size=32, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 2)),
+     ("layers.0.blocks.1.norm1", "norm")),
+])
+def test_timm_transformers_prune_their_embedding_width_losslessly(name, kwargs, member):
+    """Zeroed channels of every group (embedding width included) removed against masked norms."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = analyse(fxprune.trace(model), (x,))
+    assert any(member in g.members for g in graph.prunable)
+    check_zeroed_channels_are_removed_losslessly(model, x)
