@@ -212,3 +212,25 @@ def test_timm_transformers_prune_their_embedding_width_losslessly(name, kwargs, 
     graph = analyse(fxprune.trace(model), (x,))
     assert any(member in g.members for g in graph.prunable)
     check_zeroed_channels_are_removed_losslessly(model, x)
+
+
+class PoolFormerish(nn.Module):
+    """F.group_norm with one group (weight read directly) and StarReLU (s * relu(x) ** 2 + b)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, C, 1), nn.Conv2d(C, C, 1), nn.Linear(C, 5)
+        self.gn_w, self.gn_b = nn.Parameter(torch.rand(C) + 0.5), nn.Parameter(torch.randn(C))
+        self.s, self.t = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x + self.s * F.relu(self.b(F.group_norm(x, 1, self.gn_w, self.gn_b))) ** 2 + self.t
+        return self.head(x.mean((2, 3)))
+
+
+def test_functional_group_norm_and_star_relu_prune_losslessly_against_masked_norms():
+    groups = groups_of(PoolFormerish())
+    assert groups[frozenset({("a", "out"), ("b", "in"), ("b", "out"), ("gn_w", "param"), ("gn_b", "param"),
+                             ("head", "in")})] == (C, None)
+    check_zeroed_channels_are_removed_losslessly(PoolFormerish(), IMG, random_weights=False)

@@ -118,8 +118,9 @@ def tp_prune(ratio: float):
     return run
 
 
-def measure(model_id: str, input_size: tuple[int, ...], ratio: float, memory_gib: int) -> dict:
-    """One model, both tools and the lossless check; runs in a fresh process (see main)."""
+def measure(model_id: str, input_size: tuple[int, ...], ratio: float, memory_gib: int, peer: dict | None) -> dict:
+    """One model, both tools and the lossless check; runs in a fresh process (see main). `peer`:
+    Torch-Pruning's result from an earlier run (--peer-from), reused instead of running it again."""
     torch.set_num_threads(1)
     resource.setrlimit(resource.RLIMIT_AS, (memory_gib << 30, memory_gib << 30))
     torch.manual_seed(0)
@@ -134,7 +135,7 @@ def measure(model_id: str, input_size: tuple[int, ...], ratio: float, memory_gib
         return row
     row["params_before"] = sum(p.numel() for p in model.parameters())
     row["fxprune"] = attempt(fxprune_prune(ratio), model, x, shape)
-    row["torch_pruning"] = attempt(tp_prune(ratio), model, x, shape)
+    row["torch_pruning"] = peer if peer is not None else attempt(tp_prune(ratio), model, x, shape)
     row["fxprune_lossless"] = zeroed_channels_check(model, x)
     return row
 
@@ -146,7 +147,14 @@ def main(argv=None) -> None:
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--memory-gib", type=int, default=MEMORY_GIB, help="address space per model (GiB)")
     ap.add_argument("--models", nargs="*", help="only these model ids (default: all of the config)")
+    ap.add_argument("--peer-from", type=Path, help="take Torch-Pruning's rows from this earlier results file "
+                                                  "(same ratio) instead of running it again")
     args = ap.parse_args(argv)
+    peers = {}
+    for line in args.peer_from.read_text().splitlines() if args.peer_from else []:
+        row = json.loads(line)
+        if row.get("ratio") == args.ratio and "torch_pruning" in row:
+            peers[row["model"]] = row["torch_pruning"]
     out = Path(args.out)
     done = set()
     for line in out.read_text().splitlines() if out.exists() else []:
@@ -161,7 +169,8 @@ def main(argv=None) -> None:
         # make the next one fail, and a run the kernel kills is that model's result, not the end.
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             try:
-                row = pool.submit(measure, entry.id, entry.input_size, args.ratio, args.memory_gib).result()
+                row = pool.submit(measure, entry.id, entry.input_size, args.ratio, args.memory_gib,
+                                  peers.get(entry.id)).result()
             except BrokenProcessPool:
                 row = {"model": entry.id, "ratio": args.ratio,
                        "error": "the process was killed (out of the machine's memory)"}

@@ -48,7 +48,7 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "interpolate",
                "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
-               "upsample", "drop_path"}
+               "upsample", "drop_path", "pow", "square", "rsqrt", "reciprocal"}
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
@@ -406,6 +406,8 @@ class _Propagator:
             self.merge(node, name)
         elif name in ("layer_norm", "rms_norm"):
             self.norm_function(node, name)
+        elif name == "group_norm":
+            self.group_norm_function(node)
         elif name == "linear":
             self.linear_function(node)
         elif name in ("permute", "transpose"):
@@ -564,6 +566,20 @@ class _Propagator:
         if not self.adopt(weight, node, 0, ids) or (bias is not None and not self.adopt(bias, node, 0, ids)):
             self.flow.block(ids, f"linear ({node.name}) with a weight or bias computed in the graph")
         self.flow.value[node] = (last, ids)
+
+    def group_norm_function(self, node: fx.Node) -> None:
+        """F.group_norm(x, 1, weight, bias, eps): statistics over dims 1..., channels on axis 1."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+        if groups != 1 or axis != 1:
+            return self.barrier(node, f"group_norm ({node.name}) with {groups} groups")
+        for i, key in enumerate(("weight", "bias")):
+            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
+            if t is not None and not self.adopt(t, node, 0, ids):
+                return self.barrier(node, f"group_norm ({node.name}) with a {key} that is not a model attribute")
+        self.flow.norms.append(Norm(node.name, ids, 1, tuple(range(1, len(_shape(src)))), False))
+        self.flow.value[node] = (axis, ids)
 
     def norm_function(self, node: fx.Node, name: str) -> None:
         """F.layer_norm(x, shape, weight, bias, eps) / F.rms_norm(x, shape, weight, eps) over the last dim."""

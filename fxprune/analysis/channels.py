@@ -361,8 +361,9 @@ def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
                           for k in ("weight", "bias")]
                 eps = m.eps
             else:
-                names = ("weight", "bias", "eps") if op_name(node) == "layer_norm" else ("weight", "eps")
-                given = dict(zip(names, node.args[2:]), **node.kwargs)
+                names = {"layer_norm": ("shape", "weight", "bias", "eps"), "rms_norm": ("shape", "weight", "eps"),
+                         "group_norm": ("groups", "weight", "bias", "eps")}[op_name(node)]
+                given = dict(zip(names, node.args[1:]), **node.kwargs)
                 affine, eps = [given.get("weight"), given.get("bias")], given.get("eps", 1e-5)
             masked = gm.graph.call_function(_masked_norm, (node.args[0], mask, *affine, eps, norm.axis,
                                                            norm.dims, norm.rms))

@@ -112,5 +112,6 @@ def show_groups(args: argparse.Namespace) -> int:
     prunable = graph.prunable
     print(f"\n{args.model}: {len(graph.groups)} groups, {len(prunable)} prunable, holding "
           f"{sum(g.size for g in prunable):,} of {sum(g.size for g in graph.groups):,} channels. Roles: out = output "
-          "channels, in = input channels, dw = depthwise conv, bn = BatchNorm.")
+          "channels, in = input channels, dw = depthwise conv, bn = BatchNorm, norm = LayerNorm/RMSNorm/GroupNorm, "
+          "param = a tensor read directly (position embedding, class token, layer scale), sliced with them.")
     return 0
