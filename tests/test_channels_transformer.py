@@ -234,3 +234,12 @@ def test_functional_group_norm_and_star_relu_prune_losslessly_against_masked_nor
     assert groups[frozenset({("a", "out"), ("b", "in"), ("b", "out"), ("gn_w", "param"), ("gn_b", "param"),
                              ("head", "in")})] == (C, None)
     check_zeroed_channels_are_removed_losslessly(PoolFormerish(), IMG, random_weights=False)
+
+
+def test_magnitude_scores_layers_whose_slices_hold_one_value():
+    """Only attributes with one value per channel (layer scale, class token) are left out of l1/l2:
+    a Linear(1, 4) -> Linear(4, 1) pair is scored (csatv2's attention MLPs)."""
+    from fxprune.analysis.channels import magnitude
+
+    graph = analyse(fxprune.trace(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))), (torch.randn(2, 1),))
+    assert len(graph.prunable) == 1 and set(graph.prunable[0].classes) <= set(magnitude(graph, 1))

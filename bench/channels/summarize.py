@@ -16,7 +16,8 @@ from fxprune.core.io import atomic_write_text
 from fxprune.runners.zoo import load
 
 HERE = Path(__file__).resolve().parent
-ZOOS = {"torchvision": ("tv.jsonl", "zoo_configs/torchvision.toml"), "timm": ("timm.jsonl", "zoo_configs/timm.toml")}
+ZOOS = {"torchvision": ("tv.jsonl", "zoo_configs/torchvision.toml"), "timm": ("timm.jsonl", "zoo_configs/timm.toml"),
+        "transformers": ("transformers.jsonl", "zoo_configs/transformers.toml")}
 TOOLS = {"fxprune": "fxprune `prune-channels`", "torch_pruning": "Torch-Pruning MetaPruner (L2 magnitude)"}
 
 
@@ -27,7 +28,7 @@ def rows_of(name: str) -> list[dict]:
 
 def main() -> None:
     root = HERE.parent.parent
-    summary, failures, lossless = [], [], []
+    summary, failures, lossless, versus, named = [], [], [], [], []
     ratio = next((r["ratio"] for z in ZOOS.values() for r in rows_of(z[0])), "?")
     for zoo, (results, config) in ZOOS.items():
         rows = rows_of(results)
@@ -46,6 +47,15 @@ def main() -> None:
             failures += [[zoo, r["model"], label, r[tool]["status"], r[tool].get("reason", "")]
                          for r in runs if r[tool]["status"] != "ok"]
         failures += [[zoo, r["model"], "(both)", "error", r["error"]] for r in rows if "error" in r]
+        both = [r for r in rows if all(r.get(t, {}).get("status") == "ok" for t in TOOLS)]
+        fewer = [r for r in both if r["fxprune"]["params_after"] <= r["torch_pruning"]["params_after"]]
+        versus.append([zoo, str(len(both)), str(len(fewer)),
+                       ", ".join(f"{r['model']} ({r['fxprune']['params_after'] / r['torch_pruning']['params_after']:.2f}x)"
+                                 for r in both if r not in fewer)])
+        if zoo == "transformers":
+            named += [[r["model"], f"{r['params_before']:,}",
+                       *(f"{r[t]['params_after'] / r['params_before']:.3f}" if r.get(t, {}).get("status") == "ok"
+                         else r.get(t, {}).get("status", "") for t in TOOLS)] for r in rows]
         checked = [r["fxprune_lossless"] for r in rows if "fxprune_lossless" in r]
         vacuous = [c for c in checked if c.get("zeroed") == 0]  # no prunable group: nothing to check
         lossless.append([zoo, f"{sum(c['status'] == 'ok' for c in checked)} / {len(checked) - len(vacuous)}",
@@ -60,7 +70,11 @@ def main() -> None:
 
 Reproduce (1 thread, random weights with `fxprune.runners.zoo.wake`):
 `.venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl`
-(and `timm.toml` -> `timm.jsonl`), then `.venv/bin/python -m bench.channels.summarize`.
+(and `timm.toml` -> `timm.jsonl`, `transformers.toml` -> `transformers.jsonl`), then
+`.venv/bin/python -m bench.channels.summarize`. Torch-Pruning's rows of tv.jsonl and timm.jsonl come
+from its run of 2026-11-22 (`--peer-from` the earlier file: same models, same ratio, same version);
+fxprune's and the lossless check were rerun on 2026-11-23 after the channel analysis learned norms,
+attributes read directly and token reshapes (transformers' embedding width).
 
 1 thread, at most 600 s per pruning call. The script measures each model in a fresh process with an
 address-space limit (`--memory-gib`: 10 to 12 GiB in the runs here, so two runs fit beside each
@@ -75,11 +89,24 @@ skips (with the reason in the config) are counted as not pruned.
 {tabulate(summary, ["zoo", "tool", "pruned", "share", "median params kept", "median s", "total s"],
           tablefmt="github", disable_numparse=True)}
 
+## Transformers and ConvNeXt (issue 17's goal: at most 0.6 of the params kept at ratio {ratio})
+
+{tabulate(named, ["model", "params", "fxprune params kept", "Torch-Pruning params kept"], tablefmt="github",
+          disable_numparse=True)}
+
+## Params kept: fxprune against Torch-Pruning where both prune
+
+{tabulate(versus, ["zoo", "both prune", "fxprune keeps at most Torch-Pruning's params", "where it keeps more (x Torch-Pruning's)"],
+          tablefmt="github", disable_numparse=True)}
+
 ## Lossless check (fxprune)
 
 Half the channels of every prunable group zeroed (their weight slices), then
 `prune-channels{{criterion=l1 ratio=0.5}}`: it must remove exactly those channels and keep the logits
-(relative L2 error < 1e-5 or max abs error <= 1e-4).
+(relative L2 error < 1e-5 or max abs error <= 1e-4). Norms over channels (LayerNorm, RMSNorm, GroupNorm
+with one group) compute their statistics over fewer channels once channels are removed, so there the
+reference is the zeroed model with those channels masked out of the norms' statistics
+(`fxprune.analysis.channels.masked_norms`); elsewhere it is the zeroed model itself.
 
 {tabulate(lossless, ["zoo", "passed", "nothing prunable", "worst rel. L2 error"], tablefmt="github", disable_numparse=True)}
 

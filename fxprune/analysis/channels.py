@@ -89,14 +89,14 @@ def _slices(w: torch.Tensor, role: str) -> torch.Tensor:
 def magnitude(graph: ChannelGraph, p: int) -> dict[int, float]:
     """Per class: the sum over its members of the Lp norm of its weight slice, each member's
     norms divided by their mean so that layers of any scale count alike. Members holding one value
-    per channel (BatchNorm, norms, scales, layer scales, class tokens) do not count."""
+    per channel (BatchNorm, norms, scales; layer scales and class tokens read directly) do not count."""
     score: dict[int, float] = defaultdict(float)
     for member in graph.flow.members:
         if member.role in ("bn", "scale", "norm"):
             continue
         _, t, axis = _tensors(graph.gm, member)[0]
         slices = t.detach().double().movedim(axis, 0).reshape(t.shape[axis], -1)
-        if slices.shape[1] == 1:
+        if member.role == "param" and slices.shape[1] == 1:  # one value per channel: not a weight slice
             continue
         norms = slices.norm(p=p, dim=1)
         norms = norms / norms.mean().clamp_min(1e-30)
