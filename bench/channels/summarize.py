@@ -49,9 +49,11 @@ def main() -> None:
         failures += [[zoo, r["model"], "(both)", "error", r["error"]] for r in rows if "error" in r]
         both = [r for r in rows if all(r.get(t, {}).get("status") == "ok" for t in TOOLS)]
         fewer = [r for r in both if r["fxprune"]["params_after"] <= r["torch_pruning"]["params_after"]]
+        more = sorted(((r["fxprune"]["params_after"] / r["torch_pruning"]["params_after"], r["model"])
+                       for r in both if r not in fewer), reverse=True)
         versus.append([zoo, str(len(both)), str(len(fewer)),
-                       ", ".join(f"{r['model']} ({r['fxprune']['params_after'] / r['torch_pruning']['params_after']:.2f}x)"
-                                 for r in both if r not in fewer)])
+                       f"{statistics.median(x for x, _ in more):.2f}x" if more else "",
+                       ", ".join(f"{m} ({x:.2f}x)" for x, m in more[:4])])
         if zoo == "transformers":
             named += [[r["model"], f"{r['params_before']:,}",
                        *(f"{r[t]['params_after'] / r['params_before']:.3f}" if r.get(t, {}).get("status") == "ok"
@@ -71,10 +73,10 @@ def main() -> None:
 Reproduce (1 thread, random weights with `fxprune.runners.zoo.wake`):
 `.venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl`
 (and `timm.toml` -> `timm.jsonl`, `transformers.toml` -> `transformers.jsonl`), then
-`.venv/bin/python -m bench.channels.summarize`. Torch-Pruning's rows of tv.jsonl and timm.jsonl come
-from its run of 2026-11-22 (`--peer-from` the earlier file: same models, same ratio, same version);
-fxprune's and the lossless check were rerun on 2026-11-23 after the channel analysis learned norms,
-attributes read directly and token reshapes (transformers' embedding width).
+`.venv/bin/python -m bench.channels.summarize`; `--peer-from OLD.jsonl` reuses Torch-Pruning's rows of an
+earlier run (same models, ratio and version). **tv.jsonl and timm.jsonl predate the channel analysis of
+norms, attributes read directly and token reshapes (2026-11-22); transformers.jsonl was measured after it
+(2026-11-23).** The zoo rows are to be rerun with it (issue 17).
 
 1 thread, at most 600 s per pruning call. The script measures each model in a fresh process with an
 address-space limit (`--memory-gib`: 10 to 12 GiB in the runs here, so two runs fit beside each
@@ -96,7 +98,8 @@ skips (with the reason in the config) are counted as not pruned.
 
 ## Params kept: fxprune against Torch-Pruning where both prune
 
-{tabulate(versus, ["zoo", "both prune", "fxprune keeps at most Torch-Pruning's params", "where it keeps more (x Torch-Pruning's)"],
+{tabulate(versus, ["zoo", "both prune", "fxprune keeps at most Torch-Pruning's params", "elsewhere, fxprune / Torch-Pruning (median)",
+                  "most"],
           tablefmt="github", disable_numparse=True)}
 
 ## Lossless check (fxprune)
