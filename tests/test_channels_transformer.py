@@ -137,8 +137,8 @@ def test_token_reshapes_roll_and_pad_keep_the_channel_axis_and_literals_are_rewr
 
 
 class FunctionalLinear(nn.Module):
-    """A linear layer applied as F.linear with its weight read directly (BEiT's qkv), and a width
-    read from the shape sizing a tensor whose channels are not pruned."""
+    """A linear layer applied as F.linear with its weight read directly (BEiT's qkv), its outputs cut
+    into two slabs and merged back with the width read from the input's shape (rewritten to -1)."""
 
     def __init__(self):
         super().__init__()
@@ -149,8 +149,8 @@ class FunctionalLinear(nn.Module):
     def forward(self, x):
         x = self.a(x)
         b, c = x.shape
-        y = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 2, 4)  # split: a barrier for qkv's outputs
-        return self.head(y.reshape(b, c))  # x's width sizes y: written as a literal, 8
+        y = F.linear(x, self.qkv.weight, self.qkv.bias).view(b, 2, 4)  # two slabs of 4 outputs
+        return self.head(y.reshape(b, c))  # x's width sizes y
 
 
 def test_functional_linear_reads_channels_through_its_weight_attribute():
@@ -159,7 +159,9 @@ def test_functional_linear_reads_channels_through_its_weight_attribute():
     assert groups[frozenset({("a", "out"), ("qkv.weight", "param")})] == (C, None)
     check_zeroed_channels_are_removed_losslessly(FunctionalLinear(), x, random_weights=False)
     small = fxprune.prune(FunctionalLinear(), x, "prune-channels{ratio=0.5}")
-    assert small.qkv.weight.shape == (C, 4) and small(x).shape == (2, 5)
+    assert small.qkv.weight.shape == (4, 4) and small(x).shape == (2, 5)  # one slab of outputs, half the inputs
+    assert [n.args[1:] for n in small.graph.nodes if n.target == "reshape"] == [(n.args[1], -1) for n in small.graph.nodes
+                                                                                 if n.target == "reshape"]
 
 
 class CountAsNumber(nn.Module):
@@ -243,3 +245,40 @@ def test_magnitude_scores_layers_whose_slices_hold_one_value():
 
     graph = analyse(fxprune.trace(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1))), (torch.randn(2, 1),))
     assert len(graph.prunable) == 1 and set(graph.prunable[0].classes) <= set(magnitude(graph, 1))
+
+
+class Attention(nn.Module):
+    """timm's attention, fused (scaled_dot_product_attention with a per-head bias read from a table,
+    as BEiT) or by hand (q @ k^T, softmax, @ v, the bias added, as Swin); a residual around it."""
+
+    def __init__(self, fused: bool, heads: int = 4, dim: int = 3):
+        super().__init__()
+        self.fused, self.heads, self.dim = fused, heads, dim
+        self.embed = nn.Linear(6, C)
+        self.qkv, self.proj = nn.Linear(C, 3 * heads * dim), nn.Linear(heads * dim, C)
+        self.table = nn.Parameter(torch.randn(7, heads))
+        self.register_buffer("index", torch.randint(0, 7, (N * N,)))
+        self.head = nn.Linear(C, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.table[self.index].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        else:
+            y = ((q * self.dim ** -0.5) @ k.transpose(-2, -1) + bias).softmax(dim=-1) @ v
+        x = x + self.proj(y.transpose(1, 2).reshape(b, n, self.heads * self.dim))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_attention_heads_are_classes_with_their_bias_and_are_removed_whole(fused):
+    x = torch.randn(2, N, 6)
+    heads = frozenset({("qkv", "out"), ("proj", "in"), ("table", "param")})
+    assert groups_of(Attention(fused), x)[heads] == (4, None)
+    check_zeroed_channels_are_removed_losslessly(Attention(fused), x, random_weights=False)
+    small = fxprune.prune(Attention(fused), x, "prune-channels{ratio=0.5}")
+    assert small.qkv.weight.shape[0] == 3 * 2 * 3 and small.proj.weight.shape[1] == 2 * 3
+    assert small.table.shape == (7, 2) and small(x).shape == (2, 5)

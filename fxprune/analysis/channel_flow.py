@@ -247,13 +247,17 @@ class _Propagator:
             return False
         if name in ("contiguous", "float", "to", "type", "detach", "clone", "expand", "expand_as"):
             mapped = [None] * (len(new) - len(old)) + dims if len(new) >= len(old) else None
-        elif name in ("reshape", "view", "unsqueeze"):
-            real = [(d, size) for d, size in zip(dims, old) if size != 1]
+        elif name in ("reshape", "view", "unsqueeze", "squeeze", "flatten"):  # dims kept whole keep their axis
             mapped = [None] * len(new)
-            for j, size in enumerate(new):
-                if size != 1:
-                    mapped[j] = real.pop(0)[0] if real and real[0][1] == size else -1
-            mapped = None if real or -1 in mapped else mapped
+            for i, d in enumerate(dims):
+                if d is not None and old[i] > 1:
+                    j = next((j for j in range(len(new)) if new[j] == old[i]
+                              and math.prod(new[:j]) == math.prod(old[:i])), None)
+                    if j is None:
+                        return False
+                    mapped[j] = d
+        elif name == "getitem" and isinstance(node.args[1], fx.Node) and _shape(node.args[1]) is not None:
+            mapped = [None] * len(_shape(node.args[1])) + dims[1:]  # table[index]: rows gathered
         elif name in ("permute", "transpose"):
             order = list(range(len(old)))
             if name == "transpose":
@@ -306,6 +310,10 @@ class _Propagator:
         if isinstance(m, STATELESS):
             self.keep(node, src)
             return
+        if type(m) in (nn.Softmax, nn.LogSoftmax) and tracked is not None:
+            if m.dim is None or m.dim % len(_shape(src)) == tracked[0]:
+                return self.barrier(node, f"module {path} ({type(m).__name__} over the channel axis)")
+            return self.keep(node, src)
         if type(m) is nn.Flatten and tracked is not None:
             self.merge(node, "flatten")
             return
@@ -416,6 +424,14 @@ class _Propagator:
             self.reduce(node, name)
         elif name == "chunk":
             self.chunk(node)
+        elif name == "unbind":
+            self.unbind(node)
+        elif name in ("softmax", "log_softmax"):
+            self.softmax(node, name)
+        elif name == "matmul" or node.target is operator.matmul:
+            self.matmul(node)
+        elif name == "scaled_dot_product_attention":
+            self.attention(node)
         elif name == "getitem" and src in self.parts:
             self.flow.value[node] = self.parts[src][node.args[1]]
         elif name == "getitem":
@@ -519,25 +535,46 @@ class _Propagator:
             before, fits = 0, [axis + len(new) - len(old)] if new[axis + len(new) - len(old)] == old[axis] else []
         else:
             fits = [j for j in range(len(new)) if new[j] == old[axis] and math.prod(new[:j]) == before]
-        if not fits:
-            return self.merge(node, name)
-        self.flow.value[node] = (fits[0], ids)
-        self.literal_size(node, fits[0], ids)
+        if fits:
+            self.flow.value[node] = (fits[0], ids)
+            return self.literal_size(node, fits[0], ids)
+        split = [j for j in range(len(new)) if math.prod(new[:j]) == before and new[j] != old[axis]]
+        for j in split if name != "expand" else []:
+            k = next((k for k in range(2, len(new) - j + 1) if math.prod(new[j:j + k]) == old[axis]), None)
+            if k is not None:
+                return self.split(node, j, new[j:j + k], ids)
+        self.merge(node, name)
 
-    def literal_size(self, node: fx.Node, dim: int, ids: torch.Tensor, computed: bool = True) -> None:
-        """Record the size argument of `dim` (view/reshape/expand) for rewriting to the kept count: a
-        literal, or (`computed`: the channel axis is one whole dim, so its size is fixed) a number
-        computed in the graph, such as another tensor's channel count read from its shape."""
+    def split(self, node: fx.Node, start: int, dims: tuple[int, ...], ids: torch.Tensor) -> None:
+        """The channel axis cut into dims (..., heads, head_dim): the channels of each slab along the
+        second-to-last of them (an attention head: its q, k and v parts; a channel group before a
+        shuffle) go together, and that dim carries the channels on, one id per slab."""
+        axis = len(dims) - 2
+        slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
+        for slab in slabs:
+            self.flow.union(slab[:1].expand(len(slab)), slab)
+        self.flow.value[node] = (start + axis, slabs[:, 0].clone())
+        self.literal_size(node, start + axis, slabs[:, 0].clone())
+
+    def literal_size(self, node: fx.Node, dim: int, ids: torch.Tensor, merged: bool = False) -> None:
+        """Record the size argument of `dim` (view/reshape/expand) for rewriting: to the kept count
+        (a literal, or a number computed in the graph: the channel dim's size is fixed), or, where the
+        channels merge with other dims and the size is computed, to -1 if no other size is."""
         sizes, index = node.args[1:], None
         if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
             sizes, index = sizes[0], 1
         size = sizes[dim] if dim < len(sizes) else -1
-        if isinstance(size, fx.Node) and computed:
-            self.used.add((size, node))
-        elif not isinstance(size, int) or size == -1:
+        if size == -1 or not isinstance(size, (int, fx.Node)):
             return
-        self.flow.fixups.append(Fixup(node.name, 1 + dim if index is None else index,
-                                      None if index is None else dim, ids))
+        where = (node.name, 1 + dim if index is None else index, None if index is None else dim)
+        if isinstance(size, fx.Node) and merged:
+            if any(s == -1 for i, s in enumerate(sizes) if i != dim):
+                return  # two sizes to infer: check_sizes keeps the channels whose count this is
+            self.flow.fixups.append(Fixup(*where, None, -1))
+        else:
+            self.flow.fixups.append(Fixup(*where, ids))
+        if isinstance(size, fx.Node):
+            self.used.add((size, node))
 
     def on_other_axes(self, node: fx.Node) -> bool:
         """torch.roll(x, shifts, dims) / torch.flip(x, dims) with dims given, the channel axis not among them."""
@@ -604,6 +641,63 @@ class _Propagator:
             self.flow.fixups.append(Fixup(node.name, 1, 0, ids))
         self.flow.value[node] = (axis, ids)
 
+    def unbind(self, node: fx.Node) -> None:
+        """x.unbind(dim) along another axis: every part keeps the channels (q, k, v of fused attention)."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(_shape(src))
+        if dim == axis:
+            return self.barrier(node, f"unbind over the channel axis ({node.name})")
+        self.parts[node] = [(axis - (dim < axis), ids)] * _shape(src)[dim]
+        self.flow.value[node] = (axis, ids)
+
+    def softmax(self, node: fx.Node, name: str) -> None:
+        src = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is None or dim % len(_shape(src)) == self.flow.value[src][0]:
+            return self.barrier(node, f"{name} over the channel axis ({node.name})")
+        self.keep(node, src)
+
+    def batched(self, node: fx.Node, operands: list, name: str) -> bool:
+        """Operands of a batched matrix product or attention: channels on the same batch axis (heads) go
+        together; an untracked operand broadcasts there or is an attribute sliced with them."""
+        out = _shape(node)
+        known = [(a, self.flow.value[a]) for a in operands if a in self.flow.value]
+        axes = {len(out) - len(_shape(a)) + v[0] for a, v in known}
+        if len(axes) != 1 or axes.pop() >= len(out) - 2:
+            self.barrier(node, f"{name} ({node.name}) with channels off its batch axes")
+            return False
+        (first, (axis, ids)), rest = known[0], known[1:]
+        axis += len(out) - len(_shape(first))
+        for _, (_, other) in rest:
+            if len(other) != len(ids):
+                self.barrier(node, f"{name} ({node.name}) with channels that do not line up")
+                return False
+            self.flow.union(ids, other)
+        for a in operands:
+            shape = _shape(a)
+            if a in self.flow.value or shape is None:
+                continue
+            pos = axis - len(out) + len(shape)
+            if pos >= 0 and shape[pos] != 1 and not self.adopt(a, node, pos, ids):
+                self.barrier(node, f"{name} ({node.name}) with a per-channel tensor ({a.name}) that is not "
+                                   "a layer output")
+                return False
+        self.flow.value[node] = (axis, known[-1][1][1])
+        return True
+
+    def matmul(self, node: fx.Node) -> None:
+        """a @ b with channels on a batch axis of both (attention heads): they go together."""
+        self.batched(node, list(node.args[:2]), "matmul")
+
+    def attention(self, node: fx.Node) -> None:
+        """F.scaled_dot_product_attention(q, k, v, attn_mask): heads of q, k, v (and of a per-head
+        mask or bias) go together; the output carries v's."""
+        names = ("query", "key", "value", "attn_mask")
+        given = dict(zip(names, node.args), **{k: v for k, v in node.kwargs.items() if k in names})
+        operands = [given[k] for k in names if isinstance(given.get(k), fx.Node)]
+        self.batched(node, operands, "scaled_dot_product_attention")
+
     def merge(self, node: fx.Node, name: str) -> None:
         """flatten / view / reshape that only merge consecutive dims."""
         src = node.args[0]
@@ -625,7 +719,7 @@ class _Propagator:
             self.flow.value[node] = (s, ids.view(view).expand(old[s:s + k]).reshape(-1))
             self.merged.add((node, s))
             if name != "flatten":
-                self.literal_size(node, s, self.flow.value[node][1], computed=False)
+                self.literal_size(node, s, self.flow.value[node][1], merged=True)
 
     def permute(self, node: fx.Node, name: str) -> None:
         src = node.args[0]
