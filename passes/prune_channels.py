@@ -33,7 +33,8 @@ class PruneChannels(FxPass):
     are kept); scale, |s| of its trained channel scales (insert-channel-scaling; groups without one
     are kept); taylor, (sum of w*dL/dw over its weights, channel scales included)^2 averaged over
     the batches of `data=`.
-    Per group (`ratio`): remove that share of its channels. Global (`target-params` /
+    Per group (`ratio`): keep floor((1 - ratio) * n) of its n channels (Torch-Pruning's rounding: at
+    least that share removed). Global (`target-params` /
     `target-macs` / `target-latency`): remove the least important channels of the whole model
     (importance divided by its group's mean) until the model has at most that fraction of its params /
     MACs / latency, decomposed pairs counted as `fold` will leave them. Latency is the time of the
@@ -50,8 +51,8 @@ class PruneChannels(FxPass):
     criterion: Literal["l1", "l2", "bn", "scale", "taylor"] = option(
         "l2", "importance: l1 or l2 (weight norms), bn (|gamma|), scale (|s| of channel scales), "
               "taylor ((w*dL/dw)^2, needs data=)")
-    ratio: float | None = option(None, f"share of each group's channels to remove, in [0, 1); {DEFAULT_RATIO} "
-                                       "if no target")
+    ratio: float | None = option(None, f"share of each group's channels to remove (at least; floor((1-ratio)*n) "
+                                       f"kept), in [0, 1); {DEFAULT_RATIO} if no target")
     target_params: float | None = option(None, "global budget: fraction of the model's params to keep")
     target_macs: float | None = option(None, "global budget: fraction of the model's MACs to keep")
     target_latency: float | None = option(None, "global budget: fraction of the model's measured latency to keep")
@@ -82,7 +83,7 @@ class PruneChannels(FxPass):
             removed = set()
             for g in scored:
                 ranked = sorted(g.classes, key=lambda c: score[c])
-                removed.update(ranked[:g.size - self._keep(g, g.size - math.floor(self.ratio_ * g.size))])
+                removed.update(ranked[:g.size - self._keep(g, math.floor((1 - self.ratio_) * g.size + 1e-9))])
         elif self.target_latency is not None:
             removed, reached, extra = self._latency(graph, scored, score, ctx)
         else:

@@ -282,3 +282,42 @@ def test_attention_heads_are_classes_with_their_bias_and_are_removed_whole(fused
     small = fxprune.prune(Attention(fused), x, "prune-channels{ratio=0.5}")
     assert small.qkv.weight.shape[0] == 3 * 2 * 3 and small.proj.weight.shape[1] == 2 * 3
     assert small.table.shape == (7, 2) and small(x).shape == (2, 5)
+
+
+def test_groups_name_their_kind_and_the_cli_prints_it(capsys):
+    from fxprune.runners.cli import main
+
+    graph = analyse(fxprune.trace(Attention(True).eval()), (torch.randn(2, N, 6),))
+    kinds = {frozenset(g.members): g.kind for g in graph.groups}
+    assert kinds[frozenset({("qkv", "out"), ("proj", "in"), ("table", "param")})] == "heads"
+    assert kinds[frozenset({("embed", "out"), ("qkv", "in"), ("proj", "out"), ("head", "in")})] == "channels"
+    assert {g.kind for g in analyse(fxprune.trace(TinyViT().eval()), (IMG,)).groups} == {"embedding", "channels"}
+    assert main(["groups", "timm:test_vit", "--input-size", "3,160,160"]) == 0
+    out = capsys.readouterr().out
+    assert "kind" in out.splitlines()[0] and " heads " in out and " embedding " in out
+
+
+class Splits(nn.Module):
+    """torch.split along channels with known sizes (a CSP block) and with one size (equal parts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 10, 1), nn.Conv2d(4, 4, 1)
+        self.c, self.d = nn.Conv2d(10, 6, 1), nn.Conv2d(3, 5, 1)
+
+    def forward(self, x):
+        left, right = self.a(x).split([4, 6], dim=1)
+        y = self.c(torch.cat([self.b(left), right], 1))
+        p, q = y.split(3, dim=1)
+        return self.d(p + q)
+
+
+def test_split_with_known_sizes_prunes_each_part_and_rewrites_the_sizes():
+    groups = groups_of(Splits())
+    assert groups[frozenset({("a", "out"), ("b", "in")})] == (4, None)
+    assert groups[frozenset({("a", "out"), ("c", "in")})] == (6, None)
+    assert groups[frozenset({("c", "out"), ("d", "in")})] == (3, None)  # position j of both parts
+    check_zeroed_channels_are_removed_losslessly(Splits(), IMG, random_weights=False)
+    small = fxprune.prune(Splits(), IMG, "prune-channels{ratio=0.5}")
+    assert [n.args[1] for n in small.graph.nodes if n.target == "split"] == [[2, 3], 1]
+    assert small(IMG).shape == (2, 5, 4, 4)

@@ -85,7 +85,7 @@ def zeroed_channels_check(model, x) -> dict:
     try:
         gm = fxprune.trace(copy.deepcopy(model))
         graph = analyse(gm, (x,))
-        chosen = {c for g in graph.prunable for c in g.classes[:min(g.size // 2, g.size - 1)]}
+        chosen = {c for g in graph.prunable for c in g.classes[:g.size - max(1, g.size // 2)]}
         zero(graph, chosen)
         with torch.no_grad():
             reference = masked_norms(graph, chosen)(x)

@@ -52,7 +52,7 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
-TOKENS_ONLY = {"window_partition", "window_reverse"}
+TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed"}
 
 
 def op_name(node: fx.Node) -> str:
@@ -106,6 +106,7 @@ class ChannelFlow:
     members: list[Member] = field(default_factory=list)
     norms: list[Norm] = field(default_factory=list)
     fixups: list[Fixup] = field(default_factory=list)
+    slabs: list[int] = field(default_factory=list)  # one element of each slab a split made (attention heads)
     value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
     def fresh(self, n: int) -> torch.Tensor:
@@ -256,6 +257,8 @@ class _Propagator:
                     if j is None:
                         return False
                     mapped[j] = d
+        elif name in TOKENS_ONLY and old[-1] == new[-1]:
+            mapped = [None] * (len(new) - 1) + dims[-1:]
         elif name == "getitem" and isinstance(node.args[1], fx.Node) and _shape(node.args[1]) is not None:
             mapped = [None] * len(_shape(node.args[1])) + dims[1:]  # table[index]: rows gathered
         elif name in ("permute", "transpose"):
@@ -369,12 +372,30 @@ class _Propagator:
                 self.start(node, 1, cout, path, "depthwise conv on untracked channels")
                 self.flow.members[-1].role = "dw"
             return
+        if groups > 1 and node.meta.get(ROLE) is None:
+            return self.grouped(node, path, groups, cout, tracked)
         if groups > 1:
             self.barrier(node, f"grouped conv {path} (groups={groups})")
             self.start(node, 1, cout, path, f"grouped conv {path} (groups={groups})")
             return
         self.read(node, path, tracked, 1)
         self.start(node, 1, cout, path, _basis_reason(node))
+
+    def grouped(self, node: fx.Node, path: str, groups: int, cout: int, tracked) -> None:
+        """A grouped conv keeps its groups equal: position j of every input group goes together (the
+        member lists one group's positions: the weight's columns), and so does position j of every
+        output group."""
+        if tracked is not None and tracked[0] != 1:
+            self.flow.block(tracked[1], f"{path} reads channels along another axis")
+        elif tracked is not None:
+            parts = tracked[1].view(groups, -1)
+            for part in parts[1:]:
+                self.flow.union(parts[0], part)
+            self.flow.members.append(Member(path, "in", parts[0].clone()))
+        self.start(node, 1, cout, path)
+        parts = self.flow.value[node][1].view(groups, -1)
+        for part in parts[1:]:
+            self.flow.union(parts[0], part)
 
     def read(self, node: fx.Node, path: str, tracked, axis: int) -> None:
         if tracked is None:
@@ -426,6 +447,8 @@ class _Propagator:
             self.chunk(node)
         elif name == "unbind":
             self.unbind(node)
+        elif name == "split":
+            self.split_sizes(node)
         elif name in ("softmax", "log_softmax"):
             self.softmax(node, name)
         elif name == "matmul" or node.target is operator.matmul:
@@ -553,6 +576,7 @@ class _Propagator:
         slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
         for slab in slabs:
             self.flow.union(slab[:1].expand(len(slab)), slab)
+        self.flow.slabs += slabs[:, 0].tolist()
         self.flow.value[node] = (start + axis, slabs[:, 0].clone())
         self.literal_size(node, start + axis, slabs[:, 0].clone())
 
@@ -639,6 +663,32 @@ class _Propagator:
             self.flow.fixups.append(Fixup(node.name, 1, None, ids))
         elif isinstance(shape[0], int):
             self.flow.fixups.append(Fixup(node.name, 1, 0, ids))
+        self.flow.value[node] = (axis, ids)
+
+    def split_sizes(self, node: fx.Node) -> None:
+        """torch.split(x, sizes, dim): along the channel axis with a list of sizes, each part takes its
+        channels and its size is rewritten; with one size, parts are equal and position j of every part
+        goes together (as chunk); along another axis every part keeps the channels."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        n = len(_shape(src))
+        dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % n
+        sizes = node.args[1] if len(node.args) > 1 else None
+        if dim != axis:
+            count = len(sizes) if isinstance(sizes, (list, tuple)) else -(-_shape(src)[dim] // sizes)
+            self.parts[node] = [(axis, ids)] * count
+        elif isinstance(sizes, int) and len(ids) % sizes == 0:
+            parts = ids.view(-1, sizes)
+            for part in parts[1:]:
+                self.flow.union(parts[0], part)
+            self.parts[node] = [(axis, part) for part in parts]
+            self.flow.fixups.append(Fixup(node.name, 1, None, parts[0].clone()))
+        elif isinstance(sizes, (list, tuple)) and all(isinstance(k, int) for k in sizes):
+            parts = ids.split(list(sizes))
+            self.parts[node] = [(axis, part) for part in parts]
+            self.flow.fixups += [Fixup(node.name, 1, i, part) for i, part in enumerate(parts)]
+        else:
+            return self.barrier(node, f"split ({node.name}) into sizes not known")
         self.flow.value[node] = (axis, ids)
 
     def unbind(self, node: fx.Node) -> None:

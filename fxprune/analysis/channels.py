@@ -34,6 +34,8 @@ class ChannelGroup:
     members: tuple[tuple[str, str], ...]  # (module path, role), sorted
     classes: tuple[int, ...]  # one root element per channel that is removed as one
     blocked: str | None  # why the group is kept whole; None when it can be pruned
+    kind: str = "channels"  # "heads": attention heads (slabs of a split); "embedding": the width norms
+    #                         or attributes read directly span; "channels": any other
 
     @property
     def size(self) -> int:
@@ -74,7 +76,13 @@ def analyse(gm: fx.GraphModule, inputs: tuple) -> ChannelGraph:
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for root, mem in members.items():
         by_key[(tuple(sorted(mem)), blocked.get(root))].append(root)
-    groups = [ChannelGroup(key[0], tuple(sorted(roots)), key[1]) for key, roots in by_key.items()]
+    slabs = {flow.find(e) for e in flow.slabs}
+
+    def kind(members, roots) -> str:
+        if slabs.intersection(roots):
+            return "heads"
+        return "embedding" if any(role in ("norm", "param") for _, role in members) else "channels"
+    groups = [ChannelGroup(key[0], tuple(sorted(roots)), key[1], kind(key[0], roots)) for key, roots in by_key.items()]
     groups.sort(key=lambda g: min(g.classes))
     return ChannelGraph(gm, flow, groups)
 
@@ -410,11 +418,11 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
                 setattr(new, attr, n)
         if hasattr(new, "normalized_shape"):
             new.normalized_shape = (n,)
-        if getattr(new, "groups", 1) > 1:  # depthwise: channels in = out = groups
+        if getattr(new, "groups", 1) > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
             new.groups = new.in_channels = n
     if inp is not None:
         cut("weight", inp, 1)
-        n = int(inp.sum())
+        n = int(inp.sum()) * getattr(new, "groups", 1)  # a grouped conv's member lists one group's inputs
         for attr in ("in_channels", "in_features"):
             if hasattr(new, attr):
                 setattr(new, attr, n)

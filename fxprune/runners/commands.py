@@ -106,9 +106,9 @@ def show_groups(args: argparse.Namespace) -> int:
     rows = []
     for i, g in enumerate(graph.groups):
         members = ", ".join(f"{path}:{role}" for path, role in g.members)
-        rows.append([i, g.size, members, "prunable" if g.blocked is None else f"kept: {g.blocked}"])
-    print(tabulate(rows, headers=["group", "channels", "members (module:role)", "status"],
-                   maxcolwidths=[None, None, 70, 40]))
+        rows.append([i, g.kind, g.size, members, "prunable" if g.blocked is None else f"kept: {g.blocked}"])
+    print(tabulate(rows, headers=["group", "kind", "channels", "members (module:role)", "status"],
+                   maxcolwidths=[None, None, None, 70, 40]))
     prunable = graph.prunable
     print(f"\n{args.model}: {len(graph.groups)} groups, {len(prunable)} prunable, holding "
           f"{sum(g.size for g in prunable):,} of {sum(g.size for g in graph.groups):,} channels. Roles: out = output "
