@@ -321,3 +321,26 @@ def test_split_with_known_sizes_prunes_each_part_and_rewrites_the_sizes():
     small = fxprune.prune(Splits(), IMG, "prune-channels{ratio=0.5}")
     assert [n.args[1] for n in small.graph.nodes if n.target == "split"] == [[2, 3], 1]
     assert small(IMG).shape == (2, 5, 4, 4)
+
+
+class FunctionalConv(nn.Module):
+    """F.conv2d on weights read directly; `standardise` computes the second weight in the graph
+    (NFNet's weight standardisation), which keeps the channels it reads."""
+
+    def __init__(self, standardise: bool):
+        super().__init__()
+        self.standardise = standardise
+        self.w, self.b = nn.Parameter(torch.randn(C, 3, 1, 1)), nn.Parameter(torch.randn(C))
+        self.w2 = nn.Parameter(torch.randn(5, C, 3, 3))
+
+    def forward(self, x):
+        w2 = self.w2 - self.w2.mean((1, 2, 3), keepdim=True) if self.standardise else self.w2
+        return F.conv2d(F.relu(F.conv2d(x, self.w, self.b)), w2, padding=1)
+
+
+def test_functional_conv_on_attributes_prunes_and_a_computed_weight_is_named():
+    members = frozenset({("w", "param"), ("b", "param"), ("w2", "param")})
+    assert groups_of(FunctionalConv(False))[members] == (C, None)
+    check_zeroed_channels_are_removed_losslessly(FunctionalConv(False), IMG, random_weights=False)
+    assert groups_of(FunctionalConv(True))[frozenset({("w", "param"), ("b", "param")})] == (
+        C, "conv2d (conv2d_1) with a weight or bias computed in the graph")

@@ -420,6 +420,8 @@ class _Propagator:
     def function(self, node: fx.Node, name: str) -> None:
         if name in NEUTRAL or name == "getitem":
             self.sizes(node, name)
+        if name in ("linear", "conv1d", "conv2d", "conv3d") and _shape(node) is not None:
+            return self.layer_function(node, name)  # starts channels even on untracked inputs
         if name in NEUTRAL or self.derive(node, name) or not any(a in self.flow.value for a in _tensor_args(node)):
             return
         src = node.args[0]
@@ -437,8 +439,6 @@ class _Propagator:
             self.norm_function(node, name)
         elif name == "group_norm":
             self.group_norm_function(node)
-        elif name == "linear":
-            self.linear_function(node)
         elif name in ("permute", "transpose"):
             self.permute(node, name)
         elif name in ("mean", "sum", "amax"):
@@ -615,18 +615,24 @@ class _Propagator:
         i = n - 1 - axis  # pads[2i], pads[2i + 1] pad this axis
         return 2 * i >= len(pads) or pads[2 * i] == 0 and pads[2 * i + 1] == 0
 
-    def linear_function(self, node: fx.Node) -> None:
-        """F.linear(x, weight, bias) with a weight (and bias) read from the model: a Linear layer whose
-        input and output channels are axes 1 and 0 of that attribute."""
-        x = node.args[0]
-        weight, bias = (list(node.args[1:]) + [node.kwargs.get(k) for k in ("weight", "bias")][len(node.args) - 1:])[:2]
-        tracked, last = self.flow.value.get(x), len(_shape(node)) - 1
-        if tracked is not None and (tracked[0] != len(_shape(x)) - 1 or not self.adopt(weight, node, 1, tracked[1])):
-            self.barrier(node, f"linear ({node.name}) with a weight computed in the graph")
-        ids = self.flow.fresh(_shape(node)[-1])
-        if not self.adopt(weight, node, 0, ids) or (bias is not None and not self.adopt(bias, node, 0, ids)):
-            self.flow.block(ids, f"linear ({node.name}) with a weight or bias computed in the graph")
-        self.flow.value[node] = (last, ids)
+    def layer_function(self, node: fx.Node, name: str) -> None:
+        """F.linear(x, weight, bias) / F.convNd(x, weight, bias, ..., groups=1) with a weight (and bias)
+        read from the model: a layer whose input and output channels are axes 1 and 0 of that attribute.
+        A weight computed in the graph (weight standardisation) keeps both."""
+        x, weight, bias = (list(node.args) + [None] * 3)[:3]
+        weight, bias = node.kwargs.get("weight", weight), node.kwargs.get("bias", bias)
+        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        tracked, axis = self.flow.value.get(x), len(_shape(node)) - 1 if name == "linear" else 1
+        reason = (f"{name} ({node.name}) with a weight or bias computed in the graph" if weight not in self.origin
+                  or bias is not None and bias not in self.origin else
+                  f"{name} ({node.name}) with groups={groups}" if groups != 1 else None)
+        if tracked is not None and (reason or tracked[0] != axis - len(_shape(node)) + len(_shape(x))
+                                    or not self.adopt(weight, node, 1, tracked[1])):
+            self.barrier(node, reason or f"{name} ({node.name}) reading channels along another axis")
+        ids = self.flow.fresh(_shape(node)[axis])
+        if reason or not self.adopt(weight, node, 0, ids) or bias is not None and not self.adopt(bias, node, 0, ids):
+            self.flow.block(ids, reason or f"{name} ({node.name}) whose weight cannot be sliced")
+        self.flow.value[node] = (axis, ids)
 
     def group_norm_function(self, node: fx.Node) -> None:
         """F.group_norm(x, 1, weight, bias, eps): statistics over dims 1..., channels on axis 1."""
