@@ -16,7 +16,11 @@ read directly from the model (`get_attr`: position embeddings, class tokens, lay
 norm's weight) are sliced with the channels they meet (`param`) when every use of them is understood;
 literal sizes in the graph (a reshape to 768, a normalized_shape) are rewritten (`Fixup`).
 
-Any op this file does not understand is a *barrier*: every element reaching it is blocked with the
+The rules live by concept: this file (layers, elementwise ops, residuals, concat, reshapes), flow_norms,
+flow_attributes (tensors read directly, channel counts read as numbers, functional layers),
+flow_attention (heads); flow_types holds the data.
+
+Any op these rules do not understand is a *barrier*: every element reaching it is blocked with the
 op's name as the reason, so its class is kept whole. Never guess.
 """
 
@@ -25,13 +29,17 @@ from __future__ import annotations
 import math
 import operator
 from collections import Counter
-from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from fxprune.analysis.counting import propagate_shapes, tied_modules
+from fxprune.analysis.flow_attention import AttentionRules
+from fxprune.analysis.flow_attributes import AttributeRules
+from fxprune.analysis.flow_norms import NormRules
+from fxprune.analysis.flow_types import (NEUTRAL, NORMS, TOKENS_ONLY, ChannelFlow, Fixup, Member, op_name, tensor_args,
+                                         tensor_shape)
 from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base
 from fxprune.core.meta import ROLE
 from fxprune.nn import BasisScalingConv, ChannelScaling
@@ -41,7 +49,6 @@ STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, 
              nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout1d, nn.Dropout3d, nn.AdaptiveAvgPool1d, nn.AvgPool1d,
              nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool3d, nn.AvgPool3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclasses may normalise other dims
 ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "hardsigmoid", "hardswish",
                "hardtanh", "tanh", "mish", "leaky_relu", "elu", "softplus", "dropout", "dropout2d", "contiguous",
                "clone", "clamp", "clamp_", "clamp_min", "neg", "abs", "exp", "sqrt", "float", "detach",
@@ -50,113 +57,17 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
                "upsample", "drop_path", "pow", "square", "rsqrt", "reciprocal"}
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
-NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
-# functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
-TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed"}
-
-
-def op_name(node: fx.Node) -> str:
-    target = node.target
-    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
 
 
 def is_batchnorm(m: nn.Module) -> bool:
     return type(m) in BATCHNORMS or type(m).__name__ == "BatchNormAct2d"
 
 
-@dataclass
-class Member:
-    """A parameterised module that slices along a channel axis: role `out` (weight rows), `in`
-    (weight columns), `dw` (depthwise conv: both), `bn` (per-channel affine and statistics) or
-    `scale` (fxprune.nn.ChannelScaling)."""
-
-    path: str  # a module's path; for `param`, the tensor attribute's qualified name
-    role: str
-    ids: torch.Tensor  # element id of each position (of its output channels for out/dw/bn, inputs for in)
-    axis: int = 0  # `param`: the tensor's axis that holds the channels
-
-
-@dataclass
-class Norm:
-    """A node normalising its input over `dims`, channel axis `axis` among them (RMS: no mean)."""
-
-    node: str
-    ids: torch.Tensor
-    axis: int
-    dims: tuple[int, ...]
-    rms: bool
-
-
-@dataclass
-class Fixup:
-    """A channel count in `node`'s size arguments, args[index] (or args[index][item]), to be written
-    as a literal: the count of `ids` kept."""
-
-    node: str
-    index: int
-    item: int | None
-    ids: torch.Tensor | None  # None: the size is `value`, fixed (it sizes a dim that channels do not change)
-    value: int = 0
-
-
-@dataclass
-class ChannelFlow:
-    parent: list[int] = field(default_factory=list)
-    blocked: dict[int, str] = field(default_factory=dict)
-    members: list[Member] = field(default_factory=list)
-    norms: list[Norm] = field(default_factory=list)
-    fixups: list[Fixup] = field(default_factory=list)
-    slabs: list[int] = field(default_factory=list)  # one element of each slab a split made (attention heads)
-    value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
-
-    def fresh(self, n: int) -> torch.Tensor:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        return torch.arange(start, start + n)
-
-    def find(self, e: int) -> int:
-        root = e
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[e] != root:
-            self.parent[e], e = root, self.parent[e]
-        return root
-
-    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self.find(x), self.find(y)
-            if rx != ry:
-                self.parent[max(rx, ry)] = min(rx, ry)
-
-    def block(self, ids: torch.Tensor, reason: str) -> None:
-        for e in ids.unique().tolist():
-            self.blocked.setdefault(e, reason)
-
-
-def _shape(node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
 def _basis_reason(node: fx.Node) -> str | None:
     return "bases of a decomposed layer (prune-basis prunes them)" if node.meta.get(ROLE) == "basis" else None
 
 
-def _size_args(node: fx.Node, size: fx.Node) -> list[tuple[int, int, int | None]]:
-    """(output dim, args index, item) of each size argument of a view/reshape/expand that is `size`."""
-    sizes = node.args[1:]
-    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-        return [(d, 1, d) for d, s in enumerate(sizes[0]) if s is size]
-    return [(d, 1 + d, None) for d, s in enumerate(sizes) if s is size]
-
-
-def _tensor_args(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
-    return found
-
-
-class _Propagator:
+class _Propagator(AttributeRules, NormRules, AttentionRules):
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.flow = ChannelFlow()
@@ -172,7 +83,7 @@ class _Propagator:
         self.merged: set[tuple[fx.Node, int]] = set()  # (reshape, output dim) where channels merge with others
 
     def barrier(self, node: fx.Node, reason: str) -> None:
-        for arg in _tensor_args(node):
+        for arg in tensor_args(node):
             if arg in self.flow.value:
                 self.flow.block(self.flow.value[arg][1], reason)
 
@@ -206,107 +117,6 @@ class _Propagator:
         self.check_sizes()
         return self.flow
 
-    # channel counts read as numbers ------------------------------------------------------------
-    def sizes(self, node: fx.Node, name: str) -> None:
-        """Note x.shape, x.size() and the channel count read from them (x.shape[axis], x.size(axis))."""
-        src = node.args[0]
-        if name in ("getattr", "size") and src in self.flow.value:
-            axis, ids = self.flow.value[src]
-            n = len(_shape(src))
-            if name == "getattr" and node.args[1] == "shape" or name == "size" and len(node.args) == 1:
-                self.shape_of[node] = src
-            elif name == "size" and isinstance(node.args[1], int) and node.args[1] % n == axis:
-                self.size_of[node] = ids
-        elif name == "getitem" and src in self.shape_of and isinstance(node.args[1], int):
-            axis, ids = self.flow.value[self.shape_of[src]]
-            if node.args[1] % len(_shape(self.shape_of[src])) == axis:
-                self.size_of[node] = ids
-
-    def check_sizes(self) -> None:
-        """A channel count read as a number may only give the size of a reshape's channel axis (then
-        rewritten to a literal); any other use keeps those channels."""
-        for size, ids in self.size_of.items():
-            for user in size.users:
-                if (size, user) in self.used:
-                    continue
-                where = _size_args(user, size) if op_name(user) in ("view", "reshape", "expand") else []
-                if where and not any((user, dim) in self.merged for dim, _, _ in where):  # sizes a dim that stays
-                    self.flow.fixups += [Fixup(user.name, index, item, None, len(ids)) for _, index, item in where]
-                else:
-                    self.flow.block(ids, f"their count is read by {op_name(user)} ({user.name})")
-
-    # tensors read directly (get_attr) --------------------------------------------------------
-    def derive(self, node: fx.Node, name: str) -> bool:
-        """Carry the origin of an attribute through ops that only add, drop, move or broadcast dims
-        (gamma.reshape(1, -1, 1, 1), cls_token.expand(B, -1, -1)). True if `node` is such an op."""
-        src = node.args[0] if node.args else None
-        if src not in self.origin or any(a is not src and a in self.flow.value for a in _tensor_args(node)):
-            return False
-        path, dims = self.origin[src]
-        old, new = _shape(src), _shape(node)
-        if old is None or new is None:
-            return False
-        if name in ("contiguous", "float", "to", "type", "detach", "clone", "expand", "expand_as"):
-            mapped = [None] * (len(new) - len(old)) + dims if len(new) >= len(old) else None
-        elif name in ("reshape", "view", "unsqueeze", "squeeze", "flatten"):  # dims kept whole keep their axis
-            mapped = [None] * len(new)
-            for i, d in enumerate(dims):
-                if d is not None and old[i] > 1:
-                    j = next((j for j in range(len(new)) if new[j] == old[i]
-                              and math.prod(new[:j]) == math.prod(old[:i])), None)
-                    if j is None:
-                        return False
-                    mapped[j] = d
-        elif name in TOKENS_ONLY and old[-1] == new[-1]:
-            mapped = [None] * (len(new) - 1) + dims[-1:]
-        elif name == "getitem" and isinstance(node.args[1], fx.Node) and _shape(node.args[1]) is not None:
-            mapped = [None] * len(_shape(node.args[1])) + dims[1:]  # table[index]: rows gathered
-        elif name in ("permute", "transpose"):
-            order = list(range(len(old)))
-            if name == "transpose":
-                a, b = (d % len(old) for d in node.args[1:3])
-                order[a], order[b] = order[b], order[a]
-            else:
-                order = [d % len(old) for d in (node.args[1] if isinstance(node.args[1], (tuple, list)) else node.args[1:])]
-            mapped = [dims[d] for d in order]
-        else:
-            return False
-        if mapped is not None:
-            self.origin[node] = (path, mapped)
-            self.used.add((src, node))
-        return mapped is not None
-
-    def adopt(self, arg, user: fx.Node, pos: int, ids: torch.Tensor) -> bool:
-        """Slice the attribute behind `arg` along the axis at its dim `pos` with the channels `ids`."""
-        path, dims = self.origin.get(arg, (None, []))
-        axis = dims[pos] if 0 <= pos < len(dims) else None
-        if axis is None or self.attr_shape[path][axis] != len(ids):
-            return False
-        self.used.add((arg, user))
-        same = [m for m in self.flow.members if m.role == "param" and m.path == path and m.axis == axis]
-        if same:  # read in several places: the same channels everywhere
-            self.flow.union(same[0].ids, ids)
-        else:
-            self.flow.members.append(Member(path, "param", ids, axis))
-        return True
-
-    def check_attributes(self) -> None:
-        """An attribute sliced with its channels must have no use the rules did not understand."""
-        for member in [m for m in self.flow.members if m.role == "param"]:
-            for node in self.gm.graph.find_nodes(op="get_attr", target=member.path):
-                escape = self.escape(node)
-                if escape:
-                    self.flow.block(member.ids, f"{member.path} is also read by {escape}")
-
-    def escape(self, node: fx.Node) -> str | None:
-        for user in node.users:
-            if (node, user) not in self.used and op_name(user) not in NEUTRAL:
-                return f"{op_name(user)} ({user.name})"
-            if user in self.origin and self.escape(user):
-                return self.escape(user)
-        return None
-
-    # modules ---------------------------------------------------------------------------------
     def module(self, node: fx.Node, m: nn.Module) -> None:
         path, src = node.target, node.args[0] if node.args else None
         tracked = self.flow.value.get(src)
@@ -314,7 +124,7 @@ class _Propagator:
             self.keep(node, src)
             return
         if type(m) in (nn.Softmax, nn.LogSoftmax) and tracked is not None:
-            if m.dim is None or m.dim % len(_shape(src)) == tracked[0]:
+            if m.dim is None or m.dim % len(tensor_shape(src)) == tracked[0]:
                 return self.barrier(node, f"module {path} ({type(m).__name__} over the channel axis)")
             return self.keep(node, src)
         if type(m) is nn.Flatten and tracked is not None:
@@ -326,40 +136,22 @@ class _Propagator:
         if shared and any(True for _ in m.parameters(recurse=False)):
             self.barrier(node, shared)
             if is_dense_layer(m):
-                self.start(node, 1 if is_conv(m) else len(_shape(node)) - 1, m.weight.shape[0], path, shared)
+                self.start(node, 1 if is_conv(m) else len(tensor_shape(node)) - 1, m.weight.shape[0], path, shared)
             return
         if is_batchnorm(m):
             self.keep(node, src, member=(path, "bn"), axis=1)
         elif type(m) in NORMS and tracked is not None:
             self.norm_module(node, m, path, tracked)
         elif isinstance(m, ChannelScaling):
-            self.keep(node, src, member=(path, "scale"), axis=m.dim % len(_shape(node)))
+            self.keep(node, src, member=(path, "scale"), axis=m.dim % len(tensor_shape(node)))
         elif is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1:  # 1-D, 2-D, 3-D
             self.conv(node, m, path, tracked)
         elif torch_base(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
-            last = len(_shape(node)) - 1
+            last = len(tensor_shape(node)) - 1
             self.read(node, path, tracked, last)
             self.start(node, last, m.weight.shape[0], path, _basis_reason(node))
         else:
             self.barrier(node, f"module {path} ({type(m).__name__})")
-
-    def norm_module(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
-        """LayerNorm / RMSNorm over the last dim, GroupNorm with one group (over dims 1...)."""
-        axis, ids = tracked
-        n = len(_shape(node))
-        if isinstance(m, nn.GroupNorm):
-            if m.num_groups != 1 or axis != 1:
-                return self.barrier(node, f"module {path} (GroupNorm with {m.num_groups} groups)")
-            dims = tuple(range(1, n))
-        else:
-            if len(m.normalized_shape) != 1:
-                return self.barrier(node, f"module {path} ({type(m).__name__} over {len(m.normalized_shape)} dims)")
-            if axis != n - 1:
-                return self.keep(node, node.args[0])
-            dims = (n - 1,)
-        self.flow.members.append(Member(path, "norm", ids))
-        self.flow.norms.append(Norm(node.name, ids, axis, dims, isinstance(m, nn.RMSNorm)))
-        self.flow.value[node] = tracked
 
     def conv(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
         groups, cout = m.groups, m.weight.shape[0]
@@ -416,16 +208,15 @@ class _Propagator:
             self.flow.members.append(Member(*member, tracked[1]))
         self.flow.value[node] = tracked
 
-    # functions and methods -------------------------------------------------------------------
     def function(self, node: fx.Node, name: str) -> None:
         if name in NEUTRAL or name == "getitem":
             self.sizes(node, name)
-        if name in ("linear", "conv1d", "conv2d", "conv3d") and _shape(node) is not None:
+        if name in ("linear", "conv1d", "conv2d", "conv3d") and tensor_shape(node) is not None:
             return self.layer_function(node, name)  # starts channels even on untracked inputs
-        if name in NEUTRAL or self.derive(node, name) or not any(a in self.flow.value for a in _tensor_args(node)):
+        if name in NEUTRAL or self.derive(node, name) or not any(a in self.flow.value for a in tensor_args(node)):
             return
         src = node.args[0]
-        if name in ELEMENTWISE and all(a is src for a in _tensor_args(node)):
+        if name in ELEMENTWISE and all(a is src for a in tensor_args(node)):
             self.keep(node, src)
         elif name in BINARY or node.target in (operator.add, operator.mul):
             self.binary(node, name)
@@ -459,7 +250,7 @@ class _Propagator:
             self.flow.value[node] = self.parts[src][node.args[1]]
         elif name == "getitem":
             self.getitem(node)
-        elif name in TOKENS_ONLY and self.flow.value[src][0] == len(_shape(src)) - 1 == len(_shape(node)) - 1:
+        elif name in TOKENS_ONLY and self.flow.value[src][0] == len(tensor_shape(src)) - 1 == len(tensor_shape(node)) - 1:
             self.keep(node, src)
         elif name in ("roll", "flip") and self.on_other_axes(node):
             self.keep(node, src)
@@ -469,12 +260,12 @@ class _Propagator:
             self.barrier(node, f"{name} ({node.name})")
 
     def binary(self, node: fx.Node, name: str) -> None:
-        out = _shape(node)
+        out = tensor_shape(node)
         if out is None:
             return self.barrier(node, f"{name} ({node.name}) without a tensor result")
         result = None
         for arg in node.args[:2]:
-            shape = _shape(arg)
+            shape = tensor_shape(arg)
             if shape is None:
                 if isinstance(arg, fx.Node):  # a tensor we know nothing about
                     return self.barrier(node, f"{name} ({node.name}) with an operand of unknown shape")
@@ -496,7 +287,7 @@ class _Propagator:
         if result is None:
             return
         for arg in node.args[:2]:  # an untracked operand must broadcast along the channel axis
-            shape = _shape(arg)
+            shape = tensor_shape(arg)
             if shape is not None and arg not in self.flow.value:
                 pos = result[0] - len(out) + len(shape)
                 if pos >= 0 and shape[pos] != 1 and not self.adopt(arg, node, pos, result[1]):
@@ -507,7 +298,7 @@ class _Propagator:
     def cat(self, node: fx.Node) -> None:
         tensors = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        out = _shape(node)
+        out = tensor_shape(node)
         tracked = [self.flow.value.get(t) for t in tensors]
         dim = dim % len(out)
         known = [t for t in tracked if t is not None]
@@ -536,7 +327,7 @@ class _Propagator:
         axis, ids = self.flow.value[src]
         k = node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
         dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
-        if dim % len(_shape(src)) != axis:
+        if dim % len(tensor_shape(src)) != axis:
             self.parts[node] = [(axis, ids)] * k
         elif len(ids) % k:
             return self.barrier(node, f"chunk ({node.name}) into unequal parts")
@@ -552,7 +343,7 @@ class _Propagator:
         before it, only the other dims changed (windows, tokens, broadcasting); otherwise a merge."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        old, new = _shape(src), _shape(node)
+        old, new = tensor_shape(src), tensor_shape(node)
         before = math.prod(old[:axis])
         if name == "expand":
             before, fits = 0, [axis + len(new) - len(old)] if new[axis + len(new) - len(old)] == old[axis] else []
@@ -567,18 +358,6 @@ class _Propagator:
             if k is not None:
                 return self.split(node, j, new[j:j + k], ids)
         self.merge(node, name)
-
-    def split(self, node: fx.Node, start: int, dims: tuple[int, ...], ids: torch.Tensor) -> None:
-        """The channel axis cut into dims (..., heads, head_dim): the channels of each slab along the
-        second-to-last of them (an attention head: its q, k and v parts; a channel group before a
-        shuffle) go together, and that dim carries the channels on, one id per slab."""
-        axis = len(dims) - 2
-        slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
-        for slab in slabs:
-            self.flow.union(slab[:1].expand(len(slab)), slab)
-        self.flow.slabs += slabs[:, 0].tolist()
-        self.flow.value[node] = (start + axis, slabs[:, 0].clone())
-        self.literal_size(node, start + axis, slabs[:, 0].clone())
 
     def literal_size(self, node: fx.Node, dim: int, ids: torch.Tensor, merged: bool = False) -> None:
         """Record the size argument of `dim` (view/reshape/expand) for rewriting: to the kept count
@@ -605,71 +384,15 @@ class _Propagator:
         src = node.args[0]
         dims = node.kwargs.get("dims", node.args[-1] if len(node.args) > (2 if op_name(node) == "roll" else 1) else None)
         dims = [dims] if isinstance(dims, int) else dims
-        n, axis = len(_shape(src)), self.flow.value[src][0]
+        n, axis = len(tensor_shape(src)), self.flow.value[src][0]
         return dims is not None and axis not in {d % n for d in dims}
 
     def pads_other_axes(self, node: fx.Node) -> bool:
         """F.pad leaves the channel axis alone: its pair of pads is absent or (0, 0)."""
         src, pads = node.args[0], node.args[1]
-        n, axis = len(_shape(src)), self.flow.value[src][0]
+        n, axis = len(tensor_shape(src)), self.flow.value[src][0]
         i = n - 1 - axis  # pads[2i], pads[2i + 1] pad this axis
         return 2 * i >= len(pads) or pads[2 * i] == 0 and pads[2 * i + 1] == 0
-
-    def layer_function(self, node: fx.Node, name: str) -> None:
-        """F.linear(x, weight, bias) / F.convNd(x, weight, bias, ..., groups=1) with a weight (and bias)
-        read from the model: a layer whose input and output channels are axes 1 and 0 of that attribute.
-        A weight computed in the graph (weight standardisation) keeps both."""
-        x, weight, bias = (list(node.args) + [None] * 3)[:3]
-        weight, bias = node.kwargs.get("weight", weight), node.kwargs.get("bias", bias)
-        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
-        tracked, axis = self.flow.value.get(x), len(_shape(node)) - 1 if name == "linear" else 1
-        reason = (f"{name} ({node.name}) with a weight or bias computed in the graph" if weight not in self.origin
-                  or bias is not None and bias not in self.origin else
-                  f"{name} ({node.name}) with groups={groups}" if groups != 1 else None)
-        if tracked is not None and (reason or tracked[0] != axis - len(_shape(node)) + len(_shape(x))
-                                    or not self.adopt(weight, node, 1, tracked[1])):
-            self.barrier(node, reason or f"{name} ({node.name}) reading channels along another axis")
-        ids = self.flow.fresh(_shape(node)[axis])
-        if reason or not self.adopt(weight, node, 0, ids) or bias is not None and not self.adopt(bias, node, 0, ids):
-            self.flow.block(ids, reason or f"{name} ({node.name}) whose weight cannot be sliced")
-        self.flow.value[node] = (axis, ids)
-
-    def group_norm_function(self, node: fx.Node) -> None:
-        """F.group_norm(x, 1, weight, bias, eps): statistics over dims 1..., channels on axis 1."""
-        src = node.args[0]
-        axis, ids = self.flow.value[src]
-        groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
-        if groups != 1 or axis != 1:
-            return self.barrier(node, f"group_norm ({node.name}) with {groups} groups")
-        for i, key in enumerate(("weight", "bias")):
-            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
-            if t is not None and not self.adopt(t, node, 0, ids):
-                return self.barrier(node, f"group_norm ({node.name}) with a {key} that is not a model attribute")
-        self.flow.norms.append(Norm(node.name, ids, 1, tuple(range(1, len(_shape(src)))), False))
-        self.flow.value[node] = (axis, ids)
-
-    def norm_function(self, node: fx.Node, name: str) -> None:
-        """F.layer_norm(x, shape, weight, bias, eps) / F.rms_norm(x, shape, weight, eps) over the last dim."""
-        src = node.args[0]
-        axis, ids = self.flow.value[src]
-        n = len(_shape(src))
-        shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
-        k = 1 if isinstance(shape, int) else len(shape)
-        if axis < n - k:  # statistics over other dims: channels stay independent
-            return self.keep(node, src)
-        if k != 1:
-            return self.barrier(node, f"{name} ({node.name}) over the channel axis and others")
-        params = ("weight", "bias") if name == "layer_norm" else ("weight",)
-        for i, key in enumerate(params):
-            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
-            if t is not None and not self.adopt(t, node, 0, ids):
-                return self.barrier(node, f"{name} ({node.name}) with a {key} that is not a model attribute")
-        self.flow.norms.append(Norm(node.name, ids, n - 1, (n - 1,), name == "rms_norm"))
-        if isinstance(shape, int):
-            self.flow.fixups.append(Fixup(node.name, 1, None, ids))
-        elif isinstance(shape[0], int):
-            self.flow.fixups.append(Fixup(node.name, 1, 0, ids))
-        self.flow.value[node] = (axis, ids)
 
     def split_sizes(self, node: fx.Node) -> None:
         """torch.split(x, sizes, dim): along the channel axis with a list of sizes, each part takes its
@@ -677,11 +400,11 @@ class _Propagator:
         goes together (as chunk); along another axis every part keeps the channels."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        n = len(_shape(src))
+        n = len(tensor_shape(src))
         dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % n
         sizes = node.args[1] if len(node.args) > 1 else None
         if dim != axis:
-            count = len(sizes) if isinstance(sizes, (list, tuple)) else -(-_shape(src)[dim] // sizes)
+            count = len(sizes) if isinstance(sizes, (list, tuple)) else -(-tensor_shape(src)[dim] // sizes)
             self.parts[node] = [(axis, ids)] * count
         elif isinstance(sizes, int) and len(ids) % sizes == 0:
             parts = ids.view(-1, sizes)
@@ -697,68 +420,11 @@ class _Propagator:
             return self.barrier(node, f"split ({node.name}) into sizes not known")
         self.flow.value[node] = (axis, ids)
 
-    def unbind(self, node: fx.Node) -> None:
-        """x.unbind(dim) along another axis: every part keeps the channels (q, k, v of fused attention)."""
-        src = node.args[0]
-        axis, ids = self.flow.value[src]
-        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(_shape(src))
-        if dim == axis:
-            return self.barrier(node, f"unbind over the channel axis ({node.name})")
-        self.parts[node] = [(axis - (dim < axis), ids)] * _shape(src)[dim]
-        self.flow.value[node] = (axis, ids)
-
-    def softmax(self, node: fx.Node, name: str) -> None:
-        src = node.args[0]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        if dim is None or dim % len(_shape(src)) == self.flow.value[src][0]:
-            return self.barrier(node, f"{name} over the channel axis ({node.name})")
-        self.keep(node, src)
-
-    def batched(self, node: fx.Node, operands: list, name: str) -> bool:
-        """Operands of a batched matrix product or attention: channels on the same batch axis (heads) go
-        together; an untracked operand broadcasts there or is an attribute sliced with them."""
-        out = _shape(node)
-        known = [(a, self.flow.value[a]) for a in operands if a in self.flow.value]
-        axes = {len(out) - len(_shape(a)) + v[0] for a, v in known}
-        if len(axes) != 1 or axes.pop() >= len(out) - 2:
-            self.barrier(node, f"{name} ({node.name}) with channels off its batch axes")
-            return False
-        (first, (axis, ids)), rest = known[0], known[1:]
-        axis += len(out) - len(_shape(first))
-        for _, (_, other) in rest:
-            if len(other) != len(ids):
-                self.barrier(node, f"{name} ({node.name}) with channels that do not line up")
-                return False
-            self.flow.union(ids, other)
-        for a in operands:
-            shape = _shape(a)
-            if a in self.flow.value or shape is None:
-                continue
-            pos = axis - len(out) + len(shape)
-            if pos >= 0 and shape[pos] != 1 and not self.adopt(a, node, pos, ids):
-                self.barrier(node, f"{name} ({node.name}) with a per-channel tensor ({a.name}) that is not "
-                                   "a layer output")
-                return False
-        self.flow.value[node] = (axis, known[-1][1][1])
-        return True
-
-    def matmul(self, node: fx.Node) -> None:
-        """a @ b with channels on a batch axis of both (attention heads): they go together."""
-        self.batched(node, list(node.args[:2]), "matmul")
-
-    def attention(self, node: fx.Node) -> None:
-        """F.scaled_dot_product_attention(q, k, v, attn_mask): heads of q, k, v (and of a per-head
-        mask or bias) go together; the output carries v's."""
-        names = ("query", "key", "value", "attn_mask")
-        given = dict(zip(names, node.args), **{k: v for k, v in node.kwargs.items() if k in names})
-        operands = [given[k] for k in names if isinstance(given.get(k), fx.Node)]
-        self.batched(node, operands, "scaled_dot_product_attention")
-
     def merge(self, node: fx.Node, name: str) -> None:
         """flatten / view / reshape that only merge consecutive dims."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        old, new = _shape(src), _shape(node)
+        old, new = tensor_shape(src), tensor_shape(node)
         k = len(old) - len(new) + 1  # old dims s..s+k-1 become new dim s
         fits = [s for s in range(len(new)) if k >= 1 and old[:s] == new[:s] and old[s + k:] == new[s + 1:]
                 and math.prod(old[s:s + k]) == new[s]]
@@ -780,7 +446,7 @@ class _Propagator:
     def permute(self, node: fx.Node, name: str) -> None:
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        n = len(_shape(src))
+        n = len(tensor_shape(src))
         dims = list(range(n))
         if name == "transpose":
             a, b = (d % n for d in node.args[1:3])
@@ -793,7 +459,7 @@ class _Propagator:
     def reduce(self, node: fx.Node, name: str) -> None:
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        n = len(_shape(src))
+        n = len(tensor_shape(src))
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
         dims = [dims] if isinstance(dims, int) else dims

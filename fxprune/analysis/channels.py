@@ -20,7 +20,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.analysis.channel_flow import ChannelFlow, Member, op_name, propagate
+from fxprune.analysis.channel_flow import propagate
+from fxprune.analysis.flow_types import ChannelFlow, Member, op_name
 from fxprune.analysis.importance import split_batch
 from fxprune.core.lowrank import find_pairs, same_format, set_module
 from fxprune.core.smoothing import CHANNELS, stored

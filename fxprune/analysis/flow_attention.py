@@ -1,0 +1,84 @@
+"""Channel rules for attention: a reshape cutting the channel axis into (..., heads, head_dim) makes each
+head one class, carried on the heads axis through unbind, softmax, batched matmul and
+scaled_dot_product_attention (q, k, v and a per-head bias together)."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from fxprune.analysis.flow_types import tensor_shape
+
+
+
+class AttentionRules:
+    """Mixed into channel_flow._Propagator (its state: flow, origin, used, parts, ...)."""
+
+    def split(self, node: fx.Node, start: int, dims: tuple[int, ...], ids: torch.Tensor) -> None:
+        """The channel axis cut into dims (..., heads, head_dim): the channels of each slab along the
+        second-to-last of them (an attention head: its q, k and v parts; a channel group before a
+        shuffle) go together, and that dim carries the channels on, one id per slab."""
+        axis = len(dims) - 2
+        slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
+        for slab in slabs:
+            self.flow.union(slab[:1].expand(len(slab)), slab)
+        self.flow.slabs += slabs[:, 0].tolist()
+        self.flow.value[node] = (start + axis, slabs[:, 0].clone())
+        self.literal_size(node, start + axis, slabs[:, 0].clone())
+
+    def unbind(self, node: fx.Node) -> None:
+        """x.unbind(dim) along another axis: every part keeps the channels (q, k, v of fused attention)."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(tensor_shape(src))
+        if dim == axis:
+            return self.barrier(node, f"unbind over the channel axis ({node.name})")
+        self.parts[node] = [(axis - (dim < axis), ids)] * tensor_shape(src)[dim]
+        self.flow.value[node] = (axis, ids)
+
+    def softmax(self, node: fx.Node, name: str) -> None:
+        src = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dim is None or dim % len(tensor_shape(src)) == self.flow.value[src][0]:
+            return self.barrier(node, f"{name} over the channel axis ({node.name})")
+        self.keep(node, src)
+
+    def batched(self, node: fx.Node, operands: list, name: str) -> bool:
+        """Operands of a batched matrix product or attention: channels on the same batch axis (heads) go
+        together; an untracked operand broadcasts there or is an attribute sliced with them."""
+        out = tensor_shape(node)
+        known = [(a, self.flow.value[a]) for a in operands if a in self.flow.value]
+        axes = {len(out) - len(tensor_shape(a)) + v[0] for a, v in known}
+        if len(axes) != 1 or axes.pop() >= len(out) - 2:
+            self.barrier(node, f"{name} ({node.name}) with channels off its batch axes")
+            return False
+        (first, (axis, ids)), rest = known[0], known[1:]
+        axis += len(out) - len(tensor_shape(first))
+        for _, (_, other) in rest:
+            if len(other) != len(ids):
+                self.barrier(node, f"{name} ({node.name}) with channels that do not line up")
+                return False
+            self.flow.union(ids, other)
+        for a in operands:
+            shape = tensor_shape(a)
+            if a in self.flow.value or shape is None:
+                continue
+            pos = axis - len(out) + len(shape)
+            if pos >= 0 and shape[pos] != 1 and not self.adopt(a, node, pos, ids):
+                self.barrier(node, f"{name} ({node.name}) with a per-channel tensor ({a.name}) that is not "
+                                   "a layer output")
+                return False
+        self.flow.value[node] = (axis, known[-1][1][1])
+        return True
+
+    def matmul(self, node: fx.Node) -> None:
+        """a @ b with channels on a batch axis of both (attention heads): they go together."""
+        self.batched(node, list(node.args[:2]), "matmul")
+
+    def attention(self, node: fx.Node) -> None:
+        """F.scaled_dot_product_attention(q, k, v, attn_mask): heads of q, k, v (and of a per-head
+        mask or bias) go together; the output carries v's."""
+        names = ("query", "key", "value", "attn_mask")
+        given = dict(zip(names, node.args), **{k: v for k, v in node.kwargs.items() if k in names})
+        operands = [given[k] for k in names if isinstance(given.get(k), fx.Node)]
+        self.batched(node, operands, "scaled_dot_product_attention")

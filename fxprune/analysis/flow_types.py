@@ -1,0 +1,108 @@
+"""The data of the channel analysis (channel_flow): elements and their classes, the members that
+slice along them, the norms and literal sizes to rewrite, and the node helpers every rule reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclasses may normalise other dims
+NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
+# functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
+TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed"}
+
+
+def op_name(node: fx.Node) -> str:
+    target = node.target
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+@dataclass
+class Member:
+    """A parameterised module that slices along a channel axis: role `out` (weight rows), `in`
+    (weight columns), `dw` (depthwise conv: both), `bn` (per-channel affine and statistics) or
+    `scale` (fxprune.nn.ChannelScaling)."""
+
+    path: str  # a module's path; for `param`, the tensor attribute's qualified name
+    role: str
+    ids: torch.Tensor  # element id of each position (of its output channels for out/dw/bn, inputs for in)
+    axis: int = 0  # `param`: the tensor's axis that holds the channels
+
+
+@dataclass
+class Norm:
+    """A node normalising its input over `dims`, channel axis `axis` among them (RMS: no mean)."""
+
+    node: str
+    ids: torch.Tensor
+    axis: int
+    dims: tuple[int, ...]
+    rms: bool
+
+
+@dataclass
+class Fixup:
+    """A channel count in `node`'s size arguments, args[index] (or args[index][item]), to be written
+    as a literal: the count of `ids` kept."""
+
+    node: str
+    index: int
+    item: int | None
+    ids: torch.Tensor | None  # None: the size is `value`, fixed (it sizes a dim that channels do not change)
+    value: int = 0
+
+
+@dataclass
+class ChannelFlow:
+    parent: list[int] = field(default_factory=list)
+    blocked: dict[int, str] = field(default_factory=dict)
+    members: list[Member] = field(default_factory=list)
+    norms: list[Norm] = field(default_factory=list)
+    fixups: list[Fixup] = field(default_factory=list)
+    slabs: list[int] = field(default_factory=list)  # one element of each slab a split made (attention heads)
+    value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
+
+    def fresh(self, n: int) -> torch.Tensor:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + n))
+        return torch.arange(start, start + n)
+
+    def find(self, e: int) -> int:
+        root = e
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[e] != root:
+            self.parent[e], e = root, self.parent[e]
+        return root
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self.find(x), self.find(y)
+            if rx != ry:
+                self.parent[max(rx, ry)] = min(rx, ry)
+
+    def block(self, ids: torch.Tensor, reason: str) -> None:
+        for e in ids.unique().tolist():
+            self.blocked.setdefault(e, reason)
+
+
+def tensor_shape(node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def size_args(node: fx.Node, size: fx.Node) -> list[tuple[int, int, int | None]]:
+    """(output dim, args index, item) of each size argument of a view/reshape/expand that is `size`."""
+    sizes = node.args[1:]
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
+        return [(d, 1, d) for d, s in enumerate(sizes[0]) if s is size]
+    return [(d, 1 + d, None) for d, s in enumerate(sizes) if s is size]
+
+
+def tensor_args(node: fx.Node) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n))
+    return found
