@@ -264,7 +264,7 @@ class Attention(nn.Module):
         x = self.embed(x)
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.table[self.index].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
+        bias = self.table[self.index].view(N, N, self.heads).permute(2, 0, 1).unsqueeze(0)  # literal heads
         if self.fused:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:

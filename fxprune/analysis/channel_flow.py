@@ -81,6 +81,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.shape_of: dict[fx.Node, fx.Node] = {}  # x.shape / x.size() -> x
         self.size_of: dict[fx.Node, torch.Tensor] = {}  # a channel count read as a number -> its channels
         self.merged: set[tuple[fx.Node, int]] = set()  # (reshape, output dim) where channels merge with others
+        self.attr_sizes: list[tuple[fx.Node, int, str, int]] = []  # (reshape of an attribute, dim, name, axis)
 
     def barrier(self, node: fx.Node, reason: str) -> None:
         for arg in tensor_args(node):

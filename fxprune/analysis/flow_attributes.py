@@ -58,6 +58,8 @@ class AttributeRules:
         if mapped is not None:
             self.origin[node] = (path, mapped)
             self.used.add((src, node))
+            if name in ("reshape", "view", "expand"):  # sizes to rewrite if the attribute is sliced
+                self.attr_sizes += [(node, j, path, d) for j, d in enumerate(mapped) if d is not None]
         return mapped is not None
 
     def adopt(self, arg, user: fx.Node, pos: int, ids: torch.Tensor) -> bool:
@@ -75,8 +77,12 @@ class AttributeRules:
         return True
 
     def check_attributes(self) -> None:
-        """An attribute sliced with its channels must have no use the rules did not understand."""
+        """An attribute sliced with its channels must have no use the rules did not understand; sizes
+        written for it in a reshape (table[index].view(49, 49, 2): 2 heads) follow its channels."""
         for member in [m for m in self.flow.members if m.role == "param"]:
+            for node, dim, path, axis in self.attr_sizes:
+                if (path, axis) == (member.path, member.axis):
+                    self.literal_size(node, dim, member.ids)
             for node in self.gm.graph.find_nodes(op="get_attr", target=member.path):
                 escape = self.escape(node)
                 if escape:
