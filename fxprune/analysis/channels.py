@@ -354,10 +354,13 @@ def _slice_attribute(gm: fx.GraphModule, name: str, keep: torch.Tensor, axis: in
 
 
 def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
-    """A copy of `graph.gm` whose norms over channels compute their statistics without the channels in
-    `classes`: what removing them gives, with those channels still in place. Zeroed channels
-    (`zero`) are removed losslessly against this reference; with no norm it equals `graph.gm`."""
-    gm = copy.deepcopy(graph.gm)
+    """`graph.gm` with its norms over channels computing their statistics without the channels in
+    `classes`: what removing them gives, with those channels still in place (a new graph over the
+    same weights; `graph.gm` itself where there is no such norm). Zeroed channels (`zero`) are
+    removed losslessly against this reference."""
+    if not graph.flow.norms:
+        return graph.gm
+    gm = fx.GraphModule(graph.gm, copy.deepcopy(graph.gm.graph))  # a new graph over the same weights
     nodes = {n.name: n for n in gm.graph.nodes}
     for i, norm in enumerate(graph.flow.norms):
         node = nodes[norm.node]
