@@ -55,7 +55,7 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "interpolate",
                "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
-               "upsample", "drop_path", "pow", "square", "rsqrt", "reciprocal"}
+               "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal"}
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 
 
