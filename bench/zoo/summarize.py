@@ -97,9 +97,11 @@ def main() -> None:
              "relative L2 error below 1e-5. Random weights, with zero-initialised parameters given small random",
              "values and BatchNorm given random statistics (`fxprune.runners.zoo.wake`) so that every layer matters.",
              "`fold` must never grow a model. Produced by `fxprune zoo CONFIG --pipeline decompose-conv,fold",
-             "--out bench/zoo/lossless-NAME --jobs 2` (1 thread per worker; `--resume` continues a run).", "",
-             "| zoo | models | ok | mismatch | vacuous | error | skipped | not run yet | worst rel. L2 error | grew |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "--out bench/zoo/lossless-NAME --jobs 2` (1 thread per worker; `--resume` continues a run). Time: the",
+             "seconds each model's run took, summed (CPU time of one thread).", "",
+             "| zoo | models | ok | mismatch | vacuous | error | skipped | not run yet | worst rel. L2 error | grew "
+             "| time, summed over models |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for name, folder, config in RUNS:
         ids, rows, count = tally(folder, config, ("ok", "mismatch", "vacuous", "error", "skipped"))
@@ -110,9 +112,12 @@ def main() -> None:
         missing = [i for i in ids if i not in rows]
         lines.append(f"| [{name}]({folder}/summary.md) | {len(ids)} | {count['ok']} | {count['mismatch']} | "
                      f"{count['vacuous']} | {count['error']} | {count['skipped']} | {len(missing)} | {worst_text} | "
-                     f"{grew} |")
+                     f"{grew} | {sum(r.get('seconds', 0) for r in rows.values()) / 60:.0f} min |")
         for r in rows.values():
-            if r["status"] != "ok":
+            if r["status"] == "mismatch":
+                notes.append(f"- {r['model']}: mismatch: relative L2 error {r['rel_l2_error']:.2e} over the limit "
+                             f"{r['rel_l2_limit']:g}")
+            elif r["status"] != "ok":
                 notes.append(f"- {r['model']}: {r['status']}: {r.get('reason', '')}")
         if missing:
             notes.append(f"- {name}: not run yet: {', '.join(missing)}")
