@@ -73,7 +73,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     lines = ["# Thin SVD: Gram matrix against LAPACK", "",
              f"Measured with {torch.get_num_threads()} torch threads, torch "
-             f"{torch.__version__}, float64, least of {repeat} runs). Gram path taken where every group's smallest Gram "
+             f"{torch.__version__}, float64, least of {repeat} runs. Gram path taken where every group's smallest Gram "
              f"eigenvalue is at least {GUARD:g} of its largest (condition number <= 1e3); LAPACK elsewhere, after "
              "the eigh that showed it (random square weights are often that ill-conditioned: regnet_y_16gf).", "",
              "| weights | layers | on the Gram path | LAPACK s | thin_svd s | speedup | max reconstruction error "
