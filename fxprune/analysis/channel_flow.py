@@ -181,14 +181,9 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if tracked is not None and tracked[0] != 1:
             self.flow.block(tracked[1], f"{path} reads channels along another axis")
         elif tracked is not None:
-            parts = tracked[1].view(groups, -1)
-            for part in parts[1:]:
-                self.flow.union(parts[0], part)
-            self.flow.members.append(Member(path, "in", parts[0].clone()))
+            self.flow.members.append(Member(path, "in", self.flow.align(tracked[1].view(groups, -1))[0].clone()))
         self.start(node, 1, cout, path)
-        parts = self.flow.value[node][1].view(groups, -1)
-        for part in parts[1:]:
-            self.flow.union(parts[0], part)
+        self.flow.align(self.flow.value[node][1].view(groups, -1))
 
     def read(self, node: fx.Node, path: str, tracked, axis: int) -> None:
         if tracked is None:
@@ -333,10 +328,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         elif len(ids) % k:
             return self.barrier(node, f"chunk ({node.name}) into unequal parts")
         else:
-            parts = ids.view(k, -1)
-            for part in parts[1:]:
-                self.flow.union(parts[0], part)
-            self.parts[node] = [(axis, part) for part in parts]
+            self.parts[node] = [(axis, part) for part in self.flow.align(ids.view(k, -1))]
         self.flow.value[node] = (axis, ids)
 
     def reshape(self, node: fx.Node, name: str) -> None:
@@ -408,9 +400,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             count = len(sizes) if isinstance(sizes, (list, tuple)) else -(-tensor_shape(src)[dim] // sizes)
             self.parts[node] = [(axis, ids)] * count
         elif isinstance(sizes, int) and len(ids) % sizes == 0:
-            parts = ids.view(-1, sizes)
-            for part in parts[1:]:
-                self.flow.union(parts[0], part)
+            parts = self.flow.align(ids.view(-1, sizes))
             self.parts[node] = [(axis, part) for part in parts]
             self.flow.fixups.append(Fixup(node.name, 1, None, parts[0].clone()))
         elif isinstance(sizes, (list, tuple)) and all(isinstance(k, int) for k in sizes):

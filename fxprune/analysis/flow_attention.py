@@ -10,7 +10,6 @@ import torch.fx as fx
 from fxprune.analysis.flow_types import tensor_shape
 
 
-
 class AttentionRules:
     """Mixed into channel_flow._Propagator (its state: flow, origin, used, parts, ...)."""
 
@@ -22,9 +21,10 @@ class AttentionRules:
         slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
         for slab in slabs:
             self.flow.union(slab[:1].expand(len(slab)), slab)
-        self.flow.slabs += slabs[:, 0].tolist()
-        self.flow.value[node] = (start + axis, slabs[:, 0].clone())
-        self.literal_size(node, start + axis, slabs[:, 0].clone())
+        heads = slabs[:, 0].clone()
+        self.flow.slabs += heads.tolist()
+        self.flow.value[node] = (start + axis, heads)
+        self.literal_size(node, start + axis, heads)
 
     def unbind(self, node: fx.Node) -> None:
         """x.unbind(dim) along another axis: every part keeps the channels (q, k, v of fused attention)."""

@@ -16,7 +16,6 @@ from fxprune.analysis.flow_types import (NEUTRAL, TOKENS_ONLY, Fixup, Member, op
                                          tensor_shape)
 
 
-
 class AttributeRules:
     """Mixed into channel_flow._Propagator (its state: flow, origin, used, parts, ...)."""
 
@@ -92,8 +91,9 @@ class AttributeRules:
         for user in node.users:
             if (node, user) not in self.used and op_name(user) not in NEUTRAL:
                 return f"{op_name(user)} ({user.name})"
-            if user in self.origin and self.escape(user):
-                return self.escape(user)
+            found = self.escape(user) if user in self.origin else None
+            if found:
+                return found
         return None
 
     def sizes(self, node: fx.Node, name: str) -> None:

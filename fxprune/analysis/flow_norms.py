@@ -10,7 +10,6 @@ from torch import nn
 from fxprune.analysis.flow_types import Fixup, Member, Norm, tensor_shape
 
 
-
 class NormRules:
     """Mixed into channel_flow._Propagator (its state: flow, origin, used, parts, ...)."""
 
@@ -43,17 +42,24 @@ class NormRules:
             return self.keep(node, src)
         if k != 1:
             return self.barrier(node, f"{name} ({node.name}) over the channel axis and others")
-        params = ("weight", "bias") if name == "layer_norm" else ("weight",)
-        for i, key in enumerate(params):
-            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
-            if t is not None and not self.adopt(t, node, 0, ids):
-                return self.barrier(node, f"{name} ({node.name}) with a {key} that is not a model attribute")
+        if not self.affine(node, name, ("weight", "bias") if name == "layer_norm" else ("weight",), ids):
+            return
         self.flow.norms.append(Norm(node.name, ids, n - 1, (n - 1,), name == "rms_norm"))
         if isinstance(shape, int):
             self.flow.fixups.append(Fixup(node.name, 1, None, ids))
         elif isinstance(shape[0], int):
             self.flow.fixups.append(Fixup(node.name, 1, 0, ids))
         self.flow.value[node] = (axis, ids)
+
+    def affine(self, node: fx.Node, name: str, keys: tuple[str, ...], ids) -> bool:
+        """Slice a functional norm's affine (args 2, 3 or by keyword) with its channels; a barrier if one
+        is not a model attribute."""
+        for i, key in enumerate(keys):
+            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
+            if t is not None and not self.adopt(t, node, 0, ids):
+                self.barrier(node, f"{name} ({node.name}) with a {key} that is not a model attribute")
+                return False
+        return True
 
     def group_norm_function(self, node: fx.Node) -> None:
         """F.group_norm(x, 1, weight, bias, eps): statistics over dims 1..., channels on axis 1."""
@@ -62,9 +68,7 @@ class NormRules:
         groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
         if groups != 1 or axis != 1:
             return self.barrier(node, f"group_norm ({node.name}) with {groups} groups")
-        for i, key in enumerate(("weight", "bias")):
-            t = node.args[2 + i] if len(node.args) > 2 + i else node.kwargs.get(key)
-            if t is not None and not self.adopt(t, node, 0, ids):
-                return self.barrier(node, f"group_norm ({node.name}) with a {key} that is not a model attribute")
+        if not self.affine(node, "group_norm", ("weight", "bias"), ids):
+            return
         self.flow.norms.append(Norm(node.name, ids, 1, tuple(range(1, len(tensor_shape(src)))), False))
         self.flow.value[node] = (axis, ids)

@@ -84,6 +84,13 @@ class ChannelFlow:
             if rx != ry:
                 self.parent[max(rx, ry)] = min(rx, ry)
 
+    def align(self, parts: torch.Tensor) -> torch.Tensor:
+        """Unite position j of every row of `parts` (equal parts of a channel axis: chunks, the groups
+        of a grouped conv, equal splits), so every part loses the same positions; returns `parts`."""
+        for part in parts[1:]:
+            self.union(parts[0], part)
+        return parts
+
     def block(self, ids: torch.Tensor, reason: str) -> None:
         for e in ids.unique().tolist():
             self.blocked.setdefault(e, reason)
