@@ -47,15 +47,22 @@ from fxprune.nn import BasisScalingConv, ChannelScaling
 STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Mish,
              nn.LeakyReLU, nn.ELU, nn.Identity, nn.Dropout, nn.Dropout2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d,
              nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Dropout1d, nn.Dropout3d, nn.AdaptiveAvgPool1d, nn.AvgPool1d,
-             nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool3d, nn.AvgPool3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d)
+             nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool3d, nn.AvgPool3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d,
+             nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+PADS = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
+        nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)  # pad their last len(padding)/2 dims
+# convs with another forward that computes a conv of the same channels (timm's Conv2dSame: "same" padding
+# computed from the input size, then F.conv2d with its own weight)
+SAME_CHANNELS_CONVS = ("timm.layers.conv2d_same.Conv2dSame",)
 ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "hardsigmoid", "hardswish",
                "hardtanh", "tanh", "mish", "leaky_relu", "elu", "softplus", "dropout", "dropout2d", "contiguous",
                "clone", "clamp", "clamp_", "clamp_min", "neg", "abs", "exp", "sqrt", "float", "detach",
                "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "interpolate",
                "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
-               "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal"}
+               "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal",
+               "normalize"}  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 
 
@@ -124,6 +131,10 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if isinstance(m, STATELESS):
             self.keep(node, src)
             return
+        if isinstance(m, PADS) and tracked is not None:
+            if tracked[0] < len(tensor_shape(src)) - len(m.padding) // 2:
+                return self.keep(node, src)
+            return self.barrier(node, f"module {path} ({type(m).__name__} pads the channel axis)")
         if type(m) in (nn.Softmax, nn.LogSoftmax) and tracked is not None:
             if m.dim is None or m.dim % len(tensor_shape(src)) == tracked[0]:
                 return self.barrier(node, f"module {path} ({type(m).__name__} over the channel axis)")
@@ -145,7 +156,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.norm_module(node, m, path, tracked)
         elif isinstance(m, ChannelScaling):
             self.keep(node, src, member=(path, "scale"), axis=m.dim % len(tensor_shape(node)))
-        elif is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1:  # 1-D, 2-D, 3-D
+        elif (is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1  # 1-D, 2-D, 3-D
+              or f"{type(m).__module__}.{type(m).__qualname__}" in SAME_CHANNELS_CONVS):
             self.conv(node, m, path, tracked)
         elif torch_base(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
             last = len(tensor_shape(node)) - 1
@@ -459,13 +471,23 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.flow.value[node] = (axis if keepdim else axis - sum(1 for d in dims if d % n < axis), ids)
 
     def getitem(self, node: fx.Node) -> None:
+        """x[..] with ints and slices; a slice of the channel axis (step 1, literal bounds: GhostNet's
+        `cat(...)[:, :out_chs]`) keeps the channels in its range, its bounds rewritten to the count kept
+        before them (the channels outside it are read by nothing after it)."""
         src, index = node.args
         axis, ids = self.flow.value[src]
+        item = None if not isinstance(index, tuple) else axis
         index = index if isinstance(index, tuple) else (index,)
         if not all(isinstance(i, (int, slice)) for i in index):
             return self.barrier(node, f"indexing ({node.name})")
         if axis < len(index) and index[axis] != slice(None):
-            return self.barrier(node, f"indexing the channel axis ({node.name})")
+            sl = index[axis]
+            if not isinstance(sl, slice) or sl.step not in (None, 1):
+                return self.barrier(node, f"indexing the channel axis ({node.name})")
+            start, stop, _ = sl.indices(len(ids))  # a bound computed in the graph: TypeError, a barrier
+            self.flow.fixups += [Fixup(node.name, 1, item, ids[:end], bound=bound)
+                                 for bound, end in (("start", start), ("stop", stop)) if getattr(sl, bound) is not None]
+            ids = ids[start:stop]
         self.flow.value[node] = (axis - sum(1 for i in index[:axis] if isinstance(i, int)), ids)
 
 

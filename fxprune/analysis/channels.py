@@ -320,6 +320,9 @@ def remove(graph: ChannelGraph, removed: set[int]) -> int:
         node = nodes[fix.node]
         size = fix.value if fix.ids is None else int(_kept(graph, fix.ids, removed).sum())
         args = list(node.args)
+        old = args[fix.index] if fix.item is None else args[fix.index][fix.item]
+        if fix.bound is not None:  # a slice of the channel axis: one of its bounds
+            size = slice(size, old.stop, old.step) if fix.bound == "start" else slice(old.start, size, old.step)
         if fix.item is None:
             args[fix.index] = size
         else:

@@ -46,13 +46,15 @@ class Norm:
 @dataclass
 class Fixup:
     """A channel count in `node`'s size arguments, args[index] (or args[index][item]), to be written
-    as a literal: the count of `ids` kept."""
+    as a literal: the count of `ids` kept. With `bound` ("start" or "stop") the argument is a slice of
+    the channel axis and that bound is written."""
 
     node: str
     index: int
     item: int | None
     ids: torch.Tensor | None  # None: the size is `value`, fixed (it sizes a dim that channels do not change)
     value: int = 0
+    bound: str | None = None
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import nn
 from fxprune.core.errors import TraceError
 from fxprune.core.lowrank import is_dense_layer
 from fxprune.core.meta import SOURCE
+from fxprune.core.plain_attention import plain_forward
 
 
 def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
@@ -27,24 +28,32 @@ def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
 
 
 class _Tracer(fx.Tracer):
-    """A tracer that knows timm's leaf modules and records where tracing currently is."""
+    """A tracer that knows timm's leaf modules, traces nn.MultiheadAttention's self-attention as plain
+    ops (plain_attention.py) and records where tracing currently is."""
 
     def __init__(self, leaf_modules: Iterable[type[nn.Module]], autowrap_functions: Iterable[Callable]):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self._leaves = tuple(leaf_modules)
+        self._opened: set[int] = set()  # modules being traced through by a plain forward
         self.path: list[tuple[str, str]] = []
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         # a conv/linear subclass that keeps torch's forward (torchvision's Conv3DSimple) is a layer too
-        return (isinstance(m, self._leaves) or is_dense_layer(m)
-                or super().is_leaf_module(m, module_qualified_name))
+        return id(m) not in self._opened and (isinstance(m, self._leaves) or is_dense_layer(m)
+                                              or super().is_leaf_module(m, module_qualified_name))
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
         self.path.append((name, type(m).__name__))
-        out = super().call_module(m, forward, args, kwargs)
-        self.path.pop()
-        return out
+        plain = plain_forward(m, args, kwargs)
+        if plain is not None:
+            forward = plain
+            self._opened.add(id(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self._opened.discard(id(m))
+            self.path.pop()
 
 
 def trace(

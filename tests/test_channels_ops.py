@@ -1,0 +1,75 @@
+"""prune-channels through ops met in the timm zoo: a slice of the channel axis (GhostNet's
+`cat(...)[:, :out_chs]`), padding modules, timm's Conv2dSame, nn.Upsample and F.normalize; exact
+groups, rewritten slice bounds and lossless removal of zeroed channels."""
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from torch import nn
+
+import fxprune
+
+from .test_channels import check_zeroed_channels_are_removed_losslessly, groups_of
+
+X = torch.randn(2, 3, 8, 8)
+
+
+class Ghost(nn.Module):
+    """A ghost module of 5 channels (3 primary, their 3 depthwise "cheap" copies, sliced to 5), then
+    padding, a "same"-padded conv, upsampling and an L2 normalisation over channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary = nn.Conv2d(3, 3, 1)
+        self.cheap = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+        self.pad = nn.ZeroPad2d(1)
+        self.same = Conv2dSame(5, 6, 3, stride=2)
+        self.up = nn.Upsample(scale_factor=2)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        a = self.primary(x)
+        x = torch.cat([a, self.cheap(a)], 1)[:, :5]
+        x = self.same(self.pad(x))
+        x = F.normalize(self.up(x), dim=1)
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_slice_of_the_channel_axis_keeps_the_channels_in_its_range():
+    assert groups_of(Ghost()) == {
+        frozenset({("primary", "out"), ("cheap", "dw"), ("same", "in")}): (3, None),
+        frozenset({("same", "out"), ("head", "in")}): (6, None),
+        frozenset({("head", "out")}): (4, "reaches the model output"),
+    }
+
+
+def test_the_slice_bound_is_rewritten_to_the_channels_kept_before_it():
+    small = fxprune.prune(Ghost(), X, "prune-channels{ratio=0.5}")
+    # 1 of 3 primary channels kept: the concat holds it twice, both inside [:5]
+    assert [n.args[1][1] for n in small.graph.nodes if n.op == "call_function" and "getitem" in n.name] == [slice(None, 2)]
+    assert small.same.weight.shape == (3, 2, 3, 3) and type(small.same) is Conv2dSame
+    assert small(X).shape == (2, 4)
+
+
+def test_zeroed_channels_through_slice_pad_same_conv_upsample_normalize_are_removed_losslessly():
+    check_zeroed_channels_are_removed_losslessly(Ghost(), X)
+
+
+class ChannelsLast(nn.Module):
+    def __init__(self, step=None):
+        super().__init__()
+        self.fc, self.pad, self.head = nn.Linear(3, 6), nn.ConstantPad1d(1, 0.0), nn.Linear(8, 2)
+        self.step = step
+
+    def forward(self, x):
+        y = self.fc(x.flatten(2).transpose(1, 2))
+        if self.step:
+            return self.head(torch.cat([y[:, :, :: self.step]] * 4, -1)[:, :, :8])
+        return self.head(self.pad(y))
+
+
+def test_a_pad_of_the_channel_axis_and_a_strided_slice_are_barriers_with_their_names():
+    assert groups_of(ChannelsLast())[frozenset({("fc", "out")})] == (
+        6, "module pad (ConstantPad1d pads the channel axis)")
+    assert groups_of(ChannelsLast(step=2))[frozenset({("fc", "out")})] == (
+        6, "indexing the channel axis (getitem)")

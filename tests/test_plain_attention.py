@@ -1,0 +1,94 @@
+"""nn.MultiheadAttention's self-attention traced as plain ops (fxprune.core.plain_attention): the same
+outputs as torch's module, every other call kept as one node, and its heads and width pruned."""
+
+import pytest
+import torch
+from torch import nn
+
+import fxprune
+from fxprune.analysis.channels import analyse
+
+from .test_channels import check_zeroed_channels_are_removed_losslessly
+
+E, H, T = 16, 4, 5  # width, heads, tokens
+
+
+class Block(nn.Module):
+    """A pre-norm encoder block as torchvision's ViT writes it, with a class-token head."""
+
+    def __init__(self, batch_first=True, need_weights=False, **mha):
+        super().__init__()
+        self.embed = nn.Linear(6, E)
+        self.norm = nn.LayerNorm(E)
+        self.attn = nn.MultiheadAttention(E, H, batch_first=batch_first, **mha)
+        self.head = nn.Linear(E, 3)
+        self.need_weights, self.batch_first = need_weights, batch_first
+
+    def forward(self, x):
+        x = self.embed(x if self.batch_first else x.transpose(0, 1))
+        y = self.norm(x)
+        y, weights = self.attn(y, y, y, need_weights=self.need_weights)
+        x = x + y
+        out = self.head(x[:, 0] if self.batch_first else x[0])
+        return out if weights is None else (out, weights)
+
+
+X = torch.randn(2, T, 6)
+
+
+def module_targets(gm):
+    return [n.target for n in gm.graph.nodes if n.op == "call_module"]
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_self_attention_traces_as_plain_ops_with_torchs_outputs(batch_first, need_weights):
+    model = Block(batch_first, need_weights).eval()
+    gm = fxprune.trace(model)
+    assert module_targets(gm) == ["embed", "norm", "attn.out_proj", "head"]
+    with torch.no_grad():  # torch's own fast path runs here
+        torch.testing.assert_close(gm(X), model(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mha, call", [
+    ({"add_bias_kv": True}, {}),
+    ({"add_zero_attn": True}, {}),
+    ({"kdim": 8, "vdim": 8}, {}),
+    ({}, {"attn_mask": torch.zeros(T, T, dtype=torch.bool)}),
+    ({}, {"is_causal": True, "attn_mask": torch.ones(T, T).triu(1).bool()}),
+])
+def test_other_attention_calls_stay_one_module(mha, call):
+    class Masked(Block):
+        def forward(self, x):
+            x = self.embed(x)
+            key = x[..., :8] if self.attn.kdim != E else x
+            return self.head(self.attn(x, key, key, need_weights=False, **call)[0][:, 0])
+
+    model = Masked(**mha).eval()
+    gm = fxprune.trace(model)
+    assert "attn" in module_targets(gm)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(X), model(X))
+
+
+def test_cross_attention_stays_one_module():
+    class Cross(Block):
+        def forward(self, x):
+            x = self.embed(x)
+            return self.head(self.attn(x, self.norm(x), self.norm(x), need_weights=False)[0][:, 0])
+
+    assert "attn" in module_targets(fxprune.trace(Cross().eval()))
+
+
+def test_heads_and_width_are_groups_pruned_losslessly():
+    graph = analyse(fxprune.trace(Block().eval()), (X,))
+    groups = {g.kind: (g.size, frozenset(g.members), g.blocked) for g in graph.groups if g.kind != "channels"}
+    assert groups["heads"] == (H, frozenset({("attn.in_proj_weight", "param"), ("attn.in_proj_bias", "param"),
+                                             ("attn.out_proj", "in")}), None)
+    assert groups["embedding"] == (E, frozenset({("embed", "out"), ("norm", "norm"), ("attn.in_proj_weight", "param"),
+                                                 ("attn.out_proj", "out"), ("head", "in")}), None)
+    check_zeroed_channels_are_removed_losslessly(Block(), X, random_weights=False)
+    small = fxprune.prune(Block(), X, "prune-channels{ratio=0.5}")
+    head_dim = E // H
+    assert small.attn.in_proj_weight.shape == (3 * 2 * head_dim, E // 2)  # 2 of 4 heads, 8 of 16 channels
+    assert small.attn.out_proj.weight.shape == (E // 2, 2 * head_dim) and small(X).shape == (2, 3)
