@@ -73,3 +73,26 @@ def test_a_pad_of_the_channel_axis_and_a_strided_slice_are_barriers_with_their_n
         6, "module pad (ConstantPad1d pads the channel axis)")
     assert groups_of(ChannelsLast(step=2))[frozenset({("fc", "out")})] == (
         6, "indexing the channel axis (getitem)")
+
+
+class AdditiveAttention(nn.Module):
+    """SwiftFormer's attention: normalised queries times a learned (C, 1) matrix read directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.head = nn.Linear(3, 6), nn.Linear(6, 2)
+        self.w_g = nn.Parameter(torch.randn(6, 1))
+
+    def forward(self, x):
+        q = F.normalize(self.fc(x.flatten(2).transpose(1, 2)), dim=-1)
+        return self.head((q @ self.w_g * q).sum(1))
+
+
+def test_a_matrix_read_directly_is_a_linear_layer_sliced_with_its_input_channels():
+    assert groups_of(AdditiveAttention()) == {
+        frozenset({("fc", "out"), ("w_g", "param"), ("head", "in")}): (6, None),
+        frozenset({("w_g", "param")}): (1, "mul (mul) broadcasts this one channel over many"),
+        frozenset({("head", "out")}): (2, "reaches the model output"),
+    }
+    check_zeroed_channels_are_removed_losslessly(AdditiveAttention(), X)
+    assert fxprune.prune(AdditiveAttention(), X, "prune-channels{ratio=0.5}").w_g.shape == (3, 1)

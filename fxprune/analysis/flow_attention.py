@@ -72,8 +72,20 @@ class AttentionRules:
         return True
 
     def matmul(self, node: fx.Node) -> None:
-        """a @ b with channels on a batch axis of both (attention heads): they go together."""
-        self.batched(node, list(node.args[:2]), "matmul")
+        """a @ b with channels on a batch axis of both (attention heads): they go together. x @ W with W a
+        matrix read from the model (SwiftFormer's `query @ w_g`): a linear layer, its input channels W's
+        rows and its output channels W's columns."""
+        x, w = node.args[:2]
+        tracked = self.flow.value.get(x)
+        if (tracked is None or w in self.flow.value or w not in self.origin or len(tensor_shape(w)) != 2
+                or tracked[0] != len(tensor_shape(x)) - 1):
+            return self.batched(node, [x, w], "matmul")
+        if not self.adopt(w, node, 0, tracked[1]):
+            self.barrier(node, f"matmul ({node.name}) whose weight cannot be sliced")
+        ids = self.flow.fresh(tensor_shape(w)[1])
+        if not self.adopt(w, node, 1, ids):
+            self.flow.block(ids, f"matmul ({node.name}) whose weight cannot be sliced")
+        self.flow.value[node] = (len(tensor_shape(node)) - 1, ids)
 
     def attention(self, node: fx.Node) -> None:
         """F.scaled_dot_product_attention(q, k, v, attn_mask): heads of q, k, v (and of a per-head
