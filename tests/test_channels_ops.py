@@ -1,6 +1,9 @@
 """prune-channels through ops met in the timm zoo: a slice of the channel axis (GhostNet's
-`cat(...)[:, :out_chs]`), padding modules, timm's Conv2dSame, nn.Upsample and F.normalize; exact
-groups, rewritten slice bounds and lossless removal of zeroed channels."""
+`cat(...)[:, :out_chs]`), padding modules, timm's Conv2dSame, nn.Upsample, F.normalize, x @ W, a mean or sum
+over channels (hand-written RMS norm), unsqueeze and multi-query attention; exact groups, rewritten slice
+bounds and lossless removal of zeroed channels."""
+
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -96,3 +99,51 @@ def test_a_matrix_read_directly_is_a_linear_layer_sliced_with_its_input_channels
     }
     check_zeroed_channels_are_removed_losslessly(AdditiveAttention(), X)
     assert fxprune.prune(AdditiveAttention(), X, "prune-channels{ratio=0.5}").w_g.shape == (3, 1)
+
+
+class HandWrittenRms(nn.Module):
+    """timm's rms_norm2d written out (mean of squares over channels), a channel sum as a gate, and
+    unsqueeze moving the channel axis before a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 6, 1), nn.Linear(6, 2)
+        self.weight = nn.Parameter(torch.rand(6) + 0.5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y * torch.rsqrt(y.pow(2).mean(dim=1, keepdim=True) + 1e-5) * self.weight.reshape(1, -1, 1, 1)
+        y = y * torch.sigmoid(y.sum(1, keepdim=True))
+        return self.head(y.mean((2, 3)).unsqueeze(1))
+
+
+def test_a_mean_over_channels_is_rescaled_to_stay_their_sum_over_the_first_count():
+    assert groups_of(HandWrittenRms())[frozenset({("conv", "out"), ("weight", "param"), ("head", "in")})] == (6, None)
+    check_zeroed_channels_are_removed_losslessly(HandWrittenRms(), X)  # exact against zeroing: no masked norm
+    small = fxprune.prune(HandWrittenRms(), X, "prune-channels{ratio=0.5}")
+    assert [n.args[1] for n in small.graph.nodes if n.target is operator.mul and n.args[0].name == "mean"] == [0.5]
+
+
+class MultiQuery(nn.Module):
+    """Multi-query attention: 4 query heads, one key and value head shared by all."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.q, self.k, self.v = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2), nn.Linear(8, 2)
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.embed(x.flatten(2).transpose(1, 2))
+        b, n = x.shape[0], x.shape[1]
+        q = self.q(x).reshape(b, n, 4, 2).transpose(1, 2)
+        k, v = self.k(x).unsqueeze(1), self.v(x).unsqueeze(1)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, 8)
+        return self.head(self.proj(out).mean(1))
+
+
+def test_multi_query_attention_prunes_query_heads_and_keeps_the_shared_key_and_value():
+    groups = groups_of(MultiQuery())
+    assert groups[frozenset({("q", "out"), ("proj", "in")})] == (4, None)
+    reason = "scaled_dot_product_attention (scaled_dot_product_attention) with channels off its batch axes"
+    assert groups[frozenset({("k", "out")})] == groups[frozenset({("v", "out")})] == (2, reason)
+    check_zeroed_channels_are_removed_losslessly(MultiQuery(), X)

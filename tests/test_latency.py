@@ -177,3 +177,20 @@ def test_a_model_without_weights_gets_the_cpu_table(tmp_path, monkeypatch):
     assert table.device == torch.device("cpu") and table.path.parent == tmp_path / "latency"
     given = LatencyTable(persist=False)
     assert table_for(given, nn.ReLU()) is given
+
+
+def test_prune_iteratively_until_latency_steps_by_measured_time():
+    """until='latency=0.5', step 0.2: every step keeps at most 0.8 of the time the step before took,
+    as the timer measures the model folded, and the run stops at the first step within half."""
+    table = LatencyTable(timer=fake_timer(), persist=False)
+    torch.manual_seed(0)
+    data = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))) for _ in range(2)]
+    gm = fxprune.prune(Net(), X, "decompose-conv,insert-scaling")
+    small, history = fxprune.prune_iteratively(gm, X, data=data, prune_what="channels", step=0.2,
+                                               until="latency=0.5", latency=table, progress=False)
+    kept = [row["latency_kept"] for row in history]
+    assert kept[0] == 1.0 and kept[-1] <= 0.5 < kept[-2]
+    assert all(b <= 0.8 * a + 1e-9 for a, b in zip(kept, kept[1:]))
+    folded = fxprune.prune(small, X, "fold")
+    assert history[-1]["latency_ms"] == pytest.approx(table.model(folded, (X,)) * 1e3)
+    assert history[-1]["latency_ms"] == pytest.approx(kept[-1] * history[0]["latency_ms"])

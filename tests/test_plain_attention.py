@@ -92,3 +92,39 @@ def test_heads_and_width_are_groups_pruned_losslessly():
     head_dim = E // H
     assert small.attn.in_proj_weight.shape == (3 * 2 * head_dim, E // 2)  # 2 of 4 heads, 8 of 16 channels
     assert small.attn.out_proj.weight.shape == (E // 2, 2 * head_dim) and small(X).shape == (2, 3)
+
+
+def tiny_swin(**kw):
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2],
+                           num_classes=3, **kw).eval()
+
+
+@pytest.mark.parametrize("size", [32, 36])  # 8x8 tokens; 9x9: padded to whole windows, then cropped
+def test_torchvisions_shifted_windows_trace_as_plain_ops_with_its_outputs(size):
+    model, x = tiny_swin(), torch.randn(2, 3, size, size)
+    gm = fxprune.trace(model)
+    functions = {getattr(n.target, "__name__", "") for n in gm.graph.nodes if n.op == "call_function"}
+    assert {"window_tokens", "shift_mask", "window_image"} <= functions
+    assert "shifted_window_attention" not in functions and "features.1.0.attn.qkv" in module_targets(gm)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_shifted_windows_with_dropout_in_training_stay_one_function():
+    gm = fxprune.trace(tiny_swin(attention_dropout=0.1).train())
+    assert "shifted_window_attention" in {getattr(n.target, "__name__", "") for n in gm.graph.nodes}
+
+
+def test_swin_heads_width_and_patch_merging_are_pruned_losslessly():
+    x = torch.randn(2, 3, 32, 32)
+    graph = analyse(fxprune.trace(tiny_swin()), (x,))
+    assert [g.blocked for g in graph.groups] == [None] * (len(graph.groups) - 1) + ["reaches the model output"]
+    assert sorted(g.kind for g in graph.groups).count("heads") == 4  # one group per block
+    merging = next(g for g in graph.groups if ("features.2.reduction", "in") in g.members)
+    assert merging.kind == "embedding" and merging.size == 8  # each channel read 4 times by the reduction
+    check_zeroed_channels_are_removed_losslessly(tiny_swin(), x, random_weights=False)
+    small = fxprune.prune(tiny_swin(), x, "prune-channels{ratio=0.5}")
+    assert small.get_submodule("features.2.reduction").weight.shape == (8, 16) and small(x).shape == (2, 3)

@@ -147,7 +147,7 @@ def test_prune_iteratively_reaches_the_budget_step_by_step(tiny):
     assert all(a > b for a, b in zip(kept, kept[1:])) and len(hist) >= 3
     assert all("val_accuracy" in h for h in hist)
     assert_same_state(tiny, before)
-    with pytest.raises(ValueError, match="until='size=0.5': write params=F or macs=F"):
+    with pytest.raises(ValueError, match="until='size=0.5': write params=F, macs=F or latency=F"):
         fxprune.prune_iteratively(gm, X, data=data, until="size=0.5")
 
 

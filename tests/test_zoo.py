@@ -141,3 +141,22 @@ def test_config_values_are_checked_up_front_naming_file_entry_and_key(tmp_path, 
     with pytest.raises(ValueError) as e:
         zoo.load(bad)
     assert str(e.value).startswith(f"zoo config {bad}") and message in str(e.value)
+
+
+def test_a_mismatch_row_says_how_far_float32_itself_takes_the_model(tmp_path):
+    """Beside a mismatch, the model's own float32 error against float64: the precision a lossless
+    rewrite can be held to (a limit of 1e-12 makes this model's exact round trip a mismatch)."""
+    import torch
+
+    from fxprune.core.verify import output_error
+    from fxprune.runners.models import create
+
+    (tmp_path / "models.py").write_text(MODELS)
+    entry = zoo.ZooEntry(f"{tmp_path}/models.py:flow", (3, 8, 8), inputs=2, rel_l2=1e-12)
+    row = zoo.check(entry, LOSSLESS)
+    assert row["status"] == "mismatch", row
+    torch.manual_seed(0)  # the model and inputs check() made
+    model, x = zoo.example(entry, zoo.wake(create(entry.id)).eval())
+    with torch.no_grad():
+        expected = output_error(model(*x), model.double()(*(t.double() for t in x))).rel_l2
+    assert row["float32_rel_l2_error"] == pytest.approx(expected) and 0 < expected < 1e-5

@@ -116,13 +116,18 @@ def main() -> None:
         for r in rows.values():
             if r["status"] == "mismatch":
                 notes.append(f"- {r['model']}: mismatch: relative L2 error {r['rel_l2_error']:.2e} over the limit "
-                             f"{r['rel_l2_limit']:g}")
+                             f"{r['rel_l2_limit']:g}" + (f" (float32 itself takes the model {r['float32_rel_l2_error']:.2e} "
+                                                         "from its float64 outputs)" if "float32_rel_l2_error" in r else ""))
             elif r["status"] != "ok":
                 notes.append(f"- {r['model']}: {r['status']}: {r.get('reason', '')}")
         if missing:
             notes.append(f"- {name}: not run yet: {', '.join(missing)}")
         notes += unused_notes(rows)
-    (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section() + channels_section()) + "\n")
+    registry = ["", "## The whole timm registry", "",
+                "Every model of timm's registry, by family (traced, lossless, prunable, errors with their reasons): "
+                "[registry.md](registry.md), written by `python -m bench.zoo.registry`."]
+    (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section() + channels_section() + registry)
+                                    + "\n")
 
 
 if __name__ == "__main__":

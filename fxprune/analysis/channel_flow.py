@@ -2,7 +2,9 @@
 
 Every output channel of a conv/linear layer is an *element*. Propagating shapes node by node
 (ShapeProp), each tensor that carries channels gets `(axis, ids)`: the element id behind every
-position of its channel axis. Elementwise ops, BatchNorm, pooling and depthwise convs keep the ids;
+position of its channel axis. Elementwise ops, BatchNorm, pooling, depthwise convs, padding and unsqueeze keep the ids (a slice of
+the channel axis keeps those in its range); a sum or mean over the channel axis is a statistic without them
+(a mean is rescaled once channels go: `ChannelFlow.means`);
 `add`/`mul` of two channel tensors unite the ids position by position (residuals, SE gates);
 `cat` along channels concatenates them (a self-concat repeats them); `chunk` along channels cuts
 them into equal parts and unites position j of every part (so every part loses the same positions
@@ -38,8 +40,8 @@ from fxprune.analysis.counting import propagate_shapes, tied_modules
 from fxprune.analysis.flow_attention import AttentionRules
 from fxprune.analysis.flow_attributes import AttributeRules
 from fxprune.analysis.flow_norms import NormRules
-from fxprune.analysis.flow_types import (NEUTRAL, NORMS, TOKENS_ONLY, ChannelFlow, Fixup, Member, op_name, tensor_args,
-                                         tensor_shape)
+from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_ONLY, ChannelFlow, Fixup, Member, op_name,
+                                         tensor_args, tensor_shape)
 from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base
 from fxprune.core.meta import ROLE
 from fxprune.nn import BasisScalingConv, ChannelScaling
@@ -63,6 +65,10 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
                "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal",
                "normalize"}  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
+try:  # torchvision's Swin patch merging: the 2x2 neighbours' channels side by side (x0, x1, x2, x3 along C)
+    from torchvision.models.swin_transformer import _patch_merging_pad as TV_PATCH_MERGING
+except ImportError:  # a torchvision without it
+    TV_PATCH_MERGING = None
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
 
 
@@ -221,7 +227,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.sizes(node, name)
         if name in ("linear", "conv1d", "conv2d", "conv3d") and tensor_shape(node) is not None:
             return self.layer_function(node, name)  # starts channels even on untracked inputs
-        if name in NEUTRAL or self.derive(node, name) or not any(a in self.flow.value for a in tensor_args(node)):
+        if (name in NEUTRAL or name in SHAPE_ONLY or self.derive(node, name)
+                or not any(a in self.flow.value for a in tensor_args(node))):
             return
         src = node.args[0]
         if name in ELEMENTWISE and all(a is src for a in tensor_args(node)):
@@ -244,6 +251,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.reduce(node, name)
         elif name == "chunk":
             self.chunk(node)
+        elif name == "unsqueeze":
+            self.unsqueeze(node)
         elif name == "unbind":
             self.unbind(node)
         elif name == "split":
@@ -260,6 +269,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.getitem(node)
         elif name in TOKENS_ONLY and self.flow.value[src][0] == len(tensor_shape(src)) - 1 == len(tensor_shape(node)) - 1:
             self.keep(node, src)
+        elif node.target is TV_PATCH_MERGING and self.flow.value[src][0] == len(tensor_shape(src)) - 1:
+            self.flow.value[node] = (self.flow.value[src][0], self.flow.value[src][1].repeat(4))
         elif name in ("roll", "flip") and self.on_other_axes(node):
             self.keep(node, src)
         elif name == "pad" and self.pads_other_axes(node):
@@ -466,9 +477,19 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
         dims = [dims] if isinstance(dims, int) else dims
+        if dims is not None and axis in {d % n for d in dims} and name in ("sum", "mean"):
+            if name == "mean":  # zeroed channels add nothing to a sum: the mean is rescaled to stay that sum / n
+                self.flow.means.append((node.name, ids))
+            return  # a statistic per position, no channels
         if dims is None or axis in {d % n for d in dims}:
             return self.barrier(node, f"{name} over the channel axis ({node.name})")
         self.flow.value[node] = (axis if keepdim else axis - sum(1 for d in dims if d % n < axis), ids)
+
+    def unsqueeze(self, node: fx.Node) -> None:
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        dim = (node.args[1] if len(node.args) > 1 else node.kwargs["dim"]) % len(tensor_shape(node))
+        self.flow.value[node] = (axis + (dim <= axis), ids)
 
     def getitem(self, node: fx.Node) -> None:
         """x[..] with ints and slices; a slice of the channel axis (step 1, literal bounds: GhostNet's
@@ -478,6 +499,10 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         axis, ids = self.flow.value[src]
         item = None if not isinstance(index, tuple) else axis
         index = index if isinstance(index, tuple) else (index,)
+        if index.count(Ellipsis) == 1 and None not in index:  # x[..., 0::2, :]: the dims it stands for, whole
+            at, n = index.index(Ellipsis), len(tensor_shape(src)) - len(index) + 1
+            index = index[:at] + (slice(None),) * n + index[at + 1:]
+            item = axis if axis < at else axis - n + 1  # where the channel axis's slice is written
         if not all(isinstance(i, (int, slice)) for i in index):
             return self.barrier(node, f"indexing ({node.name})")
         if axis < len(index) and index[axis] != slice(None):

@@ -330,7 +330,14 @@ def remove(graph: ChannelGraph, removed: set[int]) -> int:
             seq[fix.item] = size
             args[fix.index] = type(args[fix.index])(seq)
         node.args = tuple(args)
-    if graph.flow.fixups:
+    for name, ids in graph.flow.means:  # mean over fewer channels * kept / all = their sum / all
+        kept = int(_kept(graph, ids, removed).sum())
+        if kept < len(ids):
+            node = nodes[name]
+            with graph.gm.graph.inserting_after(node):
+                scaled = graph.gm.graph.call_function(operator.mul, (node, kept / len(ids)))
+            node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+    if graph.flow.fixups or graph.flow.means:
         graph.gm.recompile()
     return changed
 

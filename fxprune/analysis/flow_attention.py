@@ -47,10 +47,18 @@ class AttentionRules:
         """Operands of a batched matrix product or attention: channels on the same batch axis (heads) go
         together; an untracked operand broadcasts there or is an attribute sliced with them."""
         out = tensor_shape(node)
-        known = [(a, self.flow.value[a]) for a in operands if a in self.flow.value]
+        known, inside = [], []  # channels inside the matrices (multi-query attention's one key and value head)
+        for a in operands:  # are kept; the heads of the other operands go on
+            if a in self.flow.value:
+                on_matrix = len(out) - len(tensor_shape(a)) + self.flow.value[a][0] >= len(out) - 2
+                (inside if on_matrix else known).append((a, self.flow.value[a]))
+        for _, (_, ids) in inside:
+            self.flow.block(ids, f"{name} ({node.name}) with channels off its batch axes")
+        if not known:
+            return False
         axes = {len(out) - len(tensor_shape(a)) + v[0] for a, v in known}
-        if len(axes) != 1 or axes.pop() >= len(out) - 2:
-            self.barrier(node, f"{name} ({node.name}) with channels off its batch axes")
+        if len(axes) != 1:
+            self.barrier(node, f"{name} ({node.name}) with channels on different batch axes")
             return False
         (first, (axis, ids)), rest = known[0], known[1:]
         axis += len(out) - len(tensor_shape(first))

@@ -12,7 +12,9 @@ from torch import nn
 NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclasses may normalise other dims
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
-TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed"}
+TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed",
+               "window_tokens", "window_image"}  # the last two: fxprune.core.plain_attention (torchvision's Swin)
+SHAPE_ONLY = {"shift_mask"}  # functions reading only a tensor's size, dtype and device (plain_attention)
 
 
 def op_name(node: fx.Node) -> str:
@@ -65,6 +67,9 @@ class ChannelFlow:
     norms: list[Norm] = field(default_factory=list)
     fixups: list[Fixup] = field(default_factory=list)
     slabs: list[int] = field(default_factory=list)  # one element of each slab a split made (attention heads)
+    # a mean over the channel axis (a hand-written RMS norm's statistic): its node and channels. Once channels
+    # go it is rescaled by kept / all, so it stays the sum over the channels divided by their first count
+    means: list[tuple[str, torch.Tensor]] = field(default_factory=list)
     value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
     def fresh(self, n: int) -> torch.Tensor:

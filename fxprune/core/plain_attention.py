@@ -1,12 +1,17 @@
-"""nn.MultiheadAttention traced as the plain ops it computes, so its heads and width can be pruned.
+"""Attention modules traced as the plain ops they compute, so their heads and width can be pruned.
 
 torch.fx keeps every torch.nn module whole, and nn.MultiheadAttention's forward (control flow over
-fast paths, masks and flags) does not trace. As one node it hides its projections from the channel
-analysis: torchvision's ViTs could not lose a head or an embedding channel. Self-attention without
-masks (torchvision's ViT, most hand-written encoders) is traced instead as timm writes attention:
-the input projection as F.linear on `in_proj_weight`, a reshape into heads, scaled dot-product
-attention (softmax of matmuls where the weights are asked for) and `out_proj` called as a module.
-In eval mode this is nn.MultiheadAttention's own computation. Any other call stays one node.
+fast paths, masks and flags) does not trace; torchvision's Swin calls `shifted_window_attention`, a
+function the tracer keeps whole (its padding and shift depend on the input size) and that reads the
+channel count off its input. As one node each hides its projections from the channel analysis:
+torchvision's ViTs and Swins could not lose a head or an embedding channel. So they are traced as timm
+writes attention: the input projection, a reshape into heads, scaled dot-product attention (softmax of
+matmuls where the weights are asked for) and the output projection; what depends on the input size
+(Swin's windows, shift and mask) stays in functions kept whole that only move tokens. In eval mode this
+is the modules' own computation. Other calls and modules stay one node:
+- nn.MultiheadAttention: self-attention (one tensor as query, key and value), no masks, no added
+  key/value biases or zero attention, one input projection, no dropout when training;
+- torchvision's ShiftedWindowAttention (Swin V1), no dropout when training.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -21,9 +27,14 @@ _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
 
 def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
-    """A forward for `m` that traces into plain ops, or None where `m` and its call are not the
-    case this computes exactly: self-attention (one tensor as query, key and value), no masks, no
-    added key/value biases or zero attention, one input projection, no dropout when training."""
+    """A forward for `m` that traces into plain ops, or None where `m` and its call are not a case
+    computed exactly (above)."""
+    from torchvision.models.swin_transformer import ShiftedWindowAttention
+
+    if type(m) is ShiftedWindowAttention and len(args) == 1 and not kwargs:
+        if m.training and (m.attention_dropout > 0 or m.dropout > 0):
+            return None
+        return lambda *_, **__: _shifted_windows(m, args[0])
     if type(m) is not nn.MultiheadAttention or m.bias_k is not None or m.add_zero_attn or not m._qkv_same_embed_dim:
         return None
     if m.training and m.dropout > 0:
@@ -56,3 +67,76 @@ def _self_attention(m: nn.MultiheadAttention, x: torch.Tensor, need_weights: boo
         out = F.scaled_dot_product_attention(q, k, v)
     out = m.out_proj(out.transpose(1, 2).reshape(batch, tokens, m.embed_dim))
     return (out if m.batch_first else out.transpose(0, 1)), weights
+
+
+def _shifted_windows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's shifted_window_attention on x (B, H, W, C), written as timm's Swin writes it."""
+    height, width, channels = x.shape[1], x.shape[2], x.shape[3]
+    area, heads, head_dim = m.window_size[0] * m.window_size[1], m.num_heads, m.qkv.in_features // m.num_heads
+    windows = window_tokens(x, m.window_size, m.shift_size).view(-1, area, channels)
+    q, k, v = m.qkv(windows).reshape(-1, area, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    attn = torch.matmul(q * head_dim ** -0.5, k.transpose(-2, -1))
+    bias = m.relative_position_bias_table[m.relative_position_index].view(area, area, -1)
+    attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+    mask = shift_mask(x, m.window_size, m.shift_size)
+    attn = (attn.view(-1, mask.shape[0], heads, area, area) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, area, area)
+    out = torch.matmul(attn.softmax(dim=-1), v).transpose(1, 2).reshape(-1, area, heads * head_dim)
+    out = m.proj(out).view(-1, m.window_size[0], m.window_size[1], channels)
+    return window_image(out, height, width, m.window_size, m.shift_size)
+
+
+def _padded_shift(height: int, width: int, window: list[int], shift: list[int]) -> tuple[int, int, list[int]]:
+    """Height and width padded to whole windows, and the shift applied there (none along a side
+    that one window covers)."""
+    pad_h = height + (window[0] - height % window[0]) % window[0]
+    pad_w = width + (window[1] - width % window[1]) % window[1]
+    return pad_h, pad_w, [0 if window[0] >= pad_h else shift[0], 0 if window[1] >= pad_w else shift[1]]
+
+
+def window_tokens(x: torch.Tensor, window: list[int], shift: list[int]) -> torch.Tensor:
+    """(B, H, W, C) padded to whole windows, shifted and cut into windows (B * windows, Wh, Ww, C);
+    channels untouched."""
+    b, h, w, c = x.shape
+    pad_h, pad_w, shift = _padded_shift(h, w, window, shift)
+    x = F.pad(x, (0, 0, 0, pad_w - w, 0, pad_h - h))
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    x = x.view(b, pad_h // window[0], window[0], pad_w // window[1], window[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window[0], window[1], c)
+
+
+def window_image(x: torch.Tensor, height: int, width: int, window: list[int], shift: list[int]) -> torch.Tensor:
+    """window_tokens undone: windows (B * windows, Wh, Ww, C) joined, shifted back, cropped to
+    (B, height, width, C); channels untouched."""
+    pad_h, pad_w, shift = _padded_shift(height, width, window, shift)
+    c = x.shape[-1]
+    x = x.view(-1, pad_h // window[0], pad_w // window[1], window[0], window[1], c)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, pad_h, pad_w, c)
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(shift[0], shift[1]), dims=(1, 2))
+    return x[:, :height, :width, :].contiguous()
+
+
+def shift_mask(x: torch.Tensor, window: list[int], shift: list[int]) -> torch.Tensor:
+    """The additive mask (windows, N, N) of shifted windows over x (B, H, W, C): -100 between tokens
+    from different regions of the shifted image, else 0 (all 0 without a shift). Reads x's size,
+    dtype and device only."""
+    pad_h, pad_w, shift = _padded_shift(x.shape[1], x.shape[2], window, shift)
+    count = (pad_h // window[0]) * (pad_w // window[1])
+    if sum(shift) == 0:
+        return x.new_zeros((count, window[0] * window[1], window[0] * window[1]))
+    mask = x.new_zeros((pad_h, pad_w))
+    region = 0
+    for h in ((0, -window[0]), (-window[0], -shift[0]), (-shift[0], None)):
+        for w in ((0, -window[1]), (-window[1], -shift[1]), (-shift[1], None)):
+            mask[h[0]:h[1], w[0]:w[1]] = region
+            region += 1
+    mask = mask.view(pad_h // window[0], window[0], pad_w // window[1], window[1])
+    mask = mask.permute(0, 2, 1, 3).reshape(count, window[0] * window[1])
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+# depend on the input's size: kept whole by the tracer (the channel analysis knows they only move tokens)
+for _name in ("window_tokens", "window_image", "shift_mask"):
+    torch.fx.wrap(_name)

@@ -50,10 +50,11 @@ class _Tracer(fx.Tracer):
             forward = plain
             self._opened.add(id(m))
         try:
-            return super().call_module(m, forward, args, kwargs)
+            out = super().call_module(m, forward, args, kwargs)
         finally:
             self._opened.discard(id(m))
-            self.path.pop()
+        self.path.pop()  # kept on failure: TraceError names the module it failed in
+        return out
 
 
 def trace(

@@ -70,6 +70,7 @@ def steps_table(result: TransferResult) -> list[dict]:
     first = result.steps[0]
     return [{"step": s["step"], "params": f"{s['params']:,}", "params kept": f"{s['params'] / first['params']:.3f}",
              "MACs": f"{s['macs']:,}", "MACs kept": f"{s['macs'] / first['macs']:.3f}",
+             **({"latency ms": f"{s['latency_ms']:.2f}"} if "latency_ms" in s else {}),
              "val accuracy": f"{s['val_accuracy']:.3f}"} for s in result.steps]
 
 

@@ -208,6 +208,8 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
         if all(p.lossless for p in Pipeline.of(pipeline).passes):
             nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
             row["status"] = "vacuous" if not nonzero else "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
+            if row["status"] == "mismatch":
+                row["float32_rel_l2_error"] = float32_error(model, x, reference)
         else:
             shapes = [[tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
                       for out in (reference, run_model(small, x))]
@@ -227,6 +229,17 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
                "reason": f"{type(e).__name__}: {first_line(e)}"}
     row["seconds"] = round(time.perf_counter() - start, 2)
     return row
+
+
+def float32_error(model, x: tuple, reference) -> float:
+    """How far float32 itself takes this model from its float64 outputs (relative L2): the precision a
+    lossless rewrite in float32 can be held to. Reported beside a mismatch."""
+    import copy
+
+    from fxprune.core.verify import output_error, run_model
+
+    exact = run_model(copy.deepcopy(model).double(), tuple(t.double() for t in x))
+    return output_error(reference, exact).rel_l2
 
 
 def compiled_check(model, x: tuple) -> dict:

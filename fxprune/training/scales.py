@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fxprune.analysis.counting import total_macs, total_params
 from fxprune.core.api import as_inputs, prune
 from fxprune.analysis.importance import split_batch
+from fxprune.analysis.latency import LatencyTable, folded_seconds, table_for
 from fxprune.core.lowrank import find_pairs
 from fxprune.nn import BasisScalingConv, ChannelScaling
 from fxprune.core.pipeline import Pipeline
@@ -113,8 +114,8 @@ def _parse_until(until: str, has_val: bool) -> tuple[str, float]:
         number = float(value)
     except ValueError:
         number = -1.0
-    if key not in ("params", "macs", "accuracy") or not 0 < number <= 1:
-        raise ValueError(f"until={until!r}: write params=F or macs=F (fraction of the model to keep) or "
+    if key not in ("params", "macs", "latency", "accuracy") or not 0 < number <= 1:
+        raise ValueError(f"until={until!r}: write params=F, macs=F or latency=F (fraction of the model to keep) or "
                          "accuracy=A (stop before val accuracy falls below A), with F, A in (0, 1]")
     if key == "accuracy" and not has_val:
         raise ValueError("until='accuracy=...' needs val_data")
@@ -151,8 +152,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       until: str = "params=0.5", epochs: int = 1, lr: float = 1e-2, l1: float = 0.0,
                       max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
-                      distill: float = 0.0, progress: bool = True):
-    """Repeat: prune `step` of the model's params (or MACs), retrain the scales; until `until`.
+                      distill: float = 0.0, latency: LatencyTable | None = None, progress: bool = True):
+    """Repeat: prune `step` of the model's params (or MACs, or latency), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
     `prune_what`: "bases" (prune-basis), "channels" (prune-channels), "joint" (prune-joint: bases
@@ -164,15 +165,20 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times
     in a row (then the run ends): one noisy step does not end the run. After a step that holds, the
     step grows back by 1.5x up to `step`. `max_steps` counts tries.
+    With until='latency=F' each step keeps 1 - `step` of the model's measured time (the passes'
+    target-latency: the model folded, on `example_inputs`, timed with `latency`, a LatencyTable; by
+    default the one cached for this device) until the folded model takes at most F of the time it
+    took at the start.
     Returns (pruned GraphModule, not yet folded; history: one dict per kept step with bases kept,
-    params, MACs as fold will leave them, the step size and val accuracy). With until='accuracy=A'
-    the last step that kept val accuracy >= A is returned.
+    params, MACs as fold will leave them (and latency_ms, measured, with until='latency=F'), the step
+    size and val accuracy). With until='accuracy=A' the last step that kept val accuracy >= A is returned.
     """
     inputs = as_inputs(example_inputs)
     key, goal = _parse_until(until, val_data is not None)
     if not 0 < step < 1:
         raise ValueError(f"step={step}: the share of the model pruned per step must be in (0, 1)")
-    budget = "target-macs" if key == "macs" else "target-params"
+    budget = {"macs": "target-macs", "latency": "target-latency"}.get(key, "target-params")
+    timing = {"latency": table_for(latency, gm)} if key == "latency" else {}
     Pipeline.parse(_step_pipeline(prune_what, criterion, budget, step, momentum))  # a bad criterion fails here, before any work
     gm = copy.deepcopy(gm)
 
@@ -182,6 +188,9 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
         row = {"step": i, "step_size": size, "bases": sum(p.rank * p.groups for p in find_pairs(model)),
                "params": params, "macs": macs, "params_kept": params / first["params"],
                "macs_kept": macs / first["macs"]}
+        if timing:
+            row["latency_ms"] = folded_seconds(timing["latency"], model, inputs) * 1e3
+            row["latency_kept"] = row["latency_ms"] / (history[0] if history else row)["latency_ms"]
         if val_data is not None:
             row["val_accuracy"] = evaluate(model, val_data, loss_fn)["accuracy"]
         return row
@@ -202,7 +211,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
             break
         candidate = prune(gm, inputs, _step_pipeline(prune_what, criterion, budget, size, momentum),
                           data=data if importance_data is None else importance_data,
-                          **({"loss_fn": loss_fn} if loss_fn else {}))
+                          **({"loss_fn": loss_fn} if loss_fn else {}), **timing)
         retrain(candidate)
         row = record(len(history), candidate, size)
         if row["bases"] == last["bases"] and row["params"] == last["params"]:
