@@ -64,7 +64,8 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
                "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal",
-               "normalize"}  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
+               "normalize",  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
+               "pool_up_to"}  # fxprune.core.plain_forwards (timm's VGG head)
 try:  # torchvision's Swin patch merging: the 2x2 neighbours' channels side by side (x0, x1, x2, x3 along C)
     from torchvision.models.swin_transformer import _patch_merging_pad as TV_PATCH_MERGING
 except ImportError:  # a torchvision without it

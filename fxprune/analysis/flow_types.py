@@ -13,8 +13,8 @@ NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclas
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
 TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed",
-               "window_tokens", "window_image"}  # the last two: fxprune.core.plain_attention (torchvision's Swin)
-SHAPE_ONLY = {"shift_mask"}  # functions reading only a tensor's size, dtype and device (plain_attention)
+               "window_tokens", "window_image"}  # the last two: fxprune.core.plain_forwards (torchvision's Swin)
+SHAPE_ONLY = {"shift_mask"}  # functions reading only a tensor's size, dtype and device (plain_forwards)
 
 
 def op_name(node: fx.Node) -> str:

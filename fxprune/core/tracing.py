@@ -13,7 +13,7 @@ from torch import nn
 from fxprune.core.errors import TraceError
 from fxprune.core.lowrank import is_dense_layer
 from fxprune.core.meta import SOURCE
-from fxprune.core.plain_attention import plain_forward
+from fxprune.core.plain_forwards import plain_forward
 
 
 def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
@@ -29,7 +29,7 @@ def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
 
 class _Tracer(fx.Tracer):
     """A tracer that knows timm's leaf modules, traces nn.MultiheadAttention's self-attention as plain
-    ops (plain_attention.py) and records where tracing currently is."""
+    ops (plain_forwards.py) and records where tracing currently is."""
 
     def __init__(self, leaf_modules: Iterable[type[nn.Module]], autowrap_functions: Iterable[Callable]):
         super().__init__(autowrap_functions=tuple(autowrap_functions))

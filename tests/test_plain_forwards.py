@@ -1,5 +1,6 @@
-"""nn.MultiheadAttention's self-attention traced as plain ops (fxprune.core.plain_attention): the same
-outputs as torch's module, every other call kept as one node, and its heads and width pruned."""
+"""Modules the tracer would keep whole, traced as plain ops (fxprune.core.plain_forwards): nn.MultiheadAttention's
+self-attention, torchvision's Swin attention, timm's VGG head. The same outputs as the modules, every other call
+kept as one node, and their heads and width pruned."""
 
 import pytest
 import torch
@@ -128,3 +129,32 @@ def test_swin_heads_width_and_patch_merging_are_pruned_losslessly():
     check_zeroed_channels_are_removed_losslessly(tiny_swin(), x, random_weights=False)
     small = fxprune.prune(tiny_swin(), x, "prune-channels{ratio=0.5}")
     assert small.get_submodule("features.2.reduction").weight.shape == (8, 16) and small(x).shape == (2, 3)
+
+
+class VggHead(nn.Module):
+    """timm's VGG head (ConvMlp: a 3x3 conv pooled up to 3x3 where the input is smaller, a 1x1 conv)."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.models.vgg import ConvMlp
+
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.pre_logits = ConvMlp(4, 6, kernel_size=3, drop_rate=0.0)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.pre_logits(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("size", [5, 2])  # 2x2: pooled up to the 3x3 kernel
+def test_timms_vgg_head_traces_as_its_layers_and_prunes_losslessly(size):
+    model, x = VggHead().eval(), torch.randn(2, 3, size, size)
+    gm = fxprune.trace(model)
+    assert module_targets(gm) == ["conv", "pre_logits.fc1", "pre_logits.act1", "pre_logits.drop", "pre_logits.fc2",
+                                  "pre_logits.act2", "head"]
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x))
+    graph = analyse(gm, (x,))
+    assert {frozenset(g.members): g.blocked for g in graph.groups}[
+        frozenset({("pre_logits.fc1", "out"), ("pre_logits.fc2", "in")})] is None
+    check_zeroed_channels_are_removed_losslessly(VggHead(), x)

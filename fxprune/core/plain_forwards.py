@@ -1,17 +1,20 @@
-"""Attention modules traced as the plain ops they compute, so their heads and width can be pruned.
+"""Modules the tracer keeps whole, traced as the plain ops they compute, so their layers can be pruned.
 
 torch.fx keeps every torch.nn module whole, and nn.MultiheadAttention's forward (control flow over
 fast paths, masks and flags) does not trace; torchvision's Swin calls `shifted_window_attention`, a
 function the tracer keeps whole (its padding and shift depend on the input size) and that reads the
-channel count off its input. As one node each hides its projections from the channel analysis:
-torchvision's ViTs and Swins could not lose a head or an embedding channel. So they are traced as timm
-writes attention: the input projection, a reshape into heads, scaled dot-product attention (softmax of
-matmuls where the weights are asked for) and the output projection; what depends on the input size
-(Swin's windows, shift and mask) stays in functions kept whole that only move tokens. In eval mode this
-is the modules' own computation. Other calls and modules stay one node:
+channel count off its input; timm's VGG head (ConvMlp) is a leaf because it pools small inputs up to
+its kernel size. As one node each hides its layers from the channel analysis: torchvision's ViTs and
+Swins could not lose a head or an embedding channel, timm's VGGs none of their head's 4096. So they are
+traced as timm writes attention (the input projection, a reshape into heads, scaled dot-product attention
+or softmax of matmuls where the weights are asked for, the output projection) and as ConvMlp's layers;
+what depends on the input size (Swin's windows, shift and mask; ConvMlp's pooling) stays in functions
+kept whole that do not mix channels. In eval mode this is the modules' own computation. Other calls and
+modules stay one node:
 - nn.MultiheadAttention: self-attention (one tensor as query, key and value), no masks, no added
   key/value biases or zero attention, one input projection, no dropout when training;
-- torchvision's ShiftedWindowAttention (Swin V1), no dropout when training.
+- torchvision's ShiftedWindowAttention (Swin V1), no dropout when training;
+- timm's vgg.ConvMlp, any call with one input.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
     computed exactly (above)."""
     from torchvision.models.swin_transformer import ShiftedWindowAttention
 
+    if f"{type(m).__module__}.{type(m).__qualname__}" == "timm.models.vgg.ConvMlp" and len(args) == 1 and not kwargs:
+        return lambda *_, **__: m.act2(m.fc2(m.drop(m.act1(m.fc1(pool_up_to(args[0], m.input_kernel_size))))))
     if type(m) is ShiftedWindowAttention and len(args) == 1 and not kwargs:
         if m.training and (m.attention_dropout > 0 or m.dropout > 0):
             return None
@@ -137,6 +142,13 @@ def shift_mask(x: torch.Tensor, window: list[int], shift: list[int]) -> torch.Te
     return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
 
 
-# depend on the input's size: kept whole by the tracer (the channel analysis knows they only move tokens)
-for _name in ("window_tokens", "window_image", "shift_mask"):
+def pool_up_to(x: torch.Tensor, size: int) -> torch.Tensor:
+    """x (B, C, H, W) average-pooled up to at least size x size where it is smaller (timm's ConvMlp), else x."""
+    if x.shape[-2] < size or x.shape[-1] < size:
+        return F.adaptive_avg_pool2d(x, (max(size, x.shape[-2]), max(size, x.shape[-1])))
+    return x
+
+
+# depend on the input's size: kept whole by the tracer (the channel analysis knows they do not mix channels)
+for _name in ("window_tokens", "window_image", "shift_mask", "pool_up_to"):
     torch.fx.wrap(_name)
