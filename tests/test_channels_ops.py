@@ -147,3 +147,28 @@ def test_multi_query_attention_prunes_query_heads_and_keeps_the_shared_key_and_v
     reason = "scaled_dot_product_attention (scaled_dot_product_attention) with channels off its batch axes"
     assert groups[frozenset({("k", "out")})] == groups[frozenset({("v", "out")})] == (2, reason)
     check_zeroed_channels_are_removed_losslessly(MultiQuery(), X)
+
+
+class CatBias(nn.Module):
+    """BEiT's qkv bias: q and v biases with a zero k bias (a buffer) concatenated in the graph, given to
+    F.linear with the weight of a Linear read directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.qkv, self.head = nn.Linear(3, 6), nn.Linear(6, 12, bias=False), nn.Linear(12, 2)
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+        self.register_buffer("k_bias", torch.zeros(4))
+
+    def forward(self, x):
+        x = self.embed(x.flatten(2).transpose(1, 2))
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        return self.head(F.linear(x, self.qkv.weight, bias).mean(1))
+
+
+def test_a_bias_concatenated_from_attributes_is_sliced_part_by_part():
+    groups = groups_of(CatBias())  # each part's 4 outputs are one group (they touch different biases)
+    for part in ("q_bias", "k_bias", "v_bias"):
+        assert groups[frozenset({("qkv.weight", "param"), (part, "param"), ("head", "in")})] == (4, None)
+    check_zeroed_channels_are_removed_losslessly(CatBias(), X)
+    small = fxprune.prune(CatBias(), X, "prune-channels{ratio=0.5}")
+    assert small.qkv.weight.shape == (6, 3) and small.q_bias.shape == small.k_bias.shape == small.v_bias.shape == (2,)

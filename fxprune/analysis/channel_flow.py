@@ -96,6 +96,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.size_of: dict[fx.Node, torch.Tensor] = {}  # a channel count read as a number -> its channels
         self.merged: set[tuple[fx.Node, int]] = set()  # (reshape, output dim) where channels merge with others
         self.attr_sizes: list[tuple[fx.Node, int, str, int]] = []  # (reshape of an attribute, dim, name, axis)
+        self.composite: dict[fx.Node, tuple[int, list]] = {}  # a cat of attributes: (dim, [(part, start, stop)])
 
     def barrier(self, node: fx.Node, reason: str) -> None:
         for arg in tensor_args(node):

@@ -22,6 +22,8 @@ class AttributeRules:
     def derive(self, node: fx.Node, name: str) -> bool:
         """Carry the origin of an attribute through ops that only add, drop, move or broadcast dims
         (gamma.reshape(1, -1, 1, 1), cls_token.expand(B, -1, -1)). True if `node` is such an op."""
+        if name == "cat":
+            return self.cat_attributes(node)
         src = node.args[0] if node.args else None
         if src not in self.origin or any(a is not src and a in self.flow.value for a in tensor_args(node)):
             return False
@@ -61,12 +63,37 @@ class AttributeRules:
                 self.attr_sizes += [(node, j, path, d) for j, d in enumerate(mapped) if d is not None]
         return mapped is not None
 
-    def adopt(self, arg, user: fx.Node, pos: int, ids: torch.Tensor) -> bool:
-        """Slice the attribute behind `arg` along the axis at its dim `pos` with the channels `ids`."""
-        path, dims = self.origin.get(arg, (None, []))
-        axis = dims[pos] if 0 <= pos < len(dims) else None
-        if axis is None or self.attr_shape[path][axis] != len(ids):
+    def cat_attributes(self, node: fx.Node) -> bool:
+        """cat of attributes along one of their axes (BEiT's and EVA's qkv bias: q_bias, a zero k_bias,
+        v_bias): the parts are sliced where the result meets channels (adopt). True if `node` is one."""
+        tensors = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not tensors or not all(t in self.origin for t in tensors):
             return False
+        dim %= len(tensor_shape(node))
+        if any(len(tensor_shape(t)) != len(tensor_shape(node)) or self.origin[t][1][dim] is None for t in tensors):
+            return False
+        bounds = [0]
+        for t in tensors:
+            bounds.append(bounds[-1] + tensor_shape(t)[dim])
+        self.composite[node] = (dim, [(t, a, b) for t, a, b in zip(tensors, bounds, bounds[1:])])
+        return True
+
+    def adopt(self, arg, user: fx.Node, pos: int, ids: torch.Tensor) -> bool:
+        """Slice the attribute behind `arg` along the axis at its dim `pos` with the channels `ids` (each
+        part of a cat of attributes with its share of them)."""
+        if arg in self.composite:
+            dim, parts = self.composite[arg]
+            if pos != dim or parts[-1][2] != len(ids) or not all(self.adoptable(t, pos, b - a) for t, a, b in parts):
+                return False
+            for t, a, b in parts:
+                self.adopt(t, arg, pos, ids[a:b])
+            self.used.add((arg, user))
+            return True
+        if not self.adoptable(arg, pos, len(ids)):
+            return False
+        path, dims = self.origin[arg]
+        axis = dims[pos]
         self.used.add((arg, user))
         same = [m for m in self.flow.members if m.role == "param" and m.path == path and m.axis == axis]
         if same:  # read in several places: the same channels everywhere
@@ -74,6 +101,11 @@ class AttributeRules:
         else:
             self.flow.members.append(Member(path, "param", ids, axis))
         return True
+
+    def adoptable(self, arg, pos: int, n: int) -> bool:
+        path, dims = self.origin.get(arg, (None, []))
+        axis = dims[pos] if 0 <= pos < len(dims) else None
+        return axis is not None and self.attr_shape[path][axis] == n
 
     def check_attributes(self) -> None:
         """An attribute sliced with its channels must have no use the rules did not understand; sizes
@@ -91,7 +123,7 @@ class AttributeRules:
         for user in node.users:
             if (node, user) not in self.used and op_name(user) not in NEUTRAL:
                 return f"{op_name(user)} ({user.name})"
-            found = self.escape(user) if user in self.origin else None
+            found = self.escape(user) if user in self.origin or user in self.composite else None
             if found:
                 return found
         return None
@@ -133,7 +165,7 @@ class AttributeRules:
         groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
         tracked, axis = self.flow.value.get(x), len(tensor_shape(node)) - 1 if name == "linear" else 1
         reason = (f"{name} ({node.name}) with a weight or bias computed in the graph" if weight not in self.origin
-                  or bias is not None and bias not in self.origin else
+                  or bias is not None and bias not in self.origin and bias not in self.composite else
                   f"{name} ({node.name}) with groups={groups}" if groups != 1 else None)
         if tracked is not None and (reason or tracked[0] != axis - len(tensor_shape(node)) + len(tensor_shape(x))
                                     or not self.adopt(weight, node, 1, tracked[1])):
