@@ -1,10 +1,12 @@
-"""prune-channels through ops met in the timm zoo: a slice of the channel axis (GhostNet's
-`cat(...)[:, :out_chs]`), padding modules, timm's Conv2dSame, nn.Upsample, F.normalize, x @ W, a mean or sum
-over channels (hand-written RMS norm), unsqueeze and multi-query attention; exact groups, rewritten slice
-bounds and lossless removal of zeroed channels."""
+"""prune-channels through ops met in the zoos: a slice of the channel axis (GhostNet's `cat(...)[:, :out_chs]`),
+padding modules, timm's Conv2dSame, nn.Upsample, F.normalize, x @ W, a bias concatenated from attributes, a mean
+or sum over channels (hand-written RMS norm), unsqueeze, multi-query attention and InstanceNorm; exact groups,
+rewritten slice bounds and lossless removal of zeroed channels."""
 
 import operator
+import warnings
 
+import pytest
 import torch
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
@@ -172,3 +174,25 @@ def test_a_bias_concatenated_from_attributes_is_sliced_part_by_part():
     check_zeroed_channels_are_removed_losslessly(CatBias(), X)
     small = fxprune.prune(CatBias(), X, "prune-channels{ratio=0.5}")
     assert small.qkv.weight.shape == (6, 3) and small.q_bias.shape == small.k_bias.shape == small.v_bias.shape == (2,)
+
+
+class Instance(nn.Module):
+    """InstanceNorm (RAFT's encoders): each channel normalised on its own."""
+
+    def __init__(self, affine):
+        super().__init__()
+        self.a, self.n, self.b = nn.Conv2d(3, 6, 3, padding=1), nn.InstanceNorm2d(6, affine=affine), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.n(self.a(x))))
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_instance_norm_keeps_its_channels_and_is_resized_with_them(affine):
+    assert groups_of(Instance(affine))[frozenset({("a", "out"), ("n", "bn"), ("b", "in")})] == (6, None)
+    check_zeroed_channels_are_removed_losslessly(Instance(affine), X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # InstanceNorm warns when num_features is not the input's
+        small = fxprune.prune(Instance(affine), X, "prune-channels{ratio=0.5}")
+        assert small(X).shape == (2, 2, 8, 8)
+    assert small.n.num_features == 3 and (small.n.weight is None) is (not affine)

@@ -160,6 +160,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             return
         if is_batchnorm(m):
             self.keep(node, src, member=(path, "bn"), axis=1)
+        elif isinstance(m, nn.modules.instancenorm._InstanceNorm):  # each channel on its own (RAFT's encoders)
+            self.keep(node, src, member=(path, "bn"), axis=1)  # sliced (affine, statistics) or resized
         elif type(m) in NORMS and tracked is not None:
             self.norm_module(node, m, path, tracked)
         elif isinstance(m, ChannelScaling):

@@ -118,8 +118,8 @@ def bn_scale(graph: ChannelGraph) -> dict[int, float]:
     """Per class: |gamma| of its BatchNorms (classes without one get no score)."""
     score: dict[int, float] = defaultdict(float)
     for member in graph.flow.members:
-        bn = graph.gm.get_submodule(member.path)
-        if member.role == "bn" and bn.weight is not None:
+        bn = graph.gm.get_submodule(member.path) if member.role == "bn" else None
+        if bn is not None and bn.weight is not None:
             gamma = bn.weight.detach().double().abs()
             for root, v in zip(graph.roots(member).tolist(), (gamma / gamma.mean().clamp_min(1e-30)).tolist()):
                 score[root] += v

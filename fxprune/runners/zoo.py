@@ -8,7 +8,8 @@
     skip = "why"                # optional: the model is listed but not run, with the reason
     inputs = 2                  # optional: the model takes this many inputs of input-size (optical flow: 2)
     submodule = "backbone"      # optional: prune only this part (fxprune.prune_submodule) of a model that
-                                # takes a list of images (torchvision detection); its outputs are compared
+                                # does not trace whole; the model gets a list of one image (torchvision
+                                # detection) or, with inputs = N, N tensors; the part's outputs are compared
 """
 
 from __future__ import annotations
@@ -140,19 +141,28 @@ def died_row(entry: ZooEntry, pipeline: str, reason: str) -> dict:
             "reason": reason}
 
 
+def whole_inputs(entry: ZooEntry) -> tuple:
+    """What the whole model of an entry is called with: a list of one random image for a part of a
+    detector (`submodule` with one input), else `inputs` random batches of one."""
+    import torch
+
+    if entry.submodule and entry.inputs == 1:
+        return ([torch.rand(*entry.input_size)],)
+    return tuple(torch.randn(1, *entry.input_size) for _ in range(entry.inputs))
+
+
 def example(entry: ZooEntry, model):
     """(the module an entry prunes, its example inputs): the model with random inputs of input-size, or,
-    with `submodule`, that part with what it receives when the model runs on a list of one random image
-    (the seed is set first, so the image is the same each time)."""
+    with `submodule`, that part with what it receives when the model runs on `whole_inputs` (the seed
+    is set first, so they are the same each time)."""
     import torch
 
     from fxprune.core.submodule import submodule_inputs
 
     if entry.submodule:
         torch.manual_seed(0)
-        return model.get_submodule(entry.submodule), submodule_inputs(model, entry.submodule,
-                                                                       ([torch.rand(*entry.input_size)],))
-    return model, tuple(torch.randn(1, *entry.input_size) for _ in range(entry.inputs))
+        return model.get_submodule(entry.submodule), submodule_inputs(model, entry.submodule, whole_inputs(entry))
+    return model, whole_inputs(entry)
 
 
 def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compile: bool = False) -> dict:
@@ -188,9 +198,10 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
         whole = wake(create(entry.id)).eval()
         model, x = example(entry, whole)
         if entry.submodule:  # the part is pruned and compared; the whole must still run
-            images = ([torch.rand(*entry.input_size)],)
-            pruned = prune_submodule(whole, entry.submodule, images, pipeline)
-            run_model(pruned, images)
+            torch.manual_seed(0)
+            inputs = whole_inputs(entry)
+            pruned = prune_submodule(whole, entry.submodule, inputs, pipeline)
+            run_model(pruned, inputs)
             small = pruned.get_submodule(entry.submodule)
         else:
             small = prune(model, x, pipeline)
