@@ -3,6 +3,7 @@ accuracy for no saving (issue 13): each reproduction with its exact expected out
 
 import os
 import stat
+import warnings
 
 import pytest
 import torch
@@ -182,6 +183,22 @@ def test_exported_model_takes_any_batch_size_and_files_get_the_usual_mode(tmp_pa
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "m.pt2").stat().st_mode) == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt2"]
+
+
+def test_save_takes_one_tensor_as_readme_shows_it(tmp_path):
+    """fxprune.save(small, x, path) with x a tensor (not a tuple): it was iterated over its batch, and a
+    convnet was exported for one unbatched image (C, H, W); ViTs and Swins did not export at all."""
+    model = torchvision.models.swin_t(num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    small = fxprune.prune(model, x, "prune-channels{ratio=0.3},fold")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to a static batch
+        fxprune.save(small, x, tmp_path / "m.pt2")
+    loaded = torch.export.load(tmp_path / "m.pt2").module()
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), small(x))
 
 
 @pytest.mark.parametrize("pipeline, message", [
