@@ -14,6 +14,8 @@ from torch import nn
 
 import fxprune
 
+from fxprune.analysis.channels import analyse
+
 from .test_channels import check_zeroed_channels_are_removed_losslessly, groups_of
 
 X = torch.randn(2, 3, 8, 8)
@@ -196,3 +198,29 @@ def test_instance_norm_keeps_its_channels_and_is_resized_with_them(affine):
         small = fxprune.prune(Instance(affine), X, "prune-channels{ratio=0.5}")
         assert small(X).shape == (2, 2, 8, 8)
     assert small.n.num_features == 3 and (small.n.weight is None) is (not affine)
+
+
+class ClassAttention(nn.Module):
+    """VOLO's and CaiT's class attention: the class token's query reshaped to (B, heads, 1, head_dim)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.kv, self.q = nn.Linear(3, 8), nn.Linear(8, 16), nn.Linear(8, 8)
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.embed(x.flatten(2).transpose(1, 2))
+        b, n = x.shape[0], x.shape[1]
+        k, v = self.kv(x).reshape(b, n, 2, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        q = self.q(x[:, :1, :]).reshape(b, 2, 1, 4) * 0.5
+        out = ((q @ k.transpose(-2, -1)).softmax(-1) @ v).transpose(1, 2).reshape(b, 1, 8)
+        return self.head(self.proj(out)[:, 0])
+
+
+def test_a_query_reshaped_around_a_token_axis_keeps_its_heads_with_the_keys():
+    """(B, 1, heads * head_dim) -> (B, heads, 1, head_dim): the heads are the dim before the token axis,
+    not the token axis (a one-head operand is only taken as broadcast where it has one head)."""
+    graph = analyse(fxprune.trace(ClassAttention()), (X,))
+    groups = {frozenset(g.members): (g.size, g.kind, g.blocked) for g in graph.groups}
+    assert groups[frozenset({("kv", "out"), ("q", "out"), ("proj", "in")})] == (2, "heads", None)
+    check_zeroed_channels_are_removed_losslessly(ClassAttention(), X)

@@ -17,7 +17,8 @@ class AttentionRules:
         """The channel axis cut into dims (..., heads, head_dim): the channels of each slab along the
         second-to-last of them (an attention head: its q, k and v parts; a channel group before a
         shuffle) go together, and that dim carries the channels on, one id per slab."""
-        axis = len(dims) - 2
+        sized = [i for i, d in enumerate(dims) if d > 1]  # (heads, 1, head_dim): a token axis put in between
+        axis = sized[-2] if len(sized) >= 2 else len(dims) - 2
         slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
         for slab in slabs:
             self.flow.union(slab[:1].expand(len(slab)), slab)
@@ -52,7 +53,12 @@ class AttentionRules:
             if a in self.flow.value:
                 on_matrix = len(out) - len(tensor_shape(a)) + self.flow.value[a][0] >= len(out) - 2
                 (inside if on_matrix else known).append((a, self.flow.value[a]))
-        for _, (_, ids) in inside:
+        heads = known and len(out) - len(tensor_shape(known[0][0])) + known[0][1][0]
+        for a, (_, ids) in inside:  # such an operand must broadcast over the others' heads (one head)
+            pos = heads - len(out) + len(tensor_shape(a)) if known else -1
+            if pos >= 0 and tensor_shape(a)[pos] != 1:
+                self.barrier(node, f"{name} ({node.name}) with channels off its batch axes")
+                return False
             self.flow.block(ids, f"{name} ({node.name}) with channels off its batch axes")
         if not known:
             return False
