@@ -43,3 +43,21 @@ def batches(x: torch.Tensor, y: torch.Tensor, size: int, *, shuffle_seed: int | 
     if shuffle_seed is not None:
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(shuffle_seed))
     return [(x[order[i:i + size]], y[order[i:i + size]]) for i in range(0, len(y), size)]
+
+
+def add_split_args(ap) -> None:
+    """The options every digits benchmark takes: output folder, image size, epochs, step, val digits."""
+    ap.add_argument("--out", default="bench/transfer/results")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--step", type=float, default=0.15)
+    ap.add_argument("--val", type=int, default=500, help="training digits held out as val (the last ones)")
+
+
+def benchmark_split(dataset, size: int, val: int):
+    """(train batches of 64, shuffled with a fixed seed; val and test batches of 250; the training inputs;
+    the number of training digits): the last `val` training digits are the val set, never the test."""
+    (x_train, y_train), (x_test, y_test) = dataset(size)
+    n = len(y_train) - val
+    train = batches(x_train[:n], y_train[:n], 64, shuffle_seed=0)
+    return train, batches(x_train[n:], y_train[n:], 250), batches(x_test, y_test, 250), x_train, n

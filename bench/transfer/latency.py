@@ -25,7 +25,7 @@ from fxprune.analysis.counting import total_macs, total_params
 from fxprune.analysis.latency import median_time
 from fxprune.core.io import atomic_write_text
 
-from .digits import batches, digits
+from .digits import add_split_args, benchmark_split, digits
 from .lite0 import load_lite0
 
 
@@ -36,20 +36,13 @@ def latency_ms(model, x, rounds: int = 5) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="bench/transfer/results")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--step", type=float, default=0.15)
-    ap.add_argument("--val", type=int, default=500, help="training digits held out as val (the last ones)")
+    add_split_args(ap)
     ap.add_argument("--budgets", nargs="+", default=["latency=0.5", "macs=0.5"])
     ap.add_argument("--batch", type=int, default=16, help="the batch the latency is measured (and budgeted) on")
     args = ap.parse_args(argv)
     start = time.time()
     torch.manual_seed(0)
-    (x_train, y_train), (x_test, y_test) = digits(args.size)
-    n = len(y_train) - args.val
-    train = batches(x_train[:n], y_train[:n], 64, shuffle_seed=0)
-    val, test = batches(x_train[n:], y_train[n:], 250), batches(x_test, y_test, 250)
+    train, val, test, x_train, n = benchmark_split(digits, args.size, args.val)
     x = x_train[:args.batch]
     gm = fxprune.prune(load_lite0(num_classes=10), x, "decompose-conv,insert-scaling")
     fxprune.train_scaling(gm, train, epochs=args.epochs, progress=False)
@@ -70,7 +63,7 @@ def main(argv=None) -> None:
                      "history": steps})
     first = rows[0]
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "seconds": round(time.time() - start), "train": n, "val": args.val, "test": len(y_test), "rows": rows}
+              "seconds": round(time.time() - start), "train": n, "val": args.val, "test": sum(len(y) for _, y in test), "rows": rows}
     out = Path(args.out)
     atomic_write_text(out / "latency-mnist.json", json.dumps(record, indent=1) + "\n")
     table = "\n".join(

@@ -21,20 +21,16 @@ import torch
 import fxprune
 from fxprune.core.io import atomic_write_text
 
-from .digits import batches, digits, optdigits
+from .digits import add_split_args, benchmark_split, digits, optdigits
 from .lite0 import load_lite0
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="bench/transfer/results")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--step", type=float, default=0.15)
+    add_split_args(ap)
     ap.add_argument("--max-steps", type=int, default=30)
     ap.add_argument("--prune", default="channels", choices=["bases", "channels", "joint", "double"])
     ap.add_argument("--dataset", default="mnist", choices=["mnist", "optdigits"])
-    ap.add_argument("--val", type=int, default=500, help="training digits held out as val (the last ones)")
     ap.add_argument("--momentum", type=float, help="average Taylor importance across steps with this momentum")
     ap.add_argument("--basis", default="svd", choices=["svd", "data"], help="decompose-conv's bases")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
@@ -42,17 +38,15 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     start = time.time()
     torch.manual_seed(0)
-    (x_train, y_train), (x_test, y_test) = (digits if args.dataset == "mnist" else optdigits)(args.size)
-    n = len(y_train) - args.val
-    train = batches(x_train[:n], y_train[:n], 64, shuffle_seed=0)
-    val, test = batches(x_train[n:], y_train[n:], 250), batches(x_test, y_test, 250)
+    train, val, test, x_train, n = benchmark_split(digits if args.dataset == "mnist" else optdigits, args.size,
+                                                   args.val)
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
                               momentum=args.momentum, basis=args.basis, distill=args.distill)
     test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "seconds": round(time.time() - start), "train": n, "val": args.val, "test": len(y_test),
+              "seconds": round(time.time() - start), "train": n, "val": args.val, "test": sum(len(y) for _, y in test),
               "params": list(p), "macs": list(result.macs), "val_accuracy": list(result.accuracy),
               "test_accuracy": test_accuracy, "until": result.until, "steps": result.steps}
     name = f"recipe-{args.dataset}-{args.prune}{'-' + args.tag if args.tag else ''}"

@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent.parent / "zoo_configs" / "timm_all.toml"
 LOSSLESS, CHANNELS = "lossless-timm-all", "channels-timm-all"
 # Published coverage of the peers, for the README line beside ours (their own counts, not rerun here).
-PEERS = [("Torch-Pruning (timm 0.9.2, its benchmark)", 119, 294), ("torch-dag (its README)", 585, 945)]
+PEERS = [("Torch-Pruning: pruned (timm 0.9.2, published)", 119, 294), ("torch-dag: pruned (published)", 585, 945)]
 COLUMNS = ["family", "models", "skipped", "not run yet", "run", "traced", "lossless", "mismatch", "errors", "channels run",
            "prunable", "no-gain", "channel errors", "params kept (median)"]
 
@@ -80,13 +80,13 @@ def plot(total: dict, path: Path) -> None:
             ("fxprune prunable (channels)", total["prunable"], total["channels run"]),
             *[(name, n, of) for name, n, of in PEERS]]
     bars = [(name, n, of) for name, n, of in bars if of]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(bars) + 1))
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(bars) + 1.2))
     ax.barh([b[0] for b in bars][::-1], [b[1] / b[2] for b in bars][::-1], color="tab:blue")
     for y, (name, n, of) in enumerate(bars[::-1]):
         ax.text(min(n / of, 0.98), y, f" {n}/{of}", va="center", ha="right" if n / of > 0.8 else "left", color="k")
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the models run")
-    ax.set_title(f"timm {timm.__version__} registry (fxprune) and the peers' published coverage")
+    ax.set_title(f"timm registry coverage (fxprune: timm {timm.__version__}, models run so far)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
