@@ -28,8 +28,8 @@ def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
 
 
 class _Tracer(fx.Tracer):
-    """A tracer that knows timm's leaf modules, traces nn.MultiheadAttention's self-attention as plain
-    ops (plain_forwards.py) and records where tracing currently is."""
+    """A tracer that knows timm's leaf modules, traces the modules plain_forwards.py knows (attention,
+    timm's VGG head) as the plain ops they compute, and records where tracing currently is."""
 
     def __init__(self, leaf_modules: Iterable[type[nn.Module]], autowrap_functions: Iterable[Callable]):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
