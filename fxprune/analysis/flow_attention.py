@@ -53,15 +53,17 @@ class AttentionRules:
             if a in self.flow.value:
                 on_matrix = len(out) - len(tensor_shape(a)) + self.flow.value[a][0] >= len(out) - 2
                 (inside if on_matrix else known).append((a, self.flow.value[a]))
-        heads = known and len(out) - len(tensor_shape(known[0][0])) + known[0][1][0]
+        if not known:  # nothing carries heads: the matrices' channels are kept
+            for _, (_, ids) in inside:
+                self.flow.block(ids, f"{name} ({node.name}) with channels off its batch axes")
+            return False
+        heads = len(out) - len(tensor_shape(known[0][0])) + known[0][1][0]
         for a, (_, ids) in inside:  # such an operand must broadcast over the others' heads (one head)
-            pos = heads - len(out) + len(tensor_shape(a)) if known else -1
+            pos = heads - len(out) + len(tensor_shape(a))
             if pos >= 0 and tensor_shape(a)[pos] != 1:
                 self.barrier(node, f"{name} ({node.name}) with channels off its batch axes")
                 return False
             self.flow.block(ids, f"{name} ({node.name}) with channels off its batch axes")
-        if not known:
-            return False
         axes = {len(out) - len(tensor_shape(a)) + v[0] for a, v in known}
         if len(axes) != 1:
             self.barrier(node, f"{name} ({node.name}) with channels on different batch axes")
