@@ -1,19 +1,22 @@
-"""Thin SVD of a batch of weight matrices (g, m, n) in float64, through the Gram matrix where it is
-accurate and LAPACK elsewhere.
+"""Thin SVD of a batch of weight matrices (g, m, n) in float64, through the Gram matrix, with LAPACK
+only on the part of the spectrum the Gram matrix cannot resolve.
 
 Gram: for m <= n, G = A A^T (one GEMM) and eigh(G) = Q diag(S^2) Q^T, so U = Q and V^T = S^-1 Q^T A
-(for m > n the same on A^T). It squares the condition number: the rows of V^T are orthonormal to about
-eps * (s_max / s_i)^2. The rule: the Gram path is taken for a batch only if every group's smallest
-eigenvalue is at least GUARD = 1e-6 of its largest (condition number <= 1e3: rows orthonormal to
-~2e-10 in float64, far below float32's 6e-8 that the weights are stored in); otherwise, or where an
-eigenvalue is zero or negative, torch.linalg.svd.
+(for m > n the same on A^T). It squares the condition number: row i of V^T is orthonormal to about
+eps * (s_max / s_i)^2. The rule: directions whose eigenvalue is at least GUARD = 1e-6 of the largest
+(s_i >= 1e-3 s_max: rows orthonormal to ~2e-10 in float64, far below float32's 6e-8 that the weights
+are stored in) take the Gram path. The rest ("tail": small, zero or negative eigenvalues; rarely more
+than a few rows, e.g. random square layers) are projected off the Gram rows and given to LAPACK
+(torch.linalg.svd of a (tail, n) matrix, not of A); their product with the Gram rows moves into the
+Gram rows' coefficients, so U S V^T = A holds exactly, V^T is orthonormal and U to ~eps * 1e6.
 """
 
 from __future__ import annotations
 
 import torch
 
-GUARD = 1e-6  # smallest eigenvalue of the Gram matrix over its largest, per group
+GUARD = 1e-6  # smallest eigenvalue of the Gram matrix over its largest taken on the Gram path
+ORTHO = 1e-10  # largest overlap of a tail row of V^T with a Gram row before the group goes to LAPACK whole
 
 
 def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -22,13 +25,35 @@ def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     wide = a.shape[1] <= a.shape[2]
     b = a if wide else a.transpose(1, 2)
     lam, q = torch.linalg.eigh(b @ b.transpose(1, 2))  # ascending
-    if not (lam[:, :1] >= GUARD * lam[:, -1:]).all() or not (lam[:, -1] > 0).all():
-        return torch.linalg.svd(a, full_matrices=False)
     lam, q = lam.flip(-1), q.flip(-1)
-    s = lam.sqrt()
-    vh = (q.transpose(1, 2) @ b) / s[:, :, None]
-    return (q, s, vh) if wide else (vh.transpose(1, 2), s, q.transpose(1, 2))
+    qb = q.transpose(1, 2) @ b  # rows s_i v_i^T
+    good = (lam >= GUARD * lam[:, :1]) & (lam > 0)
+    s = lam.clamp_min(0).sqrt()
+    u, vh = q.clone(), qb / torch.where(good, s, 1.0)[:, :, None]
+    for i in (~good.all(1)).nonzero().flatten().tolist():
+        u[i], s[i], vh[i] = _with_tail(b[i], q[i], qb[i], s[i], int(good[i].sum()))
+    return (u, s, vh) if wide else (vh.transpose(1, 2), s, u.transpose(1, 2))
 
+
+def _with_tail(b: torch.Tensor, q: torch.Tensor, qb: torch.Tensor, s: torch.Tensor, k: int):
+    """One group's (U, S, V^T) of B from Q, Q^T B and S whose first k directions are on the Gram path.
+
+    The tail T (Q^T B's other rows, less what they share with the Gram rows) goes to LAPACK; its rows
+    of V^T are projected off the Gram rows once more and re-orthonormalised (LAPACK is free to tilt
+    the singular vectors of values near rounding level), and T is written on them. All of B goes to
+    LAPACK where they still overlap the Gram rows (T of lower rank than its rows, so they cannot all
+    be independent of the Gram rows)."""
+    vg = qb[:k] / s[:k, None]
+    p = qb[k:] @ vg.T  # what the tail rows share with the Gram rows (~0 in exact arithmetic)
+    t = qb[k:] - p @ vg
+    vht = torch.linalg.svd(t, full_matrices=False).Vh
+    vht = torch.linalg.qr((vht - (vht @ vg.T) @ vg).T).Q.T
+    if k and (vht @ vg.T).abs().max() > ORTHO:
+        return torch.linalg.svd(b, full_matrices=False)
+    w, st, z = torch.linalg.svd(t @ vht.T)
+    u = torch.cat([q[:, :k] + q[:, k:] @ p / s[:k], q[:, k:] @ w], 1)
+    s, order = torch.cat([s[:k], st]).sort(descending=True)
+    return u[:, order], s, torch.cat([vg, z @ vht])[order]
 
 RIDGE = 1e-6  # share of W W^T added to the response moment: every direction W can produce stays in the basis
 
