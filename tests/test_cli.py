@@ -190,3 +190,39 @@ def test_zoo_names_an_out_folder_it_cannot_write(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(out) else real(p, mode, **kw))
     assert main(["zoo", str(_smoke(tmp_path)), "--pipeline", "fold", "--out", str(out)]) == 2
     assert capsys.readouterr().err == f"fxprune: error: --out {out}: not writable; name a folder you can write to\n"
+
+
+SLOW = '''
+import time
+import torch
+
+
+def slow():
+    while True:  # a model that never finishes building
+        time.sleep(0.01)
+
+
+def fast():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+'''
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])  # in this process, and in the pool's workers
+def test_zoo_time_limit_stops_a_model_and_the_run_goes_on(tmp_path, jobs):
+    (tmp_path / "models.py").write_text(SLOW)
+    config = tmp_path / "z.toml"
+    config.write_text("".join(f'[[model]]\nid = "{tmp_path}/models.py:{f}"\ninput-size = "3,8,8"\n\n'
+                              for f in ("slow", "fast")))
+    out = tmp_path / "out"
+    assert main(["zoo", str(config), "--pipeline", "decompose-conv,fold", "--out", str(out), "--jobs", jobs,
+                 "--time-limit", "1.5"]) == 0
+    rows = {r["model"].rpartition(":")[2]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert rows["slow"]["status"] == "error" and rows["slow"]["reason"] == "TimeoutError: stopped after --time-limit 1.5 s"
+    assert 1.5 <= rows["slow"]["seconds"] < 5
+    assert rows["fast"]["status"] == "ok"
+
+
+def test_zoo_time_limit_must_be_positive(tmp_path, capsys):
+    assert main(["zoo", str(_smoke(tmp_path)), "--pipeline", "fold", "--out", str(tmp_path / "out"),
+                 "--time-limit", "0"]) == 2
+    assert capsys.readouterr().err == "fxprune: error: --time-limit 0: give the seconds a model may take, above 0\n"

@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     zoo.add_argument("--address", help="with --executor ray: the cluster to join (default: start a local one)")
     zoo.add_argument("--task-memory", type=float, help="with --executor ray: GiB of memory each model's task "
                                                        "reserves (Ray then runs fewer big models at once)")
+    zoo.add_argument("--time-limit", type=float, metavar="SECONDS",
+                     help="stop a model still running after this long: an error row, and the run goes on")
     zoo.add_argument("--compile", action="store_true",
                      help="also compile each pruned model (inductor, fullgraph) and compare it with eager")
     groups = sub.add_parser("groups", help="print the channel groups prune-channels sees, and why any is kept")
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             label = configs[0] if configs else " ".join(args.config + [f"--exclude {x}" for x in args.exclude])
             print(summary_table(run_zoo(entries, label, args.pipeline, args.out, resume=args.resume,
                                         jobs=args.jobs, compile=args.compile, executor=args.executor,
-                                        address=args.address, task_memory_gb=args.task_memory), fmt="simple"))
+                                        address=args.address, task_memory_gb=args.task_memory,
+                                        time_limit=args.time_limit), fmt="simple"))
             return 0
         if args.command in ("transfer", "demo"):
             from fxprune.runners.transfer_cli import run_demo, run_transfer

@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+import signal
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,7 +167,28 @@ def example(entry: ZooEntry, model):
     return model, whole_inputs(entry)
 
 
-def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compile: bool = False) -> dict:
+@contextmanager
+def _time_limit(seconds: float | None):
+    """Raise TimeoutError in this (main) thread once `seconds` have passed: between two Python-level
+    steps, so one long torch call finishes first."""
+    if seconds is None:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TimeoutError(f"stopped after --time-limit {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compile: bool = False,
+          time_limit: float | None = None) -> dict:
     """Run `pipeline` on one zoo model: sizes before/after, output error, wall time, status.
 
     Status: a lossless pipeline is "ok" when the logits match within the entry's tolerance
@@ -173,72 +196,81 @@ def check(entry: ZooEntry, pipeline: str, layers_dir: Path | None = None, compil
     keep their shapes and params fell ("no-gain", "shape-changed" otherwise). Failures are "error"
     with the reason. With `layers_dir`, the per-layer savings table is written there (.md and .csv).
     With `compile`, the pruned model is also compiled (inductor, fullgraph) and must match its eager
-    outputs within the lossless tolerance ("compile-mismatch" otherwise).
+    outputs within the lossless tolerance ("compile-mismatch" otherwise). With `time_limit`, a model
+    still running after that many seconds is stopped: an error row (TimeoutError) and the run goes on.
     """
     import time
 
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    from fxprune.core.api import prune
-    from fxprune.core.submodule import prune_submodule
     from fxprune.core.errors import first_line
-    from fxprune.core.io import atomic_write_text
-    from fxprune.runners.models import create
-    from fxprune.core.pipeline import Pipeline
-    from fxprune.analysis.report import savings
-    from fxprune.core.verify import output_error, run_model
 
     if entry.skip:
         return {"model": entry.id, "status": "skipped", "reason": entry.skip, "seconds": 0.0}
     pipeline = entry.pipeline or pipeline
     start = time.perf_counter()
     try:
-        torch.manual_seed(0)
-        whole = wake(create(entry.id)).eval()
-        model, x = example(entry, whole)
-        if entry.submodule:  # the part is pruned and compared; the whole must still run
-            torch.manual_seed(0)
-            inputs = whole_inputs(entry)
-            pruned = prune_submodule(whole, entry.submodule, inputs, pipeline)
-            run_model(pruned, inputs)
-            small = pruned.get_submodule(entry.submodule)
-        else:
-            small = prune(model, x, pipeline)
-        reference = run_model(model, x)
-        err = output_error(run_model(small, x), reference)
-        report = savings(model, small, x)
-        totals = report.totals
-        row = {"model": entry.id, "pipeline": pipeline,
-               "params_before": totals["params_before"], "params_after": totals["params_after"],
-               "params_unused": sum(report.unused.values()), "macs_before": totals["macs_before"],
-               "macs_after": totals["macs_after"],
-               "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
-        if entry.submodule:
-            row["submodule"] = entry.submodule
-        if all(p.lossless for p in Pipeline.of(pipeline).passes):
-            nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
-            row["status"] = "vacuous" if not nonzero else "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
-            if row["status"] == "mismatch":
-                row["float32_rel_l2_error"] = float32_error(model, x, reference)
-        else:
-            shapes = [[tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-                      for out in (reference, run_model(small, x))]
-            row["status"] = ("shape-changed" if shapes[0] != shapes[1] else
-                             "ok" if row["params_after"] < row["params_before"] else "no-gain")
-        if compile:
-            row.update(compiled_check(small, x))
-            if row["status"] == "ok" and row["compiled_rel_l2_error"] >= entry.rel_l2:
-                row["status"] = "compile-mismatch"
-        if layers_dir is not None:
-            name = entry.id.replace(":", "_")
-            atomic_write_text(Path(layers_dir) / f"{name}.md", f"# {entry.id}: `{pipeline}`\n\n"
-                              f"{report.to_markdown()}\n")
-            report.to_csv(Path(layers_dir) / f"{name}.csv")
+        with _time_limit(time_limit):
+            row = _measure(entry, pipeline, layers_dir, compile)
     except Exception as e:  # noqa: BLE001 - one model's failure is recorded, the run goes on
         row = {"model": entry.id, "pipeline": pipeline, "status": "error",
                "reason": f"{type(e).__name__}: {first_line(e)}"}
     row["seconds"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def _measure(entry: ZooEntry, pipeline: str, layers_dir: Path | None, compile: bool) -> dict:
+    """check's row, less its time (see check)."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    from fxprune.core.api import prune
+    from fxprune.core.submodule import prune_submodule
+    from fxprune.core.io import atomic_write_text
+    from fxprune.runners.models import create
+    from fxprune.core.pipeline import Pipeline
+    from fxprune.analysis.report import savings
+    from fxprune.core.verify import output_error, run_model
+
+    torch.manual_seed(0)
+    whole = wake(create(entry.id)).eval()
+    model, x = example(entry, whole)
+    if entry.submodule:  # the part is pruned and compared; the whole must still run
+        torch.manual_seed(0)
+        inputs = whole_inputs(entry)
+        pruned = prune_submodule(whole, entry.submodule, inputs, pipeline)
+        run_model(pruned, inputs)
+        small = pruned.get_submodule(entry.submodule)
+    else:
+        small = prune(model, x, pipeline)
+    reference = run_model(model, x)
+    err = output_error(run_model(small, x), reference)
+    report = savings(model, small, x)
+    totals = report.totals
+    row = {"model": entry.id, "pipeline": pipeline,
+           "params_before": totals["params_before"], "params_after": totals["params_after"],
+           "params_unused": sum(report.unused.values()), "macs_before": totals["macs_before"],
+           "macs_after": totals["macs_after"],
+           "max_abs_error": err.max_abs, "rel_l2_error": err.rel_l2, "rel_l2_limit": entry.rel_l2}
+    if entry.submodule:
+        row["submodule"] = entry.submodule
+    if all(p.lossless for p in Pipeline.of(pipeline).passes):
+        nonzero = any(t.abs().max() > 0 for t in tree_leaves(reference) if isinstance(t, torch.Tensor))
+        row["status"] = "vacuous" if not nonzero else "ok" if err.rel_l2 < entry.rel_l2 else "mismatch"
+        if row["status"] == "mismatch":
+            row["float32_rel_l2_error"] = float32_error(model, x, reference)
+    else:
+        shapes = [[tuple(t.shape) for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+                  for out in (reference, run_model(small, x))]
+        row["status"] = ("shape-changed" if shapes[0] != shapes[1] else
+                         "ok" if row["params_after"] < row["params_before"] else "no-gain")
+    if compile:
+        row.update(compiled_check(small, x))
+        if row["status"] == "ok" and row["compiled_rel_l2_error"] >= entry.rel_l2:
+            row["status"] = "compile-mismatch"
+    if layers_dir is not None:
+        name = entry.id.replace(":", "_")
+        atomic_write_text(Path(layers_dir) / f"{name}.md", f"# {entry.id}: `{pipeline}`\n\n"
+                          f"{report.to_markdown()}\n")
+        report.to_csv(Path(layers_dir) / f"{name}.csv")
     return row
 
 

@@ -29,22 +29,23 @@ SUMMARY_COLUMNS = ["model", "status", "params_before", "params_after", "params_s
 COMPILE_COLUMNS = ["compiled_rel_l2_error", "compile_seconds"]
 
 
-def _check_one_thread(entry: ZooEntry, pipeline: str, layers_dir: Path, compile: bool) -> dict:
+def _one_thread(job: Callable[[ZooEntry], dict], entry: ZooEntry) -> dict:
     import torch
 
     torch.set_num_threads(1)  # parallel workers share the cores
-    return check(entry, pipeline, layers_dir, compile)
+    return job(entry)
 
 
 def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, resume: bool = False, jobs: int = 1,
             compile: bool = False, executor: str = "local", address: str | None = None,
-            task_memory_gb: float | None = None) -> list[dict]:
+            task_memory_gb: float | None = None, time_limit: float | None = None) -> list[dict]:
     """Run every entry (of the zoo config, or the patterns, that `config` names in the summary); rows
     are appended to OUT/results.jsonl as models finish, and
     each model's per-layer table is written to OUT/layers/. With `compile`, each pruned model is
     also compiled with inductor and checked against its eager outputs (see `zoo.check`).
     `executor`: "local" (`jobs` processes on this machine) or "ray" (one Ray task per model on the
-    cluster at `address`, a local one by default; zoo_ray.py)."""
+    cluster at `address`, a local one by default; zoo_ray.py). `time_limit`: seconds a model may take
+    (`zoo.check`'s; an error row past it)."""
     from fxprune.core.pipeline import Pipeline
 
     Pipeline.parse(pipeline)  # a typo fails here, not as an error row for every model
@@ -52,6 +53,8 @@ def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, re
         raise ValueError(f"--executor {executor!r}: write local or ray")
     if executor == "local" and (address or task_memory_gb):
         raise ValueError("--address and --task-memory are for --executor ray")
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"--time-limit {time_limit:g}: give the seconds a model may take, above 0")
     out_dir = _out_dir(out)
     path = out_dir / RESULTS
     with _locked(out_dir):
@@ -61,10 +64,10 @@ def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, re
         todo = [e for e in entries if e.id not in done]
         finished = len(entries) - len(todo)
         _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:max(jobs, 1)])}")
+        job = partial(check, pipeline=pipeline, layers_dir=out_dir / LAYERS, compile=compile, time_limit=time_limit)
         with open(path, "a") as log:
-            rows = (_rows(todo, pipeline, jobs, out_dir / LAYERS, compile) if executor == "local" else
-                    ray_rows(todo, partial(_check_one_thread, pipeline=pipeline, layers_dir=out_dir / LAYERS,
-                                           compile=compile), pipeline, address=address, memory_gb=task_memory_gb))
+            rows = (_rows(todo, pipeline, jobs, job) if executor == "local" else
+                    ray_rows(todo, partial(_one_thread, job), pipeline, address=address, memory_gb=task_memory_gb))
             for row, running in rows:
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -115,14 +118,13 @@ def _progress(text: str, last: bool = False) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, layers_dir: Path, compile: bool):
+def _rows(todo: list[ZooEntry], pipeline: str, jobs: int, job: Callable[[ZooEntry], dict]):
     """(row, ids of the models now running) as models finish."""
     if jobs <= 1:
         for i, e in enumerate(todo):
-            yield check(e, pipeline, layers_dir, compile), [n.id for n in todo[i + 1:i + 2]]
+            yield job(e), [n.id for n in todo[i + 1:i + 2]]
         return
-    work = partial(_check_one_thread, pipeline=pipeline, layers_dir=layers_dir, compile=compile)
-    yield from parallel_rows(todo, jobs, work, pipeline)
+    yield from parallel_rows(todo, jobs, partial(_one_thread, job), pipeline)
 
 
 def parallel_rows(todo: list[ZooEntry], jobs: int, work: Callable[[ZooEntry], dict], pipeline: str):
