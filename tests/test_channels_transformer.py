@@ -100,11 +100,17 @@ def test_rms_norm_and_one_group_group_norm_prune_losslessly_against_masked_norms
     check_zeroed_channels_are_removed_losslessly(Norms(), IMG, random_weights=False)
 
 
-def test_group_norm_with_several_groups_is_a_barrier_with_its_name():
+def test_group_norm_with_several_groups_keeps_them_equal_and_prunes_losslessly_against_masked_norms():
+    """GroupNorm(4, 8): position j of each of its 4 groups of 2 goes together (2 classes of 4 channels),
+    so every group loses as many channels and num_groups stays 4; statistics per group, masked."""
     model = Norms()
-    model.gn = nn.GroupNorm(2, C)
-    assert not any(("gn", "norm") in members for members in groups_of(model))
-    assert {r for _, r in groups_of(model).values()} >= {"module gn (GroupNorm with 2 groups)"}
+    model.gn = nn.GroupNorm(4, C)
+    graph = analyse(fxprune.trace(model.eval()), (IMG,))
+    group = next(g for g in graph.groups if ("gn", "norm") in g.members)
+    assert group.size == 2 and group.blocked is None
+    check_zeroed_channels_are_removed_losslessly(model, IMG, random_weights=False)
+    small = fxprune.prune(model, IMG, "prune-channels{ratio=0.5}")
+    assert (small.gn.num_groups, small.gn.num_channels, small.gn.weight.shape) == (4, 4, (4,))
 
 
 class Windows(nn.Module):
@@ -217,25 +223,28 @@ def test_timm_transformers_prune_their_embedding_width_losslessly(name, kwargs, 
 
 
 class PoolFormerish(nn.Module):
-    """F.group_norm with one group (weight read directly) and StarReLU (s * relu(x) ** 2 + b)."""
+    """F.group_norm (weight read directly) and StarReLU (s * relu(x) ** 2 + b)."""
 
-    def __init__(self):
+    def __init__(self, groups: int = 1):
         super().__init__()
+        self.groups = groups
         self.a, self.b, self.head = nn.Conv2d(3, C, 1), nn.Conv2d(C, C, 1), nn.Linear(C, 5)
         self.gn_w, self.gn_b = nn.Parameter(torch.rand(C) + 0.5), nn.Parameter(torch.randn(C))
         self.s, self.t = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
         x = self.a(x)
-        x = x + self.s * F.relu(self.b(F.group_norm(x, 1, self.gn_w, self.gn_b))) ** 2 + self.t
+        x = x + self.s * F.relu(self.b(F.group_norm(x, self.groups, self.gn_w, self.gn_b))) ** 2 + self.t
         return self.head(x.mean((2, 3)))
 
 
-def test_functional_group_norm_and_star_relu_prune_losslessly_against_masked_norms():
-    groups = groups_of(PoolFormerish())
+@pytest.mark.parametrize("norm_groups", [1, 2])
+def test_functional_group_norm_and_star_relu_prune_losslessly_against_masked_norms(norm_groups):
+    model = PoolFormerish(norm_groups)
+    groups = groups_of(model)
     assert groups[frozenset({("a", "out"), ("b", "in"), ("b", "out"), ("gn_w", "param"), ("gn_b", "param"),
-                             ("head", "in")})] == (C, None)
-    check_zeroed_channels_are_removed_losslessly(PoolFormerish(), IMG, random_weights=False)
+                             ("head", "in")})] == (C // norm_groups, None)  # classes: positions within a group
+    check_zeroed_channels_are_removed_losslessly(model, IMG, random_weights=False)
 
 
 def test_magnitude_scores_layers_whose_slices_hold_one_value():

@@ -11,7 +11,7 @@ them into equal parts and unites position j of every part (so every part loses t
 and the chunks stay aligned: gated MLPs); flatten and permutes move or repeat them; reshapes that keep the channel axis whole move it. Conv/linear layers read
 them (`in`) and start new ones (`out`). Elements united by this make one *class*: channels that must be removed together.
 
-Norms over the channel axis (LayerNorm, RMSNorm, GroupNorm with one group; modules or functions) keep the ids
+Norms over the channel axis (LayerNorm, RMSNorm, GroupNorm with its groups kept equal; modules or functions) keep the ids
 and slice their affine (`norm`); they then compute their statistics over fewer channels, so removing a
 channel equals masking it out of the statistics (`Norm`, channels.masked_norms), not zeroing it. Tensors
 read directly from the model (`get_attr`: position embeddings, class tokens, layer scales, a functional

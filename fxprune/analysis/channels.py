@@ -388,21 +388,23 @@ def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
                 given = dict(zip(names, node.args[1:]), **node.kwargs)
                 affine, eps = [given.get("weight"), given.get("bias")], given.get("eps", 1e-5)
             masked = gm.graph.call_function(_masked_norm, (node.args[0], mask, *affine, eps, norm.axis,
-                                                           norm.dims, norm.rms))
+                                                           norm.dims, norm.rms, norm.groups))
         node.replace_all_uses_with(masked)
         gm.graph.erase_node(node)
     gm.recompile()
     return gm
 
 
-def _masked_norm(x, mask, weight, bias, eps, axis: int, dims: tuple[int, ...], rms: bool):
+def _masked_norm(x, mask, weight, bias, eps, axis: int, dims: tuple[int, ...], rms: bool, groups: int):
     shape = [1] * x.dim()
     shape[axis] = -1
     m = mask.view(shape).to(x.dtype).expand_as(x)
-    count = m.sum(dims, keepdim=True)
-    mean = 0 if rms else (x * m).sum(dims, keepdim=True) / count
-    var = ((x - mean) ** 2 * m).sum(dims, keepdim=True) / count
-    y = (x - mean) / torch.sqrt(var + (torch.finfo(x.dtype).eps if eps is None else eps))
+    xs, ms = x.unflatten(axis, (groups, -1)), m.unflatten(axis, (groups, -1))  # statistics per group
+    dims = tuple(d + (d > axis) for d in dims if d != axis) + (axis + 1,)
+    count = ms.sum(dims, keepdim=True)
+    mean = 0 if rms else (xs * ms).sum(dims, keepdim=True) / count
+    var = ((xs - mean) ** 2 * ms).sum(dims, keepdim=True) / count
+    y = ((xs - mean) / torch.sqrt(var + (torch.finfo(x.dtype).eps if eps is None else eps))).flatten(axis, axis + 1)
     y = y * weight.view(shape) if weight is not None else y
     return y + bias.view(shape) if bias is not None else y
 

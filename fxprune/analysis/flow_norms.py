@@ -1,6 +1,7 @@
-"""Channel rules for norms over the channel axis: LayerNorm, RMSNorm and GroupNorm with one group,
-modules or functions. They keep the channels and slice their affine; their statistics then run over fewer
-channels (`Norm`: the lossless check masks removed channels out of them, channels.masked_norms)."""
+"""Channel rules for norms over the channel axis: LayerNorm, RMSNorm and GroupNorm, modules or functions.
+They keep the channels and slice their affine; their statistics then run over fewer channels (`Norm`: the
+lossless check masks removed channels out of them, channels.masked_norms). GroupNorm's groups stay equal
+(num_groups is kept): position j of every group goes together, as in a grouped conv."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ class NormRules:
     """Mixed into channel_flow._Propagator (its state: flow, origin, used, parts, ...)."""
 
     def norm_module(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
-        """LayerNorm / RMSNorm over the last dim, GroupNorm with one group (over dims 1...)."""
+        """LayerNorm / RMSNorm over the last dim, GroupNorm (over dims 1... of each group)."""
         axis, ids = tracked
         n = len(tensor_shape(node))
+        groups = 1
         if isinstance(m, nn.GroupNorm):
-            if m.num_groups != 1 or axis != 1:
-                return self.barrier(node, f"module {path} (GroupNorm with {m.num_groups} groups)")
-            dims = tuple(range(1, n))
+            if axis != 1:
+                return self.barrier(node, f"module {path} (GroupNorm of channels on axis {axis})")
+            groups, dims = m.num_groups, tuple(range(1, n))
+            self.flow.align(ids.view(groups, -1))
         else:
             if len(m.normalized_shape) != 1:
                 return self.barrier(node, f"module {path} ({type(m).__name__} over {len(m.normalized_shape)} dims)")
@@ -28,7 +31,7 @@ class NormRules:
                 return self.keep(node, node.args[0])
             dims = (n - 1,)
         self.flow.members.append(Member(path, "norm", ids))
-        self.flow.norms.append(Norm(node.name, ids, axis, dims, isinstance(m, nn.RMSNorm)))
+        self.flow.norms.append(Norm(node.name, ids, axis, dims, isinstance(m, nn.RMSNorm), groups))
         self.flow.value[node] = tracked
 
     def norm_function(self, node: fx.Node, name: str) -> None:
@@ -62,13 +65,15 @@ class NormRules:
         return True
 
     def group_norm_function(self, node: fx.Node) -> None:
-        """F.group_norm(x, 1, weight, bias, eps): statistics over dims 1..., channels on axis 1."""
+        """F.group_norm(x, groups, weight, bias, eps): statistics over dims 1... of each group, channels on
+        axis 1."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
         groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
-        if groups != 1 or axis != 1:
-            return self.barrier(node, f"group_norm ({node.name}) with {groups} groups")
+        if not isinstance(groups, int) or axis != 1:
+            return self.barrier(node, f"group_norm ({node.name}) with groups={groups} of channels on axis {axis}")
         if not self.affine(node, "group_norm", ("weight", "bias"), ids):
             return
-        self.flow.norms.append(Norm(node.name, ids, 1, tuple(range(1, len(tensor_shape(src)))), False))
+        self.flow.align(ids.view(groups, -1))
+        self.flow.norms.append(Norm(node.name, ids, 1, tuple(range(1, len(tensor_shape(src)))), False, groups))
         self.flow.value[node] = (axis, ids)

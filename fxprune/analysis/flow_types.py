@@ -36,13 +36,15 @@ class Member:
 
 @dataclass
 class Norm:
-    """A node normalising its input over `dims`, channel axis `axis` among them (RMS: no mean)."""
+    """A node normalising its input over `dims`, channel axis `axis` among them (RMS: no mean), each of
+    `groups` equal parts of the channel axis on its own (GroupNorm)."""
 
     node: str
     ids: torch.Tensor
     axis: int
     dims: tuple[int, ...]
     rms: bool
+    groups: int = 1
 
 
 @dataclass
