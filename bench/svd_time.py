@@ -4,7 +4,8 @@
     .venv/bin/python -m bench.svd_time [--repeat N]       # about 10 minutes on 2 cores with 2 repeats
 
 Writes bench/results/svd_time.md: per model the summed seconds of each (least of N runs), the ratio,
-how many layers took the Gram path, and the worst reconstruction error and basis orthonormality.
+how many layers sent a tail of directions to LAPACK (and how many rows of how many), and the worst
+reconstruction error and orthonormality of U and V^T.
 """
 
 from __future__ import annotations
@@ -39,18 +40,22 @@ def seconds(fn, mats, repeat: int) -> float:
     return best
 
 
-def quality(mats) -> tuple[float, float, int]:
+def quality(mats) -> tuple[float, float, int, int, int]:
+    """(worst relative reconstruction error, worst orthonormality error of U and V^T, layers with a
+    LAPACK tail, rows in those tails, rows of those layers)."""
     err = orth = 0.0
-    gram = 0
+    tails = tail_rows = rows = 0
     for a in mats:
         b = a if a.shape[1] <= a.shape[2] else a.transpose(1, 2)
         lam = torch.linalg.eigvalsh(b @ b.transpose(1, 2))
-        gram += bool((lam[:, :1] >= GUARD * lam[:, -1:]).all())
+        tail = int(((lam < GUARD * lam[:, -1:]) | (lam <= 0)).sum())
+        tails, tail_rows, rows = tails + bool(tail), tail_rows + tail, rows + (lam.numel() if tail else 0)
         u, s, vh = thin_svd(a)
         err = max(err, (((u * s[:, None, :]) @ vh - a).abs().max() / a.abs().max()).item())
         eye = torch.eye(s.shape[1], dtype=torch.float64)
-        orth = max(orth, (vh @ vh.transpose(1, 2) - eye).abs().max().item())
-    return err, orth, gram
+        orth = max(orth, (vh @ vh.transpose(1, 2) - eye).abs().max().item(),
+                   (u.transpose(1, 2) @ u - eye).abs().max().item())
+    return err, orth, tails, tail_rows, rows
 
 
 def main() -> None:
@@ -68,16 +73,18 @@ def main() -> None:
         mats = weights(model)
         lapack = seconds(lambda a: torch.linalg.svd(a, full_matrices=False), mats, repeat)
         gram = seconds(thin_svd, mats, repeat)
-        err, orth, fast = quality(mats)
-        rows.append((name, len(mats), fast, lapack, gram, err, orth))
+        err, orth, tails, tail_rows, of = quality(mats)
+        rows.append((name, len(mats), f"{tails} ({tail_rows} of {of} rows)" if tails else "0", lapack, gram, err, orth))
         print(rows[-1], flush=True)
     lines = ["# Thin SVD: Gram matrix against LAPACK", "",
              f"Measured with {torch.get_num_threads()} torch threads, torch "
-             f"{torch.__version__}, float64, least of {repeat} runs. Gram path taken where every group's smallest Gram "
-             f"eigenvalue is at least {GUARD:g} of its largest (condition number <= 1e3); LAPACK elsewhere, after "
-             "the eigh that showed it (random square weights are often that ill-conditioned: regnet_y_16gf).", "",
-             "| weights | layers | on the Gram path | LAPACK s | thin_svd s | speedup | max reconstruction error "
-             "(relative) | max orthonormality error of V^T |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             f"{torch.__version__}, float64, least of {repeat} runs. thin_svd: the Gram matrix's eigh for every "
+             f"direction whose eigenvalue is at least {GUARD:g} of the largest (singular value >= 1e-3 of the largest); "
+             "the others (a tail: random square weights have a few) projected off those rows and given to LAPACK "
+             "(fxprune/core/svd.py).", "",
+             "| weights | layers | layers with a LAPACK tail | LAPACK s | thin_svd s | speedup | max reconstruction "
+             "error (relative) | max orthonormality error of U, V^T |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {n} | {k} | {f} | {a:.2f} | {b:.2f} | {a / b:.1f}x | {e:.1e} | {o:.1e} |"
               for n, k, f, a, b, e, o in rows]
     lines += ["", f"Reproduce: `.venv/bin/python -m bench.svd_time --repeat {repeat}`."]

@@ -40,8 +40,8 @@ from fxprune.analysis.counting import propagate_shapes, tied_modules
 from fxprune.analysis.flow_attention import AttentionRules
 from fxprune.analysis.flow_attributes import AttributeRules
 from fxprune.analysis.flow_norms import NormRules
-from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_ONLY, ChannelFlow, Fixup, Member, op_name,
-                                         tensor_args, tensor_shape)
+from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_ONLY, ChannelFlow, Fixup, Member, node_arg,
+                                         op_name, tensor_args, tensor_shape)
 from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base
 from fxprune.core.meta import ROLE
 from fxprune.nn import BasisScalingConv, ChannelScaling
@@ -320,7 +320,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
 
     def cat(self, node: fx.Node) -> None:
         tensors = node.args[0]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = node_arg(node, 1, "dim", 0)
         out = tensor_shape(node)
         tracked = [self.flow.value.get(t) for t in tensors]
         dim = dim % len(out)
@@ -348,8 +348,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         user but getitem blocks them all."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        k = node.args[1] if len(node.args) > 1 else node.kwargs["chunks"]
-        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        k = node_arg(node, 1, "chunks")
+        dim = node_arg(node, 2, "dim", 0)
         if dim % len(tensor_shape(src)) != axis:
             self.parts[node] = [(axis, ids)] * k
         elif len(ids) % k:
@@ -421,7 +421,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         src = node.args[0]
         axis, ids = self.flow.value[src]
         n = len(tensor_shape(src))
-        dim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)) % n
+        dim = node_arg(node, 2, "dim", 0) % n
         sizes = node.args[1] if len(node.args) > 1 else None
         if dim != axis:
             count = len(sizes) if isinstance(sizes, (list, tuple)) else -(-tensor_shape(src)[dim] // sizes)
@@ -478,8 +478,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         src = node.args[0]
         axis, ids = self.flow.value[src]
         n = len(tensor_shape(src))
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        dims = node_arg(node, 1, "dim", None)
+        keepdim = node_arg(node, 2, "keepdim", False)
         dims = [dims] if isinstance(dims, int) else dims
         if dims is not None and axis in {d % n for d in dims} and name in ("sum", "mean"):
             if name == "mean":  # zeroed channels add nothing to a sum: the mean is rescaled to stay that sum / n
@@ -492,7 +492,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
     def unsqueeze(self, node: fx.Node) -> None:
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        dim = (node.args[1] if len(node.args) > 1 else node.kwargs["dim"]) % len(tensor_shape(node))
+        dim = node_arg(node, 1, "dim") % len(tensor_shape(node))
         self.flow.value[node] = (axis + (dim <= axis), ids)
 
     def getitem(self, node: fx.Node) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from fxprune.analysis.flow_types import tensor_shape
+from fxprune.analysis.flow_types import node_arg, tensor_shape
 
 
 class AttentionRules:
@@ -31,7 +31,7 @@ class AttentionRules:
         """x.unbind(dim) along another axis: every part keeps the channels (q, k, v of fused attention)."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        dim = (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % len(tensor_shape(src))
+        dim = node_arg(node, 1, "dim", 0) % len(tensor_shape(src))
         if dim == axis:
             return self.barrier(node, f"unbind over the channel axis ({node.name})")
         self.parts[node] = [(axis - (dim < axis), ids)] * tensor_shape(src)[dim]
@@ -39,7 +39,7 @@ class AttentionRules:
 
     def softmax(self, node: fx.Node, name: str) -> None:
         src = node.args[0]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dim = node_arg(node, 1, "dim", None)
         if dim is None or dim % len(tensor_shape(src)) == self.flow.value[src][0]:
             return self.barrier(node, f"{name} over the channel axis ({node.name})")
         self.keep(node, src)

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.fx as fx
 
-from fxprune.analysis.flow_types import (NEUTRAL, TOKENS_ONLY, Fixup, Member, op_name, size_args, tensor_args,
+from fxprune.analysis.flow_types import (NEUTRAL, TOKENS_ONLY, Fixup, Member, node_arg, op_name, size_args, tensor_args,
                                          tensor_shape)
 
 
@@ -67,7 +67,7 @@ class AttributeRules:
         """cat of attributes along one of their axes (BEiT's and EVA's qkv bias: q_bias, a zero k_bias,
         v_bias): the parts are sliced where the result meets channels (adopt). True if `node` is one."""
         tensors = node.args[0]
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = node_arg(node, 1, "dim", 0)
         if not isinstance(tensors, (list, tuple)) or not tensors or not all(t in self.origin for t in tensors):
             return False
         dim %= len(tensor_shape(node))
@@ -162,7 +162,7 @@ class AttributeRules:
         A weight computed in the graph (weight standardisation) keeps both."""
         x, weight, bias = (list(node.args) + [None] * 3)[:3]
         weight, bias = node.kwargs.get("weight", weight), node.kwargs.get("bias", bias)
-        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        groups = node_arg(node, 6, "groups", 1)
         tracked, axis = self.flow.value.get(x), len(tensor_shape(node)) - 1 if name == "linear" else 1
         reason = (f"{name} ({node.name}) with a weight or bias computed in the graph" if weight not in self.origin
                   or bias is not None and bias not in self.origin and bias not in self.composite else

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-from fxprune.analysis.flow_types import Fixup, Member, Norm, tensor_shape
+from fxprune.analysis.flow_types import Fixup, Member, Norm, node_arg, tensor_shape
 
 
 class NormRules:
@@ -39,7 +39,7 @@ class NormRules:
         src = node.args[0]
         axis, ids = self.flow.value[src]
         n = len(tensor_shape(src))
-        shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+        shape = node_arg(node, 1, "normalized_shape")
         k = 1 if isinstance(shape, int) else len(shape)
         if axis < n - k:  # statistics over other dims: channels stay independent
             return self.keep(node, src)
@@ -69,7 +69,7 @@ class NormRules:
         axis 1."""
         src = node.args[0]
         axis, ids = self.flow.value[src]
-        groups = node.args[1] if len(node.args) > 1 else node.kwargs["num_groups"]
+        groups = node_arg(node, 1, "num_groups")
         if not isinstance(groups, int) or axis != 1:
             return self.barrier(node, f"group_norm ({node.name}) with groups={groups} of channels on axis {axis}")
         if not self.affine(node, "group_norm", ("weight", "bias"), ids):

@@ -105,6 +105,17 @@ class ChannelFlow:
             self.blocked.setdefault(e, reason)
 
 
+REQUIRED = object()
+
+
+def node_arg(node: fx.Node, index: int, name: str, default=REQUIRED):
+    """A call's argument given at position `index` or as keyword `name`, else `default` (a KeyError
+    where there is none)."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs[name] if default is REQUIRED else node.kwargs.get(name, default)
+
+
 def tensor_shape(node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
