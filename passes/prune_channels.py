@@ -42,7 +42,9 @@ class PruneChannels(FxPass):
     measured: a prediction from a table of layer times on this machine (`latency=` a
     fxprune.LatencyTable; by default one cached under ~/.cache/fxprune) bounds a bisection over the
     ranking on folded copies. A group always keeps at least one channel,
-    and with `round-to=N` a multiple of N (or all of them).
+    and with `round-to=N` a multiple of N (or all of them). Attention (`heads`): whole heads go, their
+    q, k, v and output-projection rows together, or (dim) every head keeps its place and loses the same
+    positions of its head_dim (q's and k's together, v's with the projection's inputs).
     """
 
     name = "prune-channels"
@@ -59,6 +61,8 @@ class PruneChannels(FxPass):
     round_to: int = option(1, "keep a multiple of this many channels per group (or the whole group)")
     momentum: float | None = option(None, "taylor: blend with the estimate an earlier run left on the modules, "
                                           "momentum*old + (1-momentum)*new (0.9 in Molchanov et al. 2019)")
+    heads: Literal["whole", "dim"] = option("whole", "attention: whole (remove whole heads) or dim (keep the heads, "
+                                                     "remove position j of every head's head_dim together)")
 
     def __post_init__(self):
         self.check_options(("ratio", "target_params", "target_macs", "target_latency"),
@@ -75,7 +79,7 @@ class PruneChannels(FxPass):
         self.check_data_for_taylor(extra)
 
     def run(self, gm: fx.GraphModule, ctx: PassContext) -> PassResult:
-        graph = analyse(gm, ctx.example_inputs)
+        graph = analyse(gm, ctx.example_inputs, self.heads)
         score = self._scores(graph, ctx)
         scored = [g for g in graph.prunable if all(c in score for c in g.classes)]
         reached, extra = True, {}

@@ -145,7 +145,7 @@ def test_chunk_couples_position_j_of_every_part():
     assert small.get_submodule("head").weight.shape == (4, 1) and small(X).shape == (2, 4)
 
 
-def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True):
+def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True, heads="whole"):
     """Zero half the channels of every prunable group; prune-channels{criterion=l1 ratio=0.5} must
     remove exactly those and leave the outputs as they were, norms over channels computing their
     statistics without them (channels.masked_norms; the model itself where there is no such norm)."""
@@ -153,12 +153,12 @@ def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True):
     gm = fxprune.trace(copy.deepcopy(model).eval())  # zeroing must not touch the caller's model
     if random_weights:
         wake(gm)
-    graph = analyse(gm, inputs)
+    graph = analyse(gm, inputs, heads)
     chosen = {c for g in graph.prunable for c in g.classes[:g.size - max(1, g.size // 2)]}
     zero(graph, chosen)
     with torch.no_grad():
         reference = masked_norms(graph, chosen)(*inputs)
-    small = fxprune.prune(gm, inputs, "prune-channels{criterion=l1 ratio=0.5}", verify=True)
+    small = fxprune.prune(gm, inputs, f"prune-channels{{criterion=l1 ratio=0.5 heads={heads}}}", verify=True)
     stats = fxprune.history(small)[-1].stats
     assert stats["channels-before"] - stats["channels-after"] == len(chosen) > 0
     assert total_params(small) < total_params(gm)

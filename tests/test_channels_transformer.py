@@ -293,6 +293,24 @@ def test_attention_heads_are_classes_with_their_bias_and_are_removed_whole(fused
     assert small.table.shape == (7, 2) and small(x).shape == (2, 5)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_heads_dim_prunes_position_j_of_every_head_and_writes_out_the_attention_scale(fused):
+    """heads=dim: q, k and v of all 4 heads lose the same positions of their head_dim (3 classes); the
+    per-head bias stays whole; the fused attention's implicit 1/sqrt(3) is written out, so removing
+    zeroed positions keeps the outputs (the check fails without it)."""
+    x = torch.randn(2, N, 6)
+    graph = analyse(fxprune.trace(Attention(fused).eval()), (x,), "dim")
+    group = next(g for g in graph.groups if ("qkv", "out") in g.members)
+    assert (set(group.members), group.size, group.blocked, group.kind) == (
+        {("qkv", "out"), ("proj", "in")}, 3, None, "head_dim")
+    check_zeroed_channels_are_removed_losslessly(Attention(fused), x, random_weights=False, heads="dim")
+    small = fxprune.prune(Attention(fused), x, "prune-channels{ratio=0.5 heads=dim}")
+    assert small.qkv.weight.shape[0] == 3 * 4 * 1 and small.proj.weight.shape[1] == 4 * 1
+    assert small.table.shape == (7, 4) and small(x).shape == (2, 5)
+    scales = [n.kwargs.get("scale") for n in small.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert scales == ([3 ** -0.5] if fused else [])
+
+
 def test_groups_name_their_kind_and_the_cli_prints_it(capsys):
     from fxprune.runners.cli import main
 

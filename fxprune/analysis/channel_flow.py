@@ -82,8 +82,9 @@ def _basis_reason(node: fx.Node) -> str | None:
 
 
 class _Propagator(AttributeRules, NormRules, AttentionRules):
-    def __init__(self, gm: fx.GraphModule):
+    def __init__(self, gm: fx.GraphModule, heads: str = "whole"):
         self.gm = gm
+        self.heads = heads  # "whole" or "dim": what a reshape into (heads, head_dim) makes a unit (flow_attention)
         self.flow = ChannelFlow()
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
@@ -520,6 +521,6 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.flow.value[node] = (axis - sum(1 for i in index[:axis] if isinstance(i, int)), ids)
 
 
-def propagate(gm: fx.GraphModule, inputs: tuple) -> ChannelFlow:
+def propagate(gm: fx.GraphModule, inputs: tuple, heads: str = "whole") -> ChannelFlow:
     """Trace channel elements through `gm` with `inputs` (run once for shapes)."""
-    return _Propagator(gm).run(inputs)
+    return _Propagator(gm, heads).run(inputs)

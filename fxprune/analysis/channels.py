@@ -35,7 +35,9 @@ class ChannelGroup:
     members: tuple[tuple[str, str], ...]  # (module path, role), sorted
     classes: tuple[int, ...]  # one root element per channel that is removed as one
     blocked: str | None  # why the group is kept whole; None when it can be pruned
-    kind: str = "channels"  # "heads": attention heads (slabs of a split); "embedding": the width norms
+    # "heads": attention heads (slabs of a split); "head_dim": position j of every head (heads="dim");
+    # "embedding": the width norms run over
+    kind: str = "channels"
     #                         or attributes read directly span; "channels": any other
 
     @property
@@ -65,8 +67,10 @@ class ChannelGraph:
         return self._roots[key]
 
 
-def analyse(gm: fx.GraphModule, inputs: tuple) -> ChannelGraph:
-    flow = propagate(gm, inputs)
+def analyse(gm: fx.GraphModule, inputs: tuple, heads: str = "whole") -> ChannelGraph:
+    """The channel groups of `gm` (see channel_flow; `heads`: "whole" prunes attention heads as units,
+    "dim" their head_dim, position j of every head together)."""
+    flow = propagate(gm, inputs, heads)
     blocked = {}
     for e, reason in flow.blocked.items():
         blocked.setdefault(flow.find(e), reason)
@@ -77,11 +81,13 @@ def analyse(gm: fx.GraphModule, inputs: tuple) -> ChannelGraph:
     by_key: dict[tuple, list[int]] = defaultdict(list)
     for root, mem in members.items():
         by_key[(tuple(sorted(mem)), blocked.get(root))].append(root)
-    slabs = {flow.find(e) for e in flow.slabs}
+    slabs, head_dims = {flow.find(e) for e in flow.slabs}, {flow.find(e) for e in flow.head_dims}
 
     def kind(members, roots) -> str:
         if slabs.intersection(roots):
             return "heads"
+        if head_dims.intersection(roots):
+            return "head_dim"
         return "embedding" if any(role in ("norm", "param") for _, role in members) else "channels"
     groups = [ChannelGroup(key[0], tuple(sorted(roots)), key[1], kind(key[0], roots)) for key, roots in by_key.items()]
     groups.sort(key=lambda g: min(g.classes))
@@ -337,7 +343,9 @@ def remove(graph: ChannelGraph, removed: set[int]) -> int:
             with graph.gm.graph.inserting_after(node):
                 scaled = graph.gm.graph.call_function(operator.mul, (node, kept / len(ids)))
             node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
-    if graph.flow.fixups or graph.flow.means:
+    for name, scale in graph.flow.scales:  # sdpa's implicit 1 / sqrt(head_dim), of the head_dim it had
+        nodes[name].kwargs = {**nodes[name].kwargs, "scale": scale}
+    if graph.flow.fixups or graph.flow.means or graph.flow.scales:
         graph.gm.recompile()
     return changed
 

@@ -1,6 +1,9 @@
 """Channel rules for attention: a reshape cutting the channel axis into (..., heads, head_dim) makes each
 head one class, carried on the heads axis through unbind, softmax, batched matmul and
-scaled_dot_product_attention (q, k, v and a per-head bias together)."""
+scaled_dot_product_attention (q, k, v and a per-head bias together). With heads="dim" it makes position j
+of every head (and of q, k and v) one class instead, carried on the head_dim axis: q @ k^T contracts it
+(q's and k's positions together, the scores carry none), attn @ v carries v's, and
+scaled_dot_product_attention gets its scale written out (it would follow the smaller head_dim)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ class AttentionRules:
         second-to-last of them (an attention head: its q, k and v parts; a channel group before a
         shuffle) go together, and that dim carries the channels on, one id per slab."""
         sized = [i for i, d in enumerate(dims) if d > 1]  # (heads, 1, head_dim): a token axis put in between
+        if self.heads == "dim":
+            return self.split_dims(node, start, dims, ids, sized[-1] if sized else len(dims) - 1)
         axis = sized[-2] if len(sized) >= 2 else len(dims) - 2
         slabs = ids.view(dims).movedim(axis, 0).reshape(dims[axis], -1)
         for slab in slabs:
@@ -26,6 +31,14 @@ class AttentionRules:
         self.flow.slabs += heads.tolist()
         self.flow.value[node] = (start + axis, heads)
         self.literal_size(node, start + axis, heads)
+
+    def split_dims(self, node: fx.Node, start: int, dims: tuple[int, ...], ids: torch.Tensor, axis: int) -> None:
+        """heads="dim": position j along dims[axis] (head_dim) of every slab goes together; that dim
+        carries the channels on."""
+        rows = self.flow.align(ids.view(dims).movedim(axis, -1).reshape(-1, dims[axis]))
+        self.flow.head_dims += rows[0].tolist()
+        self.flow.value[node] = (start + axis, rows[0].clone())
+        self.literal_size(node, start + axis, rows[0])
 
     def unbind(self, node: fx.Node) -> None:
         """x.unbind(dim) along another axis: every part keeps the channels (q, k, v of fused attention)."""
@@ -95,6 +108,8 @@ class AttentionRules:
         tracked = self.flow.value.get(x)
         if (tracked is None or w in self.flow.value or w not in self.origin or len(tensor_shape(w)) != 2
                 or tracked[0] != len(tensor_shape(x)) - 1):
+            if self.heads == "dim" and self.on_matrices(node, x, w):
+                return
             return self.batched(node, [x, w], "matmul")
         if not self.adopt(w, node, 0, tracked[1]):
             self.barrier(node, f"matmul ({node.name}) whose weight cannot be sliced")
@@ -109,4 +124,41 @@ class AttentionRules:
         names = ("query", "key", "value", "attn_mask")
         given = dict(zip(names, node.args), **{k: v for k, v in node.kwargs.items() if k in names})
         operands = [given[k] for k in names if isinstance(given.get(k), fx.Node)]
+        if self.heads == "dim" and self.attention_dims(node, given):
+            return
         self.batched(node, operands, "scaled_dot_product_attention")
+
+    def on_matrices(self, node: fx.Node, a: fx.Node, b: fx.Node) -> bool:
+        """a @ b with channels on the matrix axes (heads="dim"): on both contracted axes (q @ k^T) they
+        go together and the product carries none; on b's columns or a's rows alone (attn @ v) the
+        product carries them there. False where neither holds (batched decides)."""
+        ta, tb = self.flow.value.get(a), self.flow.value.get(b)
+        na, nb, n = len(tensor_shape(a) or ()), len(tensor_shape(b) or ()), len(tensor_shape(node) or ())
+        if min(na, nb) < 2:
+            return False
+        if ta is not None and tb is not None and ta[0] == na - 1 and tb[0] == nb - 2 and len(ta[1]) == len(tb[1]):
+            self.flow.union(ta[1], tb[1])
+            return True
+        if ta is None and tb is not None and tb[0] == nb - 1:
+            self.flow.value[node] = (n - 1, tb[1])
+            return True
+        if tb is None and ta is not None and ta[0] == na - 2:
+            self.flow.value[node] = (n - 2, ta[1])
+            return True
+        return False
+
+    def attention_dims(self, node: fx.Node, given: dict) -> bool:
+        """scaled_dot_product_attention with q, k and v's channels on their last axis (heads="dim"): q's
+        and k's go together, the output carries v's, and an implicit scale (1 / sqrt(head_dim)) is
+        recorded to be written out. False where they are elsewhere (batched decides)."""
+        q, k, v = (given.get(key) for key in ("query", "key", "value"))
+        tracked = [self.flow.value.get(t) for t in (q, k, v)]
+        mask = given.get("attn_mask")
+        if (any(t is None or t[0] != len(tensor_shape(x)) - 1 for t, x in zip(tracked, (q, k, v)))
+                or len(tracked[0][1]) != len(tracked[1][1]) or mask in self.flow.value):
+            return False
+        self.flow.union(tracked[0][1], tracked[1][1])
+        if node_arg(node, 6, "scale", None) is None:
+            self.flow.scales.append((node.name, tensor_shape(q)[-1] ** -0.5))
+        self.flow.value[node] = (len(tensor_shape(node)) - 1, tracked[2][1])
+        return True

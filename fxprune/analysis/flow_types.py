@@ -69,6 +69,8 @@ class ChannelFlow:
     norms: list[Norm] = field(default_factory=list)
     fixups: list[Fixup] = field(default_factory=list)
     slabs: list[int] = field(default_factory=list)  # one element of each slab a split made (attention heads)
+    head_dims: list[int] = field(default_factory=list)  # with heads="dim": one position of each head's dims
+    scales: list[tuple[str, float]] = field(default_factory=list)  # sdpa nodes whose implicit scale is written out
     # a mean over the channel axis (a hand-written RMS norm's statistic): its node and channels. Once channels
     # go it is rescaled by kept / all, so it stays the sum over the channels divided by their first count
     means: list[tuple[str, torch.Tensor]] = field(default_factory=list)
