@@ -50,7 +50,7 @@ def main() -> None:
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} default threads. LAPACK floor = torch.linalg.svd (float64) of every matrix "
           "decompose-conv decomposes + one forward; `prune` = trace + all passes (what `fxprune.prune` costs, "
-          "its SVDs on the Gram-matrix path where the guard allows). Seconds.\n")
+          "its SVDs through the Gram matrix, with LAPACK only for the directions it cannot resolve). Seconds.\n")
     print("| model | threads | trace | decompose-conv | fold | prune total | LAPACK SVD f64 "
           "| forward | LAPACK floor | prune / LAPACK floor |")
     print("|---|---|---|---|---|---|---|---|---|---|")
