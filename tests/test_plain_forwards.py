@@ -95,21 +95,32 @@ def test_heads_and_width_are_groups_pruned_losslessly():
     assert small.attn.out_proj.weight.shape == (E // 2, 2 * head_dim) and small(X).shape == (2, 3)
 
 
-def tiny_swin(**kw):
-    from torchvision.models.swin_transformer import SwinTransformer
+def tiny_swin(v2: bool = False, **kw):
+    """A two-stage Swin (V2: cosine attention, position-bias MLP, no key bias; every qkv bias given random
+    values, so the key third's zeroing is what makes the outputs equal)."""
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
 
     torch.manual_seed(0)
-    return SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2],
-                           num_classes=3, **kw).eval()
+    if v2:
+        kw.update(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2],
+                            num_classes=3, **kw).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "cpb_mlp"):
+                m.qkv.bias.normal_()
+    return model
 
 
+@pytest.mark.parametrize("v2", [False, True])
 @pytest.mark.parametrize("size", [32, 36])  # 8x8 tokens; 9x9: padded to whole windows, then cropped
-def test_torchvisions_shifted_windows_trace_as_plain_ops_with_its_outputs(size):
-    model, x = tiny_swin(), torch.randn(2, 3, size, size)
+def test_torchvisions_shifted_windows_trace_as_plain_ops_with_its_outputs(size, v2):
+    model, x = tiny_swin(v2), torch.randn(2, 3, size, size)
     gm = fxprune.trace(model)
     functions = {getattr(n.target, "__name__", "") for n in gm.graph.nodes if n.op == "call_function"}
-    assert {"window_tokens", "shift_mask", "window_image"} <= functions
-    assert "shifted_window_attention" not in functions and "features.1.0.attn.qkv" in module_targets(gm)
+    assert {"window_tokens", "shift_mask", "window_image"} <= functions and ("zeroed_key_bias" in functions) == v2
+    assert "shifted_window_attention" not in functions and "features.1.0.attn.proj" in module_targets(gm)
+    assert ("features.1.0.attn.qkv" in module_targets(gm)) != v2  # V2: F.linear on its weight and zeroed bias
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
 
@@ -119,16 +130,24 @@ def test_shifted_windows_with_dropout_in_training_stay_one_function():
     assert "shifted_window_attention" in {getattr(n.target, "__name__", "") for n in gm.graph.nodes}
 
 
-def test_swin_heads_width_and_patch_merging_are_pruned_losslessly():
+@pytest.mark.parametrize("v2", [False, True])
+def test_swin_heads_width_and_patch_merging_are_pruned_losslessly(v2):
+    """V2: each head's logit scale and the row of the position-bias MLP's last layer that makes its
+    bias go with it; the MLP's hidden width is a group of its own."""
     x = torch.randn(2, 3, 32, 32)
-    graph = analyse(fxprune.trace(tiny_swin()), (x,))
+    graph = analyse(fxprune.trace(tiny_swin(v2)), (x,))
     assert [g.blocked for g in graph.groups] == [None] * (len(graph.groups) - 1) + ["reaches the model output"]
-    assert sorted(g.kind for g in graph.groups).count("heads") == 4  # one group per block
+    heads = [g for g in graph.groups if g.kind == "heads"]
+    assert len(heads) == 4  # one group per block
+    if v2:
+        assert {("features.1.0.attn.logit_scale", "param"), ("features.1.0.attn.cpb_mlp.2", "out")} <= set(heads[0].members)
     merging = next(g for g in graph.groups if ("features.2.reduction", "in") in g.members)
     assert merging.kind == "embedding" and merging.size == 8  # each channel read 4 times by the reduction
-    check_zeroed_channels_are_removed_losslessly(tiny_swin(), x, random_weights=False)
-    small = fxprune.prune(tiny_swin(), x, "prune-channels{ratio=0.5}")
+    check_zeroed_channels_are_removed_losslessly(tiny_swin(v2), x, random_weights=False)
+    small = fxprune.prune(tiny_swin(v2), x, "prune-channels{ratio=0.5}")
     assert small.get_submodule("features.2.reduction").weight.shape == (8, 16) and small(x).shape == (2, 3)
+    if v2:
+        assert small.get_submodule("features.1.0.attn").logit_scale.shape == (1, 1, 1)
 
 
 class VggHead(nn.Module):

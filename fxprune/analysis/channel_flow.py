@@ -497,11 +497,16 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.flow.value[node] = (axis + (dim <= axis), ids)
 
     def getitem(self, node: fx.Node) -> None:
-        """x[..] with ints and slices; a slice of the channel axis (step 1, literal bounds: GhostNet's
+        """x[..] with ints and slices, or x[rows] with an integer tensor gathering along axis 0 (not the
+        channel axis: Swin V2's position-bias table); a slice of the channel axis (step 1, literal bounds: GhostNet's
         `cat(...)[:, :out_chs]`) keeps the channels in its range, its bounds rewritten to the count kept
         before them (the channels outside it are read by nothing after it)."""
         src, index = node.args
         axis, ids = self.flow.value[src]
+        meta = index.meta.get("tensor_meta") if isinstance(index, fx.Node) else None
+        if meta is not None and axis > 0 and index not in self.flow.value and meta.dtype in (torch.int64, torch.int32):
+            self.flow.value[node] = (axis + len(meta.shape) - 1, ids)  # x[rows]: axis 0 gathered, channels kept
+            return
         item = None if not isinstance(index, tuple) else axis
         index = index if isinstance(index, tuple) else (index,)
         if index.count(Ellipsis) == 1 and None not in index:  # x[..., 0::2, :]: the dims it stands for, whole

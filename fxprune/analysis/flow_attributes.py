@@ -16,6 +16,11 @@ from fxprune.analysis.flow_types import (NEUTRAL, TOKENS_ONLY, Fixup, Member, no
                                          tensor_shape)
 
 
+# functions of one attribute that keep its positions (Swin V2's logit scale: clamp(...).exp())
+POINTWISE = {"clamp", "exp", "sigmoid", "neg", "abs", "sqrt", "tanh",
+             "zeroed_key_bias"}  # fxprune.core.plain_forwards: its thirds shrink alike (q, k, v of a head together)
+
+
 class AttributeRules:
     """Mixed into channel_flow._Propagator (its state: flow, origin, used, parts, ...)."""
 
@@ -42,6 +47,8 @@ class AttributeRules:
                     if j is None:
                         return False
                     mapped[j] = d
+        elif name in POINTWISE and old == new:
+            mapped = list(dims)
         elif name in TOKENS_ONLY and old[-1] == new[-1]:
             mapped = [None] * (len(new) - 1) + dims[-1:]
         elif name == "getitem" and isinstance(node.args[1], fx.Node) and tensor_shape(node.args[1]) is not None:

@@ -13,13 +13,16 @@ kept whole that do not mix channels. In eval mode this is the modules' own compu
 modules stay one node:
 - nn.MultiheadAttention: self-attention (one tensor as query, key and value), no masks, no added
   key/value biases or zero attention, one input projection, no dropout when training;
-- torchvision's ShiftedWindowAttention (Swin V1), no dropout when training;
+- torchvision's ShiftedWindowAttention and ShiftedWindowAttentionV2 (Swin V1 and V2: cosine attention,
+  its logit scale, the position bias from its MLP, the key third of the qkv bias zeroed by
+  `zeroed_key_bias`), no dropout when training;
 - timm's vgg.ConvMlp, any call with one input.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 import torch.fx
@@ -32,14 +35,14 @@ _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
     """A forward for `m` that traces into plain ops, or None where `m` and its call are not a case
     computed exactly (above)."""
-    from torchvision.models.swin_transformer import ShiftedWindowAttention
+    from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
     if f"{type(m).__module__}.{type(m).__qualname__}" == "timm.models.vgg.ConvMlp" and len(args) == 1 and not kwargs:
         return lambda *_, **__: m.act2(m.fc2(m.drop(m.act1(m.fc1(pool_up_to(args[0], m.input_kernel_size))))))
-    if type(m) is ShiftedWindowAttention and len(args) == 1 and not kwargs:
+    if type(m) in (ShiftedWindowAttention, ShiftedWindowAttentionV2) and len(args) == 1 and not kwargs:
         if m.training and (m.attention_dropout > 0 or m.dropout > 0):
             return None
-        return lambda *_, **__: _shifted_windows(m, args[0])
+        return lambda *_, **__: _shifted_windows(m, args[0], type(m) is ShiftedWindowAttentionV2)
     if type(m) is not nn.MultiheadAttention or m.bias_k is not None or m.add_zero_attn or not m._qkv_same_embed_dim:
         return None
     if m.training and m.dropout > 0:
@@ -74,20 +77,38 @@ def _self_attention(m: nn.MultiheadAttention, x: torch.Tensor, need_weights: boo
     return (out if m.batch_first else out.transpose(0, 1)), weights
 
 
-def _shifted_windows(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """torchvision's shifted_window_attention on x (B, H, W, C), written as timm's Swin writes it."""
+def _shifted_windows(m: nn.Module, x: torch.Tensor, v2: bool) -> torch.Tensor:
+    """torchvision's shifted_window_attention on x (B, H, W, C), written as timm's Swin writes it (V2:
+    cosine attention scaled per head, the position bias from the module's MLP, no key bias)."""
     height, width, channels = x.shape[1], x.shape[2], x.shape[3]
     area, heads, head_dim = m.window_size[0] * m.window_size[1], m.num_heads, m.qkv.in_features // m.num_heads
     windows = window_tokens(x, m.window_size, m.shift_size).view(-1, area, channels)
-    q, k, v = m.qkv(windows).reshape(-1, area, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    attn = torch.matmul(q * head_dim ** -0.5, k.transpose(-2, -1))
-    bias = m.relative_position_bias_table[m.relative_position_index].view(area, area, -1)
+    if v2 and m.qkv.bias is not None:  # V2 has no key bias, whatever the parameter holds (F.linear on the
+        qkv = F.linear(windows, m.qkv.weight, zeroed_key_bias(m.qkv.bias))  # weights: decompose-conv skips it)
+    else:
+        qkv = m.qkv(windows)
+    q, k, v = qkv.reshape(-1, area, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    if v2:
+        attn = torch.matmul(F.normalize(q, dim=-1), F.normalize(k, dim=-1).transpose(-2, -1))
+        attn = attn * torch.clamp(m.logit_scale, max=math.log(100.0)).exp()
+        table = m.cpb_mlp(m.relative_coords_table).view(-1, heads)
+        bias = 16 * torch.sigmoid(table[m.relative_position_index].view(area, area, -1))
+    else:
+        attn = torch.matmul(q * head_dim ** -0.5, k.transpose(-2, -1))
+        bias = m.relative_position_bias_table[m.relative_position_index].view(area, area, -1)
     attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
     mask = shift_mask(x, m.window_size, m.shift_size)
     attn = (attn.view(-1, mask.shape[0], heads, area, area) + mask.unsqueeze(1).unsqueeze(0)).view(-1, heads, area, area)
     out = torch.matmul(attn.softmax(dim=-1), v).transpose(1, 2).reshape(-1, area, heads * head_dim)
     out = m.proj(out).view(-1, m.window_size[0], m.window_size[1], channels)
     return window_image(out, height, width, m.window_size, m.shift_size)
+
+
+def zeroed_key_bias(bias: torch.Tensor) -> torch.Tensor:
+    """A qkv bias with its key third zeroed; positions kept, so it is sliced with the qkv rows (their
+    thirds lose the same positions)."""
+    third = bias.numel() // 3
+    return torch.cat([bias[:third], torch.zeros_like(bias[third:2 * third]), bias[2 * third:]])
 
 
 def _padded_shift(height: int, width: int, window: list[int], shift: list[int]) -> tuple[int, int, list[int]]:
@@ -150,5 +171,5 @@ def pool_up_to(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # depend on the input's size: kept whole by the tracer (the channel analysis knows they do not mix channels)
-for _name in ("window_tokens", "window_image", "shift_mask", "pool_up_to"):
+for _name in ("window_tokens", "window_image", "shift_mask", "pool_up_to", "zeroed_key_bias"):
     torch.fx.wrap(_name)
