@@ -78,18 +78,18 @@ def attempt(prune, model, x, shape: torch.Size) -> dict:
                 "seconds": round(time.perf_counter() - start, 2)}
 
 
-def zeroed_channels_check(model, x) -> dict:
+def zeroed_channels_check(model, x, heads: str = "whole") -> dict:
     """fxprune's lossless check: zero half the channels of every prunable group, prune-channels
     with l1 importance must remove exactly those and keep the outputs (norms over channels computing
-    their statistics without them: channels.masked_norms)."""
+    their statistics without them: channels.masked_norms). `heads`: prune-channels' option."""
     try:
         gm = fxprune.trace(copy.deepcopy(model))
-        graph = analyse(gm, (x,))
+        graph = analyse(gm, (x,), heads)
         chosen = {c for g in graph.prunable for c in g.classes[:g.size - max(1, g.size // 2)]}
         zero(graph, chosen)
         with torch.no_grad():
             reference = masked_norms(graph, chosen)(x)
-        small = fxprune.prune(gm, x, "prune-channels{criterion=l1 ratio=0.5}")
+        small = fxprune.prune(gm, x, f"prune-channels{{criterion=l1 ratio=0.5 heads={heads}}}")
         removed = fxprune.history(small)[-1].stats["channels-before"] - fxprune.history(small)[-1].stats["channels-after"]
         with torch.no_grad():
             err = output_error(small(x), reference)
