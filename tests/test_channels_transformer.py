@@ -322,6 +322,9 @@ def test_groups_name_their_kind_and_the_cli_prints_it(capsys):
     assert main(["groups", "timm:test_vit", "--input-size", "3,160,160"]) == 0
     out = capsys.readouterr().out
     assert "kind" in out.splitlines()[0] and " heads " in out and " embedding " in out
+    assert main(["groups", "timm:test_vit", "--input-size", "3,160,160", "--heads", "dim"]) == 0
+    out = capsys.readouterr().out
+    assert " head_dim " in out and " heads " not in out
 
 
 class Splits(nn.Module):

@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     _model_args(groups)
     groups.add_argument("--input-size", help="C,H,W (or C,T,H,W) of the example input (default 3,224,224; "
                                              "3,16,112,112 for a model whose first conv is 3-D)")
+    groups.add_argument("--heads", default="whole", choices=["whole", "dim"],
+                        help="attention as prune-channels{heads=...} sees it: whole heads, or head_dim positions")
     demo = sub.add_parser("demo", help="transfer ImageNet EfficientNet-Lite0 to MNIST digits and prune it (the "
                                        "bench extra's weights and data; a few minutes)")
     demo.add_argument("--out", default="fxprune-demo", help="folder for the data, weights, model and report")

@@ -102,7 +102,7 @@ def show_groups(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     model, _ = load_model_args(args)
     x = example_input(model, args.model, args.input_size)
-    graph = analyse(trace(model), (x,))
+    graph = analyse(trace(model), (x,), args.heads)
     rows = []
     for i, g in enumerate(graph.groups):
         members = ", ".join(f"{path}:{role}" for path, role in g.members)
