@@ -188,7 +188,8 @@ def test_a_channel_count_used_as_a_number_keeps_its_channels():
 
 
 class SharedAttribute(nn.Module):
-    """pos is added to the channels and also read by an op the rules do not understand."""
+    """pos is added to the channels and also read by an op the rules do not understand (exp keeps its
+    positions; the sum over them is not understood for an attribute)."""
 
     def __init__(self):
         super().__init__()
@@ -202,7 +203,7 @@ class SharedAttribute(nn.Module):
 def test_an_attribute_with_a_use_not_understood_keeps_its_channels():
     x = torch.randn(2, 6)
     assert groups_of(SharedAttribute(), x)[frozenset({("a", "out"), ("pos", "param"), ("head", "in")})] == (
-        C, "pos is also read by exp (exp)")
+        C, "pos is also read by sum (sum_1)")
 
 
 @pytest.mark.parametrize("name, kwargs, member", [
