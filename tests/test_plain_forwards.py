@@ -177,3 +177,34 @@ def test_timms_vgg_head_traces_as_its_layers_and_prunes_losslessly(size):
     assert {frozenset(g.members): g.blocked for g in graph.groups}[
         frozenset({("pre_logits.fc1", "out"), ("pre_logits.fc2", "in")})] is None
     check_zeroed_channels_are_removed_losslessly(VggHead(), x)
+
+
+def tiny_swin3d():
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    torch.manual_seed(0)
+    return SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=8, depths=[2, 2], num_heads=[2, 2], window_size=[2, 2, 2],
+                             num_classes=3).eval()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 16, 16),  # 2x4x4 tokens: whole windows
+                                   (1, 3, 6, 20, 12)])  # 3x5x3: padded, and the last window fitted to the input
+def test_video_swin_attention_traces_as_plain_ops_with_its_outputs(shape):
+    model, x = tiny_swin3d(), torch.randn(*shape)
+    gm = fxprune.trace(model)
+    functions = {getattr(n.target, "__name__", "") for n in gm.graph.nodes if n.op == "call_function"}
+    assert {"windows_3d", "window_image_3d", "shift_mask_3d", "bias_index_3d"} <= functions
+    assert "shifted_window_attention_3d" not in functions and "features.0.0.attn.qkv" in module_targets(gm)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_video_swin_heads_and_width_are_pruned_losslessly():
+    x = torch.randn(2, 3, 4, 16, 16)
+    graph = analyse(fxprune.trace(tiny_swin3d()), (x,))
+    assert [g.blocked for g in graph.groups] == [None] * (len(graph.groups) - 1) + ["reaches the model output"]
+    assert [g.kind for g in graph.groups].count("heads") == 4 and [g.kind for g in graph.groups].count("embedding") == 2
+    check_zeroed_channels_are_removed_losslessly(tiny_swin3d(), x)
+    small = fxprune.prune(tiny_swin3d(), x, "prune-channels{ratio=0.5}")
+    assert small.get_submodule("features.0.0.attn").relative_position_bias_table.shape == (27, 1)
+    assert small(x).shape == (2, 3)

@@ -272,8 +272,9 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.flow.value[node] = self.parts[src][node.args[1]]
         elif name == "getitem":
             self.getitem(node)
-        elif name in TOKENS_ONLY and self.flow.value[src][0] == len(tensor_shape(src)) - 1 == len(tensor_shape(node)) - 1:
-            self.keep(node, src)
+        elif (name in TOKENS_ONLY and self.flow.value[src][0] == len(tensor_shape(src)) - 1
+              and tensor_shape(node)[-1] == tensor_shape(src)[-1]):  # tokens regrouped, the last axis whole
+            self.flow.value[node] = (len(tensor_shape(node)) - 1, self.flow.value[src][1])
         elif node.target is TV_PATCH_MERGING and self.flow.value[src][0] == len(tensor_shape(src)) - 1:
             self.flow.value[node] = (self.flow.value[src][0], self.flow.value[src][1].repeat(4))
         elif name in ("roll", "flip") and self.on_other_axes(node):

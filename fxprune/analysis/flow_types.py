@@ -12,9 +12,10 @@ from torch import nn
 NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclasses may normalise other dims
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
-TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed",
-               "window_tokens", "window_image"}  # the last two: fxprune.core.plain_forwards (torchvision's Swin)
-SHAPE_ONLY = {"shift_mask"}  # functions reading only a tensor's size, dtype and device (plain_forwards)
+TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed",  # and fxprune.core.plain_forwards'
+               "window_tokens", "window_image", "windows_3d", "window_image_3d"}  # (torchvision's Swin, Video Swin)
+# functions reading only a tensor's size, dtype and device (plain_forwards)
+SHAPE_ONLY = {"shift_mask", "shift_mask_3d", "bias_index_3d"}
 
 
 def op_name(node: fx.Node) -> str:

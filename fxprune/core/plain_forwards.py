@@ -15,7 +15,9 @@ modules stay one node:
   key/value biases or zero attention, one input projection, no dropout when training;
 - torchvision's ShiftedWindowAttention and ShiftedWindowAttentionV2 (Swin V1 and V2: cosine attention,
   its logit scale, the position bias from its MLP, the key third of the qkv bias zeroed by
-  `zeroed_key_bias`), no dropout when training;
+  `zeroed_key_bias`), no dropout when training; torchvision's ShiftedWindowAttention3d (Video Swin: its
+  window and shift fitted to the input in `windows_3d`, `window_image_3d`, `shift_mask_3d` and
+  `bias_index_3d`), no dropout when training;
 - timm's vgg.ConvMlp, any call with one input.
 """
 
@@ -36,6 +38,7 @@ def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
     """A forward for `m` that traces into plain ops, or None where `m` and its call are not a case
     computed exactly (above)."""
     from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
     if f"{type(m).__module__}.{type(m).__qualname__}" == "timm.models.vgg.ConvMlp" and len(args) == 1 and not kwargs:
         return lambda *_, **__: m.act2(m.fc2(m.drop(m.act1(m.fc1(pool_up_to(args[0], m.input_kernel_size))))))
@@ -43,6 +46,10 @@ def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
         if m.training and (m.attention_dropout > 0 or m.dropout > 0):
             return None
         return lambda *_, **__: _shifted_windows(m, args[0], type(m) is ShiftedWindowAttentionV2)
+    if type(m) is ShiftedWindowAttention3d and len(args) == 1 and not kwargs:
+        if m.training and (m.attention_dropout > 0 or m.dropout > 0):
+            return None
+        return lambda *_, **__: _shifted_windows_3d(m, args[0])
     if type(m) is not nn.MultiheadAttention or m.bias_k is not None or m.add_zero_attn or not m._qkv_same_embed_dim:
         return None
     if m.training and m.dropout > 0:
@@ -111,6 +118,86 @@ def zeroed_key_bias(bias: torch.Tensor) -> torch.Tensor:
     return torch.cat([bias[:third], torch.zeros_like(bias[third:2 * third]), bias[2 * third:]])
 
 
+def _shifted_windows_3d(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's shifted_window_attention_3d on x (B, T, H, W, C), written as _shifted_windows; the
+    window and shift, fitted to the input's size, stay inside the wrapped functions."""
+    heads, head_dim = m.num_heads, m.qkv.in_features // m.num_heads
+    windows = windows_3d(x, m.window_size, m.shift_size)  # (B * windows, tokens, C)
+    qkv = m.qkv(windows)
+    q, k, v = qkv.reshape(qkv.shape[0], qkv.shape[1], 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    attn = torch.matmul(q * head_dim ** -0.5, k.transpose(-2, -1))
+    bias = m.relative_position_bias_table[bias_index_3d(m.relative_position_index, x, m.window_size)]
+    attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+    mask = shift_mask_3d(x, m.window_size, m.shift_size)
+    tokens = attn.shape[-1]
+    attn = (attn.view(-1, mask.shape[0], heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)).view(
+        -1, heads, tokens, tokens)
+    out = torch.matmul(attn.softmax(dim=-1), v).transpose(1, 2).reshape(attn.shape[0], tokens, heads * head_dim)
+    return window_image_3d(m.proj(out), x.shape[1], x.shape[2], x.shape[3], m.window_size, m.shift_size)
+
+
+def _fitted_3d(size: list[int], window: list[int], shift: list[int]) -> tuple[list[int], list[int], list[int]]:
+    """(window, shift, padded size) of Video Swin over a (T, H, W) input: a window no larger than the
+    input (and then no shift there), the input padded to whole windows."""
+    window = [min(w, s) for w, s in zip(window, size)]
+    shift = [0 if s <= w0 else sh for s, w0, sh in zip(size, window, shift)]
+    return window, shift, [s + (w - s % w) % w for s, w in zip(size, window)]
+
+
+def windows_3d(x: torch.Tensor, window: list[int], shift: list[int]) -> torch.Tensor:
+    """(B, T, H, W, C) padded, shifted and cut into windows (B * windows, tokens, C); channels untouched."""
+    b, c = x.shape[0], x.shape[-1]
+    window, shift, padded = _fitted_3d(list(x.shape[1:4]), window, shift)
+    x = F.pad(x, (0, 0, 0, padded[2] - x.shape[3], 0, padded[1] - x.shape[2], 0, padded[0] - x.shape[1]))
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    x = x.view(b, padded[0] // window[0], window[0], padded[1] // window[1], window[1], padded[2] // window[2],
+               window[2], c)
+    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(-1, window[0] * window[1] * window[2], c)
+
+
+def window_image_3d(x: torch.Tensor, t: int, h: int, w: int, window: list[int], shift: list[int]) -> torch.Tensor:
+    """windows_3d undone: (B * windows, tokens, C) joined, shifted back, cropped to (B, t, h, w, C)."""
+    window, shift, padded = _fitted_3d([t, h, w], window, shift)
+    c = x.shape[-1]
+    x = x.view(-1, padded[0] // window[0], padded[1] // window[1], padded[2] // window[2], window[0], window[1],
+               window[2], c)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(-1, padded[0], padded[1], padded[2], c)
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=tuple(shift), dims=(1, 2, 3))
+    return x[:, :t, :h, :w, :].contiguous()
+
+
+def shift_mask_3d(x: torch.Tensor, window: list[int], shift: list[int]) -> torch.Tensor:
+    """The additive mask (windows, tokens, tokens) of shifted 3-D windows over x (B, T, H, W, C): -100
+    between tokens from different regions, else 0 (all 0 without a shift). Reads x's size, dtype, device."""
+    window, shift, padded = _fitted_3d(list(x.shape[1:4]), window, shift)
+    count = (padded[0] // window[0]) * (padded[1] // window[1]) * (padded[2] // window[2])
+    tokens = window[0] * window[1] * window[2]
+    if sum(shift) == 0:
+        return x.new_zeros((count, tokens, tokens))
+    mask = x.new_zeros(padded)
+    region = 0
+    cuts = [((0, -window[i]), (-window[i], -shift[i]), (-shift[i], None)) for i in range(3)]
+    for d in cuts[0]:
+        for h in cuts[1]:
+            for w in cuts[2]:
+                mask[d[0]:d[1], h[0]:h[1], w[0]:w[1]] = region
+                region += 1
+    mask = mask.view(padded[0] // window[0], window[0], padded[1] // window[1], window[1], padded[2] // window[2],
+                     window[2])
+    mask = mask.permute(0, 2, 4, 1, 3, 5).reshape(count, tokens)
+    mask = mask.unsqueeze(1) - mask.unsqueeze(2)
+    return mask.masked_fill(mask != 0, -100.0).masked_fill(mask == 0, 0.0)
+
+
+def bias_index_3d(index: torch.Tensor, x: torch.Tensor, window: list[int]) -> torch.Tensor:
+    """The rows of the position-bias table each pair of tokens of a window fitted to x reads (tokens, tokens)."""
+    window, _, _ = _fitted_3d(list(x.shape[1:4]), window, [0, 0, 0])
+    tokens = window[0] * window[1] * window[2]
+    return index[:tokens, :tokens]
+
+
 def _padded_shift(height: int, width: int, window: list[int], shift: list[int]) -> tuple[int, int, list[int]]:
     """Height and width padded to whole windows, and the shift applied there (none along a side
     that one window covers)."""
@@ -171,5 +258,6 @@ def pool_up_to(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 # depend on the input's size: kept whole by the tracer (the channel analysis knows they do not mix channels)
-for _name in ("window_tokens", "window_image", "shift_mask", "pool_up_to", "zeroed_key_bias"):
+for _name in ("window_tokens", "window_image", "shift_mask", "pool_up_to", "zeroed_key_bias", "windows_3d",
+              "window_image_3d", "shift_mask_3d", "bias_index_3d"):
     torch.fx.wrap(_name)
