@@ -312,6 +312,50 @@ def test_heads_dim_prunes_position_j_of_every_head_and_writes_out_the_attention_
     assert scales == ([3 ** -0.5] if fused else [])
 
 
+class EinsumAttention(nn.Module):
+    """Attention written with torch.einsum (as torchvision's MaxViT), batch and heads on named letters."""
+
+    def __init__(self, heads: int = 4, dim: int = 3):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.embed, self.qkv = nn.Linear(6, C), nn.Linear(C, 3 * heads * dim)
+        self.proj, self.head = nn.Linear(heads * dim, C), nn.Linear(C, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = torch.einsum("B H I D, B H J D -> B H I J", q * self.dim ** -0.5, k).softmax(dim=-1)
+        y = torch.einsum("bhij,bhjd->bhid", attn, v)
+        x = x + self.proj(torch.swapaxes(y, 1, 2).reshape(b, n, self.heads * self.dim))
+        return self.head(x.mean(1))
+
+
+@pytest.mark.parametrize("heads, size", [("whole", 4), ("dim", 3)])
+def test_einsum_attention_prunes_heads_or_head_dim_losslessly(heads, size):
+    x = torch.randn(2, N, 6)
+    graph = analyse(fxprune.trace(EinsumAttention().eval()), (x,), heads)
+    group = next(g for g in graph.groups if ("qkv", "out") in g.members)
+    assert (set(group.members), group.size, group.blocked) == ({("qkv", "out"), ("proj", "in")}, size, None)
+    check_zeroed_channels_are_removed_losslessly(EinsumAttention(), x, random_weights=False, heads=heads)
+
+
+def test_einsum_with_an_ellipsis_is_a_barrier_and_one_operand_carries_its_channels():
+    class SumTokens(EinsumAttention):
+        def forward(self, x):
+            return self.head(torch.einsum("bnc->bc", self.embed(x)))  # one operand: c carried on
+
+    class Ellipsis_(EinsumAttention):
+        def forward(self, x):
+            return self.head(torch.einsum("...c->...c", self.embed(x)).mean(1))
+
+    reasons = {g.blocked for g in analyse(fxprune.trace(Ellipsis_().eval()), (torch.randn(2, N, 6),)).groups}
+    assert "einsum (einsum) in a form not understood" in reasons
+    groups = analyse(fxprune.trace(SumTokens().eval()), (torch.randn(2, N, 6),)).groups
+    embed = next(g for g in groups if ("embed", "out") in g.members)
+    assert embed.blocked is None and ("head", "in") in embed.members  # c carried to the output
+
+
 def test_groups_name_their_kind_and_the_cli_prints_it(capsys):
     from fxprune.runners.cli import main
 

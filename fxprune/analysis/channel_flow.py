@@ -250,8 +250,10 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.norm_function(node, name)
         elif name == "group_norm":
             self.group_norm_function(node)
-        elif name in ("permute", "transpose"):
+        elif name in ("permute", "transpose", "swapaxes", "swapdims"):
             self.permute(node, name)
+        elif name == "einsum":
+            self.einsum(node)
         elif name in ("mean", "sum", "amax"):
             self.reduce(node, name)
         elif name == "chunk":
@@ -468,7 +470,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         axis, ids = self.flow.value[src]
         n = len(tensor_shape(src))
         dims = list(range(n))
-        if name == "transpose":
+        if name in ("transpose", "swapaxes", "swapdims"):
             a, b = (d % n for d in node.args[1:3])
             dims[a], dims[b] = dims[b], dims[a]
         else:

@@ -3,7 +3,8 @@ head one class, carried on the heads axis through unbind, softmax, batched matmu
 scaled_dot_product_attention (q, k, v and a per-head bias together). With heads="dim" it makes position j
 of every head (and of q, k and v) one class instead, carried on the head_dim axis: q @ k^T contracts it
 (q's and k's positions together, the scores carry none), attn @ v carries v's, and
-scaled_dot_product_attention gets its scale written out (it would follow the smaller head_dim)."""
+scaled_dot_product_attention gets its scale written out (it would follow the smaller head_dim).
+torch.einsum with an explicit output follows the same rules by letter (torchvision's MaxViT)."""
 
 from __future__ import annotations
 
@@ -162,3 +163,35 @@ class AttentionRules:
             self.flow.scales.append((node.name, tensor_shape(q)[-1] ** -0.5))
         self.flow.value[node] = (len(tensor_shape(node)) - 1, tracked[2][1])
         return True
+
+    def einsum(self, node: fx.Node) -> None:
+        """torch.einsum("bhid,bhjd->bhij", ...) with an explicit output: operands whose channels sit on
+        the same letter go together; a letter kept in the output carries them there (heads on a batch
+        letter; v's head_dim), a contracted one (q's and k's head_dim) leaves the product without them
+        (heads="dim"; with whole heads such channels are kept). A barrier for any other form."""
+        equation, operands = node.args[0], list(node.args[1:])
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = list(operands[0])
+        spec = equation.replace(" ", "") if isinstance(equation, str) else ""
+        inputs, _, output = spec.partition("->")
+        inputs = inputs.split(",")
+        if ("->" not in spec or "." in spec or len(inputs) != len(operands)
+                or any(tensor_shape(a) is None or len(i) != len(tensor_shape(a)) for i, a in zip(inputs, operands))):
+            return self.barrier(node, f"einsum ({node.name}) in a form not understood")
+        by_letter: dict[str, list[torch.Tensor]] = {}
+        for letters, a in zip(inputs, operands):
+            if a in self.flow.value:
+                axis, ids = self.flow.value[a]
+                by_letter.setdefault(letters[axis], []).append(ids)
+        carried = [c for c in by_letter if c in output]
+        for c, idss in by_letter.items():
+            sizes = [tensor_shape(a)[i.index(c)] for i, a in zip(inputs, operands) if c in i and a not in self.flow.value]
+            if any(len(ids) != len(idss[0]) for ids in idss) or any(size != 1 for size in sizes) or len(carried) > 1:
+                return self.barrier(node, f"einsum ({node.name}) with channels that do not line up")
+            for ids in idss[1:]:
+                self.flow.union(idss[0], ids)
+            if c not in output and self.heads != "dim":
+                self.flow.block(idss[0], f"einsum ({node.name}) contracting channels")
+        if carried:
+            self.flow.value[node] = (output.index(carried[0]), by_letter[carried[0]][0])
+
