@@ -76,8 +76,8 @@ Reproduce (1 thread, random weights with `fxprune.runners.zoo.wake`):
 `.venv/bin/python -m bench.channels.summarize`; `--peer-from OLD.jsonl` reuses Torch-Pruning's rows of an
 earlier run (same models, ratio and version). tv.jsonl and timm.jsonl: fxprune's rows measured 2026-11-24 (after
 nn.MultiheadAttention and torchvision's Swin attention were traced as plain ops and channel slices, padding
-modules, Conv2dSame, Upsample, F.normalize and `x @ W` were understood; the swin_v2 rows again after Swin V2's
-attention was traced too), Torch-Pruning's from the 2026-11-22 runs; transformers.jsonl: 2026-11-23.
+modules, Conv2dSame, Upsample, F.normalize and `x @ W` were understood; the swin_v2 and maxvit_t rows again after Swin V2's
+attention was traced and einsum understood), Torch-Pruning's from the 2026-11-22 runs; transformers.jsonl: 2026-11-23.
 
 1 thread, at most 600 s per pruning call. The script measures each model in a fresh process with an
 address-space limit (`--memory-gib`: 10 to 12 GiB in the runs here, so two runs fit beside each
