@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import timm
 import torch
 from torch import nn
 
@@ -133,3 +134,34 @@ def test_shapes_propagate_through_a_wrapped_function_that_edits_its_list_argumen
     x = torch.randn(1, 3, 4, 16)
     gm = fxprune.prune(ClipsWindow(), x, "fold", verify=True)  # verify runs ShapeProp
     torch.testing.assert_close(gm(x), ClipsWindow()(x))
+
+
+class CachesInEval(nn.Module):
+    """Stores what its forward computes on itself in eval mode, as timm's EfficientFormer caches its
+    attention bias: a traced forward would leave a proxy in the cache."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(4))
+        self.cache = {}
+
+    def forward(self, x):
+        if not self.training:
+            if "bias" not in self.cache:
+                self.cache["bias"] = self.bias * 2
+            return x + self.cache["bias"]
+        return x + self.bias * 2
+
+
+def test_tracing_and_pruning_leave_the_callers_model_as_it_was():
+    model, x = CachesInEval().eval(), torch.randn(2, 4)
+    gm = fxprune.trace(model)
+    fxprune.prune(model, x, "fold")
+    fxprune.prune(gm, x, "fold")
+    assert model.cache == {}
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), x + model.bias * 2)
+        torch.testing.assert_close(gm(x), model(x))
+    timm_model = timm.create_model("efficientformer_l1").eval()
+    fxprune.trace(timm_model)
+    assert all(m.attention_bias_cache == {} for m in timm_model.modules() if hasattr(m, "attention_bias_cache"))

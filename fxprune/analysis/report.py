@@ -18,7 +18,7 @@ from fxprune.analysis.counting import node_macs, total_macs, total_params, unuse
 from fxprune.core.io import atomic_write_text
 from fxprune.core.lowrank import CONVS, groups_of
 from fxprune.core.meta import RANK, ROLE, SOURCE
-from fxprune.core.tracing import trace
+from fxprune.core.tracing import trace_copy
 
 COLUMNS = ["layer", "kind", "form", "rank", "channels", "params_before", "params_after", "macs_before",
            "macs_after"]
@@ -72,9 +72,9 @@ def _saved(row: dict[str, Any]) -> str:
 def savings(original: nn.Module, pruned: nn.Module, example_inputs) -> SavingsReport:
     """Compare `pruned` with `original` (neither is modified) on `example_inputs`."""
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    before_gm = trace(copy.deepcopy(original).eval())
-    # trace() deep-copies a GraphModule; counting runs the copies, never the caller's modules
-    after_gm = trace(pruned) if isinstance(pruned, fx.GraphModule) else trace(copy.deepcopy(pruned).eval())
+    before_gm = trace_copy(copy.deepcopy(original).eval())
+    # counting runs copies, never the caller's modules
+    after_gm = trace_copy(copy.deepcopy(pruned) if isinstance(pruned, fx.GraphModule) else copy.deepcopy(pruned).eval())
     before, after = _layers(before_gm, inputs), _layers(after_gm, inputs)
     rows = [_row(source, layer, after.get(source)) for source, layer in before.items()]
     totals = {"layer": "total", "kind": "", "form": "", "rank": "", "channels": "",

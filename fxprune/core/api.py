@@ -12,7 +12,7 @@ from torch import nn
 from fxprune.core.manager import PassManager
 from fxprune.core.pass_base import FxPass, PassContext
 from fxprune.core.pipeline import Pipeline
-from fxprune.core.tracing import trace
+from fxprune.core.tracing import trace_copy
 
 DEFAULT_PIPELINE = "decompose-conv,prune-basis{energy=0.95},fold"
 
@@ -43,5 +43,5 @@ def prune(
     manager = PassManager(pipeline, verify=verify)  # bad pipeline text fails before any work
     inputs = as_inputs(example_inputs)
     # eval mode before tracing: tracing bakes `self.training` branches into the graph
-    gm = trace(model).eval() if isinstance(model, fx.GraphModule) else trace(copy.deepcopy(model).eval())
+    gm = trace_copy(copy.deepcopy(model).eval())
     return manager.run(gm, PassContext(inputs, dict(context)))

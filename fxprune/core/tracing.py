@@ -70,14 +70,23 @@ def trace(
     `leaf_modules` / `autowrap_functions`, and fix control-flow inputs with `concrete_args`.
     forward() arguments that default to None or a bool are fixed to it unless `concrete_args` says otherwise.
     Every `call_module` node records its module path in `node.meta["fxprune.source"]`.
-    Raises TraceError naming the module where tracing broke.
+    Raises TraceError naming the module where tracing broke. A copy of `model` is traced: a forward
+    may store what it computes on its modules (timm's EfficientFormer caches its attention bias in eval
+    mode), and a traced forward would leave proxies there.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fxprune.trace expects an nn.Module, got {type(model).__name__}")
+    return trace_copy(copy.deepcopy(model), leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+                      concrete_args=concrete_args)
+
+
+def trace_copy(model: nn.Module, *, leaf_modules: Iterable[type[nn.Module]] = (),
+               autowrap_functions: Iterable[Callable] = (), concrete_args: dict[str, Any] | None = None
+               ) -> fx.GraphModule:
+    """trace() of a model the caller owns (a copy it made): its modules become the GraphModule's."""
     if isinstance(model, fx.GraphModule):
-        gm = copy.deepcopy(model)
-        _record_sources(gm)
-        return gm
+        _record_sources(model)
+        return model
     leaves, funcs = _timm_leaves()
     concrete_args = {**_flag_defaults(model), **(concrete_args or {})} or None
     tracer = _Tracer([*leaves, *leaf_modules], [*funcs, *autowrap_functions])
