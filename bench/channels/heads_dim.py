@@ -88,9 +88,14 @@ def main() -> None:
     listed = [r for r in rows if r["status"] != "no attention"]
     ok = [r for r in listed if r["status"] == "ok"]
     zeroed_ok = sum(r["zeroed_dim"]["status"] == "ok" for r in ok)
+    movable = sum(r["head_dim_groups"][0] > 0 for r in ok)
+    worst = max((r["zeroed_dim"].get("rel_l2_error", 0) for r in ok), default=0)
     head = (f"# prune-channels{{heads=dim}} on the zoo models with attention heads\n\n"
-            f"{len(rows)} models analysed, {len(listed)} with attention heads; {len(ok)} pruned both ways, "
-            f"the zeroed-channel check with heads=dim exact on {zeroed_ok} of them. Random weights, ratio 0.3, "
+            f"{len(rows)} models analysed, {len(listed)} with a reshape into (..., heads, head_dim) (attention; "
+            f"also channel shuffles and split-attention radix groups), {movable} of them with a prunable head_dim "
+            f"group (the others keep head_dim whole, e.g. rotary embeddings, which pair its positions, and "
+            f"relative-position terms computed from q); {len(ok)} pruned both ways, the zeroed-channel check with heads=dim exact on "
+            f"{zeroed_ok} of them (worst relative L2 error {worst:.1e}). Random weights, ratio 0.3, "
             f"1 thread. Reproduce: `.venv/bin/python -m bench.channels.heads_dim {' '.join(args.configs)} "
             f"--out {args.out}`.\n\n")
     atomic_write_text(out.with_suffix(".md"), head + table(listed) + "\n")
