@@ -2,7 +2,6 @@
 removal of zeroed channels over the smoke zoo, budgets, round-to, double pruning in both orders."""
 
 import copy
-import math
 
 import pytest
 import torch

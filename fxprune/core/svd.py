@@ -55,6 +55,7 @@ def _with_tail(b: torch.Tensor, q: torch.Tensor, qb: torch.Tensor, s: torch.Tens
     s, order = torch.cat([s[:k], st]).sort(descending=True)
     return u[:, order], s, torch.cat([vg, z @ vht])[order]
 
+
 RIDGE = 1e-6  # share of W W^T added to the response moment: every direction W can produce stays in the basis
 
 

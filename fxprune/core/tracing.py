@@ -6,7 +6,6 @@ import copy
 import inspect
 from typing import Any, Callable, Iterable
 
-import torch
 import torch.fx as fx
 from torch import nn
 
