@@ -86,7 +86,7 @@ def plot(total: dict, path: Path) -> None:
         ax.text(min(n / of, 0.98), y, f" {n}/{of}", va="center", ha="right" if n / of > 0.8 else "left", color="k")
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the models run")
-    ax.set_title(f"timm registry coverage (fxprune: timm {timm.__version__}, models run so far)", fontsize=10)
+    ax.set_title(f"timm registry coverage (fxprune: timm {timm.__version__}, models under the limit)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -106,7 +106,8 @@ def main() -> None:
              "each at its own input size), random weights (`fxprune.runners.zoo.wake`), batch 1, float32, CPU, 2 workers",
              "of 1 thread. Reproduce: see bench/zoo/registry.py. Models above 300M params are skipped (the rule and",
              "its reason: zoo_configs/make_timm.py).", "",
-             f"- lossless (`decompose-conv,fold`): {total['run']} of {total['models'] - total['skipped']} run so far, "
+             f"- lossless (`decompose-conv,fold`): {total['run']} of {total['models'] - total['skipped']} run"
+             f"{'' if total['run'] == total['models'] - total['skipped'] else ' so far'}, "
              f"{total['traced']} traced, {total['lossless']} lossless (rel. L2 < 1e-5), {total['mismatch']} mismatch, "
              f"{total['errors']} errors; {seconds[0] / 3600:.1f} CPU-hours.",
              f"- channels (`prune-channels{{ratio=0.3}},fold`): {total['channels run']} run, {total['prunable']} prunable, "
