@@ -107,15 +107,14 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:
         return False
     layer = gm.get_submodule(prev.target)
     if is_conv(layer):
-        w, b = fuse_conv_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
-                                    bn.weight, bn.bias)
+        fuse = fuse_conv_bn_weights
     elif type(layer) is nn.Linear and _output_rank(prev) == 2 and type(bn) is nn.BatchNorm1d:
-        w, b = fuse_linear_bn_weights(layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps,
-                                      bn.weight, bn.bias)
+        fuse = fuse_linear_bn_weights
     else:
         return False
     if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied:
         return False  # a layer called twice, or sharing its weight, cannot take one call's BatchNorm
+    w, b = _fused_in_float64(fuse, layer, bn)
     w.requires_grad_(layer.weight.requires_grad)
     b.requires_grad_(layer.weight.requires_grad)
     layer.weight, layer.bias = w, b
@@ -126,6 +125,20 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:
     else:
         set_module(gm, node.target, rest)
     return True
+
+
+def _fused_in_float64(fuse, layer: nn.Module, bn: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
+    """BatchNorm folded into `layer` in float64 and rounded once to the layer's dtype: the float32 fold
+    rounds at every step (var + eps, rsqrt, the product, the shifted bias) and on deep random-weight
+    models (visformer) that alone took the outputs past 1e-5 of the unfolded model."""
+    dtype = layer.weight.dtype
+
+    def wide(t):
+        return None if t is None else t.detach().double()
+
+    w, b = fuse(wide(layer.weight), wide(layer.bias), wide(bn.running_mean), wide(bn.running_var), bn.eps,
+                wide(bn.weight), wide(bn.bias))
+    return nn.Parameter(w.detach().to(dtype)), nn.Parameter(b.detach().to(dtype))
 
 
 def _fold_channel_scale(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:

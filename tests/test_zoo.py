@@ -160,3 +160,61 @@ def test_a_mismatch_row_says_how_far_float32_itself_takes_the_model(tmp_path):
     with torch.no_grad():
         expected = output_error(model(*x), model.double()(*(t.double() for t in x))).rel_l2
     assert row["float32_rel_l2_error"] == pytest.approx(expected) and 0 < expected < 1e-5
+    assert row["float64_rel_l2_error"] >= 1e-12  # the rewrite is no closer to float64 than that limit
+
+
+ROUNDING = '''
+import torch
+from torch import nn
+
+
+class Rounding(nn.Module):
+    """A linear layer whose float32 forward loses its low bits: (y + 1e4) - 1e4 is y only in float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return (self.lin(x) + 1e4) - 1e4
+
+
+def rounding():
+    return Rounding()
+'''
+
+
+@pytest.mark.parametrize("offset, status", [(0.0, "ok"), (1e-3, "mismatch")])
+def test_a_rewrite_within_the_limit_of_the_float64_outputs_is_ok(tmp_path, monkeypatch, offset, status):
+    """Against its own float32 outputs a rewrite that computes y exactly misses the limit (the original
+    rounds y to 1e4's float32 spacing, ~1e-4 relative); against the float64 outputs it is within it, so
+    its row is ok, with both errors. A rewrite 1e-3 off stays a mismatch."""
+    import torch
+
+    import fxprune.core.api
+    from fxprune.core.verify import output_error
+    from fxprune.runners.models import create
+
+    class Rewritten(torch.nn.Module):
+        def __init__(self, lin):
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, t):
+            return self.lin(t) * (1 + offset)
+
+    def rewrite(model, x, pipeline):
+        return Rewritten(model.lin)
+
+    monkeypatch.setattr(fxprune.core.api, "prune", rewrite)
+    (tmp_path / "models.py").write_text(ROUNDING)
+    entry = zoo.ZooEntry(f"{tmp_path}/models.py:rounding", (4, 16))
+    row = zoo.check(entry, "fold")
+    torch.manual_seed(0)  # the model and inputs check() made
+    model, x = zoo.example(entry, zoo.wake(create(entry.id)).eval())
+    with torch.no_grad():
+        rewritten = model.lin(x[0]) * (1 + offset)
+        exact = model.double()(x[0].double())
+    assert row["status"] == status and row["rel_l2_error"] > 1e-5, row
+    assert row["float64_rel_l2_error"] == pytest.approx(output_error(rewritten, exact).rel_l2)
+    assert row["float32_rel_l2_error"] > 1e-5

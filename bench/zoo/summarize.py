@@ -118,6 +118,10 @@ def main() -> None:
                 notes.append(f"- {r['model']}: mismatch: relative L2 error {r['rel_l2_error']:.2e} over the limit "
                              f"{r['rel_l2_limit']:g}" + (f" (float32 itself takes the model {r['float32_rel_l2_error']:.2e} "
                                                          "from its float64 outputs)" if "float32_rel_l2_error" in r else ""))
+            elif r["status"] == "ok" and "float64_rel_l2_error" in r:
+                notes.append(f"- {r['model']}: ok against the float64 outputs: {r['float64_rel_l2_error']:.2e} from "
+                             f"them ({r['rel_l2_error']:.2e} from the float32 outputs, which float32 itself takes "
+                             f"{r['float32_rel_l2_error']:.2e} from float64)")
             elif r["status"] != "ok":
                 notes.append(f"- {r['model']}: {r['status']}: {r.get('reason', '')}")
         if missing:
