@@ -12,6 +12,7 @@ import torch.fx as fx
 from fxprune.analysis.counting import tied_modules
 from fxprune.core.lowrank import (as_groups, build_pair, find_pairs, is_dense_layer, keep_original,
                              matrix_shape, pays, set_module)
+from fxprune.core.memory import release_freed
 from fxprune.core.meta import ROLE, SOURCE
 from fxprune.core.pass_base import FxPass, PassContext, PassResult, option, register
 from fxprune.analysis.responses import response_moments
@@ -82,6 +83,7 @@ class DecomposeConv(FxPass):
                     raise self.fail(f"layer {path} has NaN or inf weights: an SVD of them means nothing; fix or "
                                     "reload the model's weights")
                 set_module(gm, path, decompose(layer, moments.get(path)))
+                release_freed()  # the SVD's float64 blocks, before the next layer's
                 for node in nodes:
                     _rewire(gm, node, path)
                 stats["linears-decomposed" if isinstance(layer, torch.nn.Linear) else "convs-decomposed"] += 1
@@ -95,7 +97,7 @@ def decompose(layer: torch.nn.Module, moment: torch.Tensor | None = None) -> tor
     w = as_groups(layer.weight.detach(), g)
     if moment is None:
         u, s, vh = thin_svd(w)  # float64; Gram matrix where accurate
-        coef, basis = u * s[:, None, :], vh
+        coef, basis = u.mul_(s[:, None, :]), vh  # in place: u may be as big as the weight
     else:
         coef, basis = response_basis(w, moment)
     container = build_pair(layer, basis, coef, layer.bias)

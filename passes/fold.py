@@ -7,9 +7,9 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 import torch.fx as fx
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from fxprune.analysis.counting import propagate_shapes, tied_modules
 from fxprune.analysis.latency import table_for
@@ -106,15 +106,11 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:
     if not isinstance(prev, fx.Node) or prev.op != "call_module" or len(prev.users) != 1 or node.kwargs:
         return False
     layer = gm.get_submodule(prev.target)
-    if is_conv(layer):
-        fuse = fuse_conv_bn_weights
-    elif type(layer) is nn.Linear and _output_rank(prev) == 2 and type(bn) is nn.BatchNorm1d:
-        fuse = fuse_linear_bn_weights
-    else:
+    if not (is_conv(layer) or type(layer) is nn.Linear and _output_rank(prev) == 2 and type(bn) is nn.BatchNorm1d):
         return False
     if len(gm.graph.find_nodes(op="call_module", target=prev.target)) != 1 or prev.target in tied:
         return False  # a layer called twice, or sharing its weight, cannot take one call's BatchNorm
-    w, b = _fused_in_float64(fuse, layer, bn)
+    w, b = _fused(layer, bn)
     w.requires_grad_(layer.weight.requires_grad)
     b.requires_grad_(layer.weight.requires_grad)
     layer.weight, layer.bias = w, b
@@ -127,18 +123,18 @@ def _fold_bn(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:
     return True
 
 
-def _fused_in_float64(fuse, layer: nn.Module, bn: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
-    """BatchNorm folded into `layer` in float64 and rounded once to the layer's dtype: the float32 fold
-    rounds at every step (var + eps, rsqrt, the product, the shifted bias) and on deep random-weight
-    models (visformer) that alone took the outputs past 1e-5 of the unfolded model."""
+def _fused(layer: nn.Module, bn: nn.Module) -> tuple[nn.Parameter, nn.Parameter]:
+    """BatchNorm's per-channel scale and shift computed in float64, then each weight multiplied by its
+    channel's scale once: the float32 fold rounds at every step (var + eps, rsqrt, the products, the
+    shifted bias). Only vectors of the channel count are widened, never the weight."""
     dtype = layer.weight.dtype
-
-    def wide(t):
-        return None if t is None else t.detach().double()
-
-    w, b = fuse(wide(layer.weight), wide(layer.bias), wide(bn.running_mean), wide(bn.running_var), bn.eps,
-                wide(bn.weight), wide(bn.bias))
-    return nn.Parameter(w.detach().to(dtype)), nn.Parameter(b.detach().to(dtype))
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    bias = -bn.running_mean.double() if layer.bias is None else layer.bias.detach().double() - bn.running_mean
+    shift = bias * scale + (0 if bn.bias is None else bn.bias.detach().double())
+    weight = layer.weight.detach() * scale.to(dtype).view(-1, *[1] * (layer.weight.dim() - 1))
+    return nn.Parameter(weight), nn.Parameter(shift.to(dtype))
 
 
 def _fold_channel_scale(gm: fx.GraphModule, node: fx.Node, tied: dict[str, str]) -> bool:

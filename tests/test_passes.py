@@ -146,8 +146,9 @@ def test_fold_folds_timm_batchnormact_and_keeps_its_activation():
 
 
 def test_fold_computes_batchnorm_in_float64_and_rounds_once():
-    """The folded weights are the float64 fold rounded to float32 once: as close to the exact fold as
-    float32 can be (the float32 fold rounds at each step and lands further off)."""
+    """BatchNorm's scale and shift come from float64: the bias is the float64 fold rounded once, each
+    weight its float32 weight times its channel's rounded scale (within 2 float32 roundings of the
+    exact fold); torch's float32 fold rounds at each step and lands further off."""
     from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     torch.manual_seed(0)
@@ -161,7 +162,8 @@ def test_fold_computes_batchnorm_in_float64_and_rounds_once():
     wide = [None if t is None else t.detach().double()
             for t in (model[0].weight, model[0].bias, bn.running_mean, bn.running_var, bn.weight, bn.bias)]
     w64, b64 = fuse_conv_bn_weights(*wide[:4], bn.eps, *wide[4:])
-    assert torch.equal(folded.weight, w64.float()) and torch.equal(folded.bias, b64.float())
+    assert torch.equal(folded.bias, b64.float())
+    assert ((folded.weight.double() - w64).abs() <= 2 * 2**-24 * w64.abs()).all()
     w32, _ = fuse_conv_bn_weights(model[0].weight, model[0].bias, bn.running_mean, bn.running_var, bn.eps,
                                   bn.weight, bn.bias)
     assert (w32.double() - w64).norm() > (folded.weight.double() - w64).norm()

@@ -213,7 +213,7 @@ def merge_pair(pair: Pair, original: nn.Module | None = None) -> nn.Module:
     """One dense layer equal to the pair, scales folded (coef @ basis per group, computed in float64).
     `original` (the layer decompose-conv started from) is returned instead where the pair still equals
     it (`_equals`) and the bias is the same: nothing was cut, so nothing may change."""
-    coef, basis = pair.coef_matrix().double(), pair.basis_matrix().double()
+    coef, basis = pair.coef_matrix().double(), pair.basis_matrix()
     if pair.scale is not None:
         coef = coef * pair.scale.double()[:, None, :]
     bias = pair.coef.bias
@@ -223,7 +223,7 @@ def merge_pair(pair: Pair, original: nn.Module | None = None) -> nn.Module:
             original.bias.requires_grad_(bias.requires_grad)
         return original
     dense = _layer(pair.basis, pair.groups * pair.m, pair.groups, bias is not None)
-    return _set_weights(dense, torch.bmm(coef, basis), bias, pair.coef.weight, layout=pair.basis.weight)
+    return _set_weights(dense, torch.bmm(coef, basis.double()), bias, pair.coef.weight, layout=pair.basis.weight)
 
 
 PROBES = 16  # random inputs the pair and its original layer are compared on
@@ -238,15 +238,21 @@ def _equals(original: nn.Module, coef: torch.Tensor, basis: torch.Tensor, bias, 
     g, m, n = groups, coef.shape[1], basis.shape[2]
     if o.numel() != g * m * n or groups_of(original) != groups or (original.bias is None) != (bias is None):
         return False
-    o = as_groups(o, groups).double()
+    o = as_groups(o, groups)
     if o.shape != (g, m, n):
         return False
     x = torch.randn(g, n, PROBES, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(o.device)
-    want = o @ x
-    if (torch.linalg.vector_norm(coef @ (basis @ x) - want, dim=(1, 2))
+    want = _times(o, x)
+    if (torch.linalg.vector_norm(coef @ _times(basis, x) - want, dim=(1, 2))
             > 1e-5 * torch.linalg.vector_norm(want, dim=(1, 2))).any():
         return False
     return bias is None or torch.equal(original.bias.detach(), bias.detach())
+
+
+def _times(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """w @ x in float64 (w (g, m, n) of any dtype, x (g, n, p) float64), w widened a block of rows at a time."""
+    rows = max(1, (1 << 20) // max(1, w.shape[0] * w.shape[2]))
+    return torch.cat([w[:, i:i + rows].double() @ x for i in range(0, w.shape[1], rows)], 1)
 
 
 def merge_back(gm: fx.GraphModule, pair: Pair) -> fx.Node:
