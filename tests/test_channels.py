@@ -11,6 +11,7 @@ from torch import nn
 import fxprune
 from fxprune.analysis.counting import total_macs, total_params
 from fxprune.analysis.channels import analyse, masked_norms, zero
+from fxprune.core.freeze import freeze_computed_weights
 from fxprune.runners.models import create
 from fxprune.runners import zoo
 from fxprune.runners.zoo import wake
@@ -150,6 +151,7 @@ def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True, 
     statistics without them (channels.masked_norms; the model itself where there is no such norm)."""
     inputs = x if isinstance(x, tuple) else (x,)
     gm = fxprune.trace(copy.deepcopy(model).eval())  # zeroing must not touch the caller's model
+    freeze_computed_weights(gm)  # as prune() does: the groups it will see
     if random_weights:
         wake(gm)
     graph = analyse(gm, inputs, heads)

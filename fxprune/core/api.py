@@ -9,6 +9,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from fxprune.core.freeze import freeze_computed_weights
 from fxprune.core.manager import PassManager
 from fxprune.core.pass_base import FxPass, PassContext
 from fxprune.core.pipeline import Pipeline
@@ -35,6 +36,8 @@ def prune(
     **context,
 ) -> fx.GraphModule:
     """Trace a copy of `model` in eval mode and run `pipeline` on it; `model` is never modified.
+    Conv/linear weights the model computes from its parameters alone (weight standardisation) are
+    first frozen into plain layers (`fxprune.core.freeze`): the same outputs, bit for bit.
 
     `verify=True` lints and shape-checks the graph after every pass and checks that passes meant
     to be lossless kept the outputs (raises VerificationError naming the pass). The passes applied,
@@ -44,4 +47,5 @@ def prune(
     inputs = as_inputs(example_inputs)
     # eval mode before tracing: tracing bakes `self.training` branches into the graph
     gm = trace_copy(copy.deepcopy(model).eval())
+    freeze_computed_weights(gm)  # weight standardisation: plain layers, the same outputs bit for bit
     return manager.run(gm, PassContext(inputs, dict(context)))

@@ -18,7 +18,8 @@ modules stay one node:
   `zeroed_key_bias`), no dropout when training; torchvision's ShiftedWindowAttention3d (Video Swin: its
   window and shift fitted to the input in `windows_3d`, `window_image_3d`, `shift_mask_3d` and
   `bias_index_3d`), no dropout when training;
-- timm's vgg.ConvMlp, any call with one input.
+- timm's vgg.ConvMlp, any call with one input;
+- timm's nfnet.NormFreeBlock in eval (its in-place skipinit `mul_` written out of place).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
     from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
     from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
-    if f"{type(m).__module__}.{type(m).__qualname__}" == "timm.models.vgg.ConvMlp" and len(args) == 1 and not kwargs:
+    kind = f"{type(m).__module__}.{type(m).__qualname__}"
+    if kind == "timm.models.vgg.ConvMlp" and len(args) == 1 and not kwargs:
         return lambda *_, **__: m.act2(m.fc2(m.drop(m.act1(m.fc1(pool_up_to(args[0], m.input_kernel_size))))))
+    if kind == "timm.models.nfnet.NormFreeBlock" and len(args) == 1 and not kwargs and not m.training:
+        return lambda *_, **__: _norm_free_block(m, args[0])
     if type(m) in (ShiftedWindowAttention, ShiftedWindowAttentionV2) and len(args) == 1 and not kwargs:
         if m.training and (m.attention_dropout > 0 or m.dropout > 0):
             return None
@@ -65,6 +69,25 @@ def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
     if not isinstance(need_weights, bool) or not isinstance(average, bool):
         return None
     return lambda *_, **__: _self_attention(m, call["query"], need_weights, average)
+
+
+def _norm_free_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's NormFreeBlock in eval, its skipinit gain applied out of place (timm keeps the block whole
+    because FX loses the node of its in-place `mul_`)."""
+    out = m.act1(x) * m.beta
+    shortcut = x if m.downsample is None else m.downsample(out)
+    out = m.conv2(m.act2(m.conv1(out)))
+    if m.conv2b is not None:
+        out = m.conv2b(m.act2b(out))
+    if m.attn is not None:
+        out = m.attn_gain * m.attn(out)
+    out = m.conv3(m.act3(out))
+    if m.attn_last is not None:
+        out = m.attn_gain * m.attn_last(out)
+    out = m.drop_path(out)
+    if m.skipinit_gain is not None:
+        out = out * m.skipinit_gain
+    return out * m.alpha + shortcut
 
 
 def _self_attention(m: nn.MultiheadAttention, x: torch.Tensor, need_weights: bool, average: bool):

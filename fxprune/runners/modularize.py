@@ -14,11 +14,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from fxprune.core.freeze import CONVS, LINEARS, call_args, layer_args, layer_for_call
 from fxprune.core.meta import SOURCE
 
-_CONVS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d,
-          F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
-_LINEARS = {torch._C._nn.linear, F.linear}
 _BATCHNORMS = {F.batch_norm, torch.batch_norm}
 
 
@@ -64,34 +62,19 @@ def _const(gm: fx.GraphModule, arg) -> torch.Tensor | None:
     raise LookupError
 
 
-def _args(node: fx.Node, names: list[str], defaults: dict) -> dict:
-    values = dict(defaults)
-    values.update(zip(names, node.args))
-    values.update(node.kwargs)
-    return values
-
-
 def _module_for(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     try:
-        if node.target in _CONVS:
-            a = _args(node, ["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
-                      {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
-            w, b = _const(gm, a["weight"]), _const(gm, a["bias"])
-            if w is None or isinstance(a["padding"], str):
-                return None
-            m = nn.utils.skip_init(_CONVS[node.target], w.shape[1] * a["groups"], w.shape[0], w.shape[2:],
-                                   stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
-                                   groups=a["groups"], bias=b is not None, dtype=w.dtype, device=w.device)
-        elif node.target in _LINEARS:
-            a = _args(node, ["input", "weight", "bias"], {"bias": None})
+        if node.target in CONVS or node.target in LINEARS:
+            a = layer_args(node)
             w, b = _const(gm, a["weight"]), _const(gm, a["bias"])
             if w is None:
                 return None
-            m = nn.utils.skip_init(nn.Linear, w.shape[1], w.shape[0], bias=b is not None, dtype=w.dtype,
-                                   device=w.device)
-        elif node.target in _BATCHNORMS:
-            a = _args(node, ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
-                             "eps"], {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
+            m = layer_for_call(node, a, nn.Parameter(w.detach().clone(), requires_grad=False),
+                               None if b is None else nn.Parameter(b.detach().clone(), requires_grad=False))
+            return None if m is None else m.eval()
+        if node.target in _BATCHNORMS:
+            a = call_args(node, ["input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+                                 "eps"], {"weight": None, "bias": None, "training": False, "momentum": 0.1, "eps": 1e-5})
             mean, var = _const(gm, a["running_mean"]), _const(gm, a["running_var"])
             w, b = _const(gm, a["weight"]), _const(gm, a["bias"])
             example = node.args[0].meta.get("example_value")
@@ -104,11 +87,6 @@ def _module_for(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
                 m.weight.data.copy_(w)
                 m.bias.data.copy_(b)
             return m
-        else:
-            return None
+        return None
     except LookupError:
         return None  # a weight that is computed, not a frozen parameter: leave the call alone
-    m.weight = nn.Parameter(w.detach().clone(), requires_grad=False)
-    if b is not None:
-        m.bias = nn.Parameter(b.detach().clone(), requires_grad=False)
-    return m.eval()
