@@ -224,3 +224,28 @@ def test_a_query_reshaped_around_a_token_axis_keeps_its_heads_with_the_keys():
     groups = {frozenset(g.members): (g.size, g.kind, g.blocked) for g in graph.groups}
     assert groups[frozenset({("kv", "out"), ("q", "out"), ("proj", "in")})] == (2, "heads", None)
     check_zeroed_channels_are_removed_losslessly(ClassAttention(), X)
+
+
+class FilterResponse(nn.Module):
+    """timm's FilterResponseNormTlu2d (per-channel RMS over H, W; `.to(x.dtype)` of its statistic and
+    affine; a learned threshold through torch.maximum) between two convs."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import FilterResponseNormTlu2d
+
+        self.a, self.frn, self.b = nn.Conv2d(3, 6, 3), FilterResponseNormTlu2d(6), nn.Conv2d(6, 4, 1)
+        for p in (self.frn.weight, self.frn.bias, self.frn.tau):
+            p.data.normal_()
+
+    def forward(self, x):
+        return self.b(self.frn(self.a(x))).mean((2, 3))
+
+
+def test_filter_response_norm_channels_are_one_group_and_removed_losslessly():
+    assert groups_of(FilterResponse()) == {
+        frozenset({("a", "out"), ("frn.weight", "param"), ("frn.bias", "param"), ("frn.tau", "param"),
+                   ("b", "in")}): (6, None),
+        frozenset({("b", "out")}): (4, "reaches the model output"),
+    }
+    check_zeroed_channels_are_removed_losslessly(FilterResponse(), X)

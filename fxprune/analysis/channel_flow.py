@@ -64,13 +64,14 @@ ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", 
                "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
                "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
                "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal",
+               "to",  # with a dtype or device only (a tensor argument is not elementwise)
                "normalize",  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
                "pool_up_to"}  # fxprune.core.plain_forwards (timm's VGG head)
 try:  # torchvision's Swin patch merging: the 2x2 neighbours' channels side by side (x0, x1, x2, x3 along C)
     from torchvision.models.swin_transformer import _patch_merging_pad as TV_PATCH_MERGING
 except ImportError:  # a torchvision without it
     TV_PATCH_MERGING = None
-BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_"}
+BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_", "maximum", "minimum"}
 
 
 def is_batchnorm(m: nn.Module) -> bool:
@@ -236,7 +237,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
                 or not any(a in self.flow.value for a in tensor_args(node))):
             return
         src = node.args[0]
-        if name in ELEMENTWISE and all(a is src for a in tensor_args(node)):
+        if name in ELEMENTWISE and all(a is src or _dtype_or_device(a) for a in tensor_args(node)):
             self.keep(node, src)
         elif name in BINARY or node.target in (operator.add, operator.mul):
             self.binary(node, name)
@@ -532,3 +533,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
 def propagate(gm: fx.GraphModule, inputs: tuple, heads: str = "whole") -> ChannelFlow:
     """Trace channel elements through `gm` with `inputs` (run once for shapes)."""
     return _Propagator(gm, heads).run(inputs)
+
+
+def _dtype_or_device(node: fx.Node) -> bool:
+    """`x.dtype` / `x.device` read in the graph (an argument of `.to`), not a tensor."""
+    return node.op == "call_function" and node.target is getattr and node.args[1:] in (("dtype",), ("device",))
