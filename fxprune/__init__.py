@@ -12,6 +12,7 @@ from .core.pipeline import Pipeline
 from .core.submodule import prune_submodule
 from .core.tracing import trace
 from .runners.backend import backend
+from .runners.checkpoint import zero_head
 from .runners.export import save_exported as save
 from .training.recipe import TransferResult, transfer
 from .training.scales import evaluate, prune_iteratively, train_scaling
@@ -20,5 +21,5 @@ __all__ = [
     "DEFAULT_PIPELINE", "backend", "FxPass", "LatencyTable", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
     "evaluate", "prune", "prune_iteratively", "prune_submodule", "register", "savings", "trace", "train_scaling", "transfer",
-    "TransferResult", "save",
+    "TransferResult", "save", "zero_head",
 ]

