@@ -56,7 +56,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
              momentum: float | None = None, basis: str = "svd", distill: float = 0.0,
              progress: bool = True) -> TransferResult:
-    """Train the basis scales and the head of `model` (pretrained backbone, new head) on `train`,
+    """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
+    with fxprune.zero_head, as the CLI does, or the scales move under a head still giving noise) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each, until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
