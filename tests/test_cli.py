@@ -159,6 +159,13 @@ def test_zoo_summary_says_what_the_error_columns_mean(tmp_path):
     write_summary(rows, tmp_path, "z.toml", "decompose-conv,fold")
     assert "The pipeline is lossless: rel_l2_error and max_abs_error are numerical error" in (
         tmp_path / "summary.md").read_text()
+    assert "| float64_rel_l2_error" not in (tmp_path / "summary.md").read_text()
+    rows.append({"model": "tv:b", "status": "ok", "rel_l2_error": 2e-5, "float32_rel_l2_error": 9e-6,
+                 "float64_rel_l2_error": 8e-6, "seconds": 1.0})
+    write_summary(rows, tmp_path, "z.toml", "decompose-conv,fold")
+    line = next(x for x in (tmp_path / "summary.md").read_text().splitlines() if x.startswith("| tv:b "))
+    assert [c.strip() for c in line.split("|")[9:12]] == ["2.00e-05", "", "9.00e-06"]
+    assert line.split("|")[12].strip() == "8.00e-06"
 
 
 def test_zoo_takes_model_patterns_instead_of_a_config(tmp_path, capsys):

@@ -61,7 +61,7 @@ def reasons(rows: dict, what: str) -> list[str]:
         if r["status"] not in ("ok", "skipped"):
             text = r.get("reason") or (f"relative L2 error {r['rel_l2_error']:.2e} over {r['rel_l2_limit']:g}"
                                        + (f"; float32 itself: {r['float32_rel_l2_error']:.2e} from float64, "
-                                          f"the rewrite {r['float64_rel_l2_error']:.2e}"
+                                          f"the rewrite {r['float64_rel_l2_error']:.2e} from it"
                                           if "float64_rel_l2_error" in r else
                                           f"; float32 itself: {r['float32_rel_l2_error']:.2e} from float64"
                                           if "float32_rel_l2_error" in r else "")
@@ -113,8 +113,9 @@ def main() -> None:
              f"{'' if total['run'] == total['models'] - total['skipped'] else ' so far'}, "
              f"{total['traced']} traced, {total['lossless']} lossless (rel. L2 < 1e-5), {total['mismatch']} mismatch, "
              f"{total['errors']} errors; {seconds[0] / 3600:.1f} CPU-hours. A rewrite is lossless when its outputs are within",
-             "  1e-5 of the original's float32 outputs, or of its float64 outputs where float32 alone takes it that far"
-             f" ({sum('float64_rel_l2_error' in r and r['status'] == 'ok' for r in lossless.values())} models).",
+             "  1e-5 of the original's float32 outputs or, where it misses that, of its float64 outputs ("
+             + ", ".join(sorted(i.removeprefix("timm:") for i, r in lossless.items()
+                                if "float64_rel_l2_error" in r and r["status"] == "ok")) + ").",
              f"- channels (`prune-channels{{ratio=0.3}},fold`): {total['channels run']} run, {total['prunable']} prunable, "
              f"{total['no-gain']} no-gain, {total['channel errors']} errors; {seconds[1] / 3600:.1f} CPU-hours.",
              "- peers' published coverage: " + "; ".join(f"{name}: {n}/{of}" for name, n, of in PEERS) + ".",
