@@ -62,9 +62,11 @@ def test_channel_pruning_of_pretrained_weights_keeps_zeroed_channels_out(lite0_a
 def test_readme_transfer_flow_trains_a_new_head_as_well_as_an_undecomposed_one():
     """Issue 13: decompose-conv also split the new, randomly initialised head, which then trained as
     a product of two layers and a scale (0.315 vs 0.952 on digits). insert-scaling now merges a
-    trained head's pair back, so the documented flow matches the undecomposed-head run. The new head
-    starts at zero, as README's flow has it (fxprune.zero_head): with timm's init this run stayed at
-    chance (0.11) on 3 of 4 seeds, this one among them."""
+    trained head's pair back, so the documented flow matches the undecomposed-head run, exactly. The
+    new head starts at zero, as README's flow has it (fxprune.zero_head): with timm's init this run
+    stayed at chance (0.11) on 3 of 4 seeds, this one among them. How far 4 epochs on 800 digits get
+    depends on rounding: the SVD's with 1 or 2 threads took it to 0.46 or 0.555 (Adam moves every scale
+    by about lr whatever its gradient), so the SVD runs on one thread here and the floor is loose."""
     pytest.importorskip("mlxtend", reason="install the [bench] extra")
     import timm
 
@@ -80,8 +82,13 @@ def test_readme_transfer_flow_trains_a_new_head_as_well_as_an_undecomposed_one()
         model = timm.create_model("efficientnet_lite0", num_classes=10)
         load_state(model, lite0_state_dict(), new_head=True)
         fxprune.zero_head(model)
-        gm = fxprune.prune(model.eval(), x_test[:1], f"{first},insert-scaling")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same factors however busy the machine is (free_threads)
+        try:
+            gm = fxprune.prune(model.eval(), x_test[:1], f"{first},insert-scaling")
+        finally:
+            torch.set_num_threads(threads)
         fxprune.train_scaling(gm, train, epochs=4, lr=1e-2, progress=False)
         accuracy[first] = fxprune.evaluate(gm, test)["accuracy"]
-    assert accuracy["decompose-conv{linear=false}"] > 0.5
-    assert abs(accuracy["decompose-conv"] - accuracy["decompose-conv{linear=false}"]) <= 0.02
+    assert accuracy["decompose-conv{linear=false}"] > 0.4  # chance: 0.1
+    assert accuracy["decompose-conv"] == accuracy["decompose-conv{linear=false}"]

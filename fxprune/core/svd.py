@@ -19,8 +19,8 @@ GUARD = 1e-6  # smallest eigenvalue of the Gram matrix over its largest taken on
 ORTHO = 1e-10  # largest overlap of a tail row of V^T with a Gram row before the group goes to LAPACK whole
 
 
-CHUNK = 1 << 18  # elements of the weight widened to float64 at once (2 MiB), so the float64 copy is one,
-COLUMNS = 256  # not three, and at least this many columns: GEMMs over fewer are slow (2048x8192: 1.4x)
+CHUNK = 1 << 18  # elements of the weight widened to float64 at once (2 MiB): one float64 copy, not three
+COLUMNS = 256  # but at least this many columns a block: over 128, 2048x8192 took 1.4x as long
 
 
 def thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
