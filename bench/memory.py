@@ -129,7 +129,7 @@ Each model in a fresh process: built, run once, RSS read, then
 extra at most 3x the parameter bytes plus one activation set (every node's output of one forward, summed:
 torch.fx ShapeProp). What prune holds at its peak: its copy of the model (1x), the basis + coef pairs of
 every layer (about 1.1x at full rank) and one layer's float64 SVD. Before the SVD widened weights a block
-at a time and freed heap went back to the OS after each layer (commit 07dac3c), extra / param bytes was
+at a time and freed heap went back to the OS after each layer of at least 2M weights (commit 07dac3c), extra / param bytes was
 5.29 on resnet18, 4.10 on resnet50, 3.10 on vit_base and 2.85 on vit_large. `prune s` is that run's wall
 time, for orientation only (timings: bench/results/pipeline_time.md).
 

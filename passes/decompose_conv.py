@@ -20,6 +20,10 @@ from fxprune.core.svd import response_basis, thin_svd
 from fxprune.core.threads import free_threads
 
 
+TRIM_FROM = 1 << 21  # weights this big (16 MiB in float64) give their freed memory back after their SVD;
+# each malloc_trim costs ~4 ms (resnet50, 54 layers: 1.22 s instead of 1.02 s when every layer did)
+
+
 @register
 @dataclass(frozen=True)
 class DecomposeConv(FxPass):
@@ -83,7 +87,8 @@ class DecomposeConv(FxPass):
                     raise self.fail(f"layer {path} has NaN or inf weights: an SVD of them means nothing; fix or "
                                     "reload the model's weights")
                 set_module(gm, path, decompose(layer, moments.get(path)))
-                release_freed()  # the SVD's float64 blocks, before the next layer's
+                if layer.weight.numel() >= TRIM_FROM:
+                    release_freed()  # the SVD's float64 blocks, before the next layer's
                 for node in nodes:
                     _rewire(gm, node, path)
                 stats["linears-decomposed" if isinstance(layer, torch.nn.Linear) else "convs-decomposed"] += 1

@@ -2,8 +2,8 @@
 
 glibc raises its mmap threshold each time a large block is freed, so later blocks of up to 32 MiB
 come from the heap, and what a layer's float64 SVD frees stays resident and fragments it: on resnet18
-decompose-conv then peaked 130 MiB over its start for 50 MiB of new factors. `malloc_trim` after each
-layer returns those pages (the peak of prune(resnet18) fell 3.9x -> 3.2x the parameter bytes;
+decompose-conv then peaked 130 MiB over its start for 50 MiB of new factors. `malloc_trim` after a large
+layer returns those pages (decompose-conv calls it after weights of 2M or more: each call takes 4-12 ms;
 bench/results/memory.md). Elsewhere (no glibc) it does nothing.
 """
 
