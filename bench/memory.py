@@ -29,9 +29,10 @@ MODELS = ("timm:resnet18", "timm:resnet34", "timm:resnet50", "timm:resnet101", "
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torch.fx.passes.shape_prop import TensorMetadata
 from torch.utils._pytree import tree_leaves
 import fxprune
+from fxprune.analysis.counting import propagate_shapes
 from fxprune.runners.models import create
 
 def rss_mib():
@@ -50,7 +51,7 @@ small = fxprune.prune(model, x, pipeline)
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 gm = fxprune.trace(model)
-ShapeProp(gm).propagate(x)
+propagate_shapes(gm, (x,))
 metas = [leaf for n in gm.graph.nodes if n.op != "output"
          for leaf in tree_leaves(n.meta.get("tensor_meta"), is_leaf=lambda m: isinstance(m, TensorMetadata))
          if isinstance(leaf, TensorMetadata)]

@@ -1,8 +1,6 @@
 """prune-channels: the channel groups on hand-made graphs (exact members and reasons), the lossless
 removal of zeroed channels over the smoke zoo, budgets, round-to, double pruning in both orders."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +9,7 @@ from torch import nn
 import fxprune
 from fxprune.analysis.counting import total_macs, total_params
 from fxprune.analysis.channels import analyse, masked_norms, zero
-from fxprune.core.freeze import freeze_computed_weights
+from fxprune.core.api import traced_for_passes
 from fxprune.runners.models import create
 from fxprune.runners import zoo
 from fxprune.runners.zoo import wake
@@ -150,8 +148,7 @@ def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True, 
     remove exactly those and leave the outputs as they were, norms over channels computing their
     statistics without them (channels.masked_norms; the model itself where there is no such norm)."""
     inputs = x if isinstance(x, tuple) else (x,)
-    gm = fxprune.trace(copy.deepcopy(model).eval())  # zeroing must not touch the caller's model
-    freeze_computed_weights(gm)  # as prune() does: the groups it will see
+    gm = traced_for_passes(model)  # a copy (zeroing must not touch the caller's model), as prune() sees it
     if random_weights:
         wake(gm)
     graph = analyse(gm, inputs, heads)

@@ -28,7 +28,7 @@ import torch
 import fxprune
 from fxprune.analysis.channels import analyse, masked_norms, zero
 from fxprune.core.errors import first_line
-from fxprune.core.freeze import freeze_computed_weights
+from fxprune.core.api import traced_for_passes
 from fxprune.runners.models import create
 from fxprune.core.verify import output_error
 from fxprune.runners.zoo import load, wake
@@ -84,8 +84,7 @@ def zeroed_channels_check(model, x, heads: str = "whole") -> dict:
     with l1 importance must remove exactly those and keep the outputs (norms over channels computing
     their statistics without them: channels.masked_norms). `heads`: prune-channels' option."""
     try:
-        gm = fxprune.trace(copy.deepcopy(model))
-        freeze_computed_weights(gm)  # as prune() does: the groups it sees
+        gm = traced_for_passes(model)  # a copy, as prune() sees it: the groups it will cut
         graph = analyse(gm, (x,), heads)
         chosen = {c for g in graph.prunable for c in g.classes[:g.size - max(1, g.size // 2)]}
         zero(graph, chosen)

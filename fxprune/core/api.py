@@ -45,7 +45,14 @@ def prune(
     """
     manager = PassManager(pipeline, verify=verify)  # bad pipeline text fails before any work
     inputs = as_inputs(example_inputs)
-    # eval mode before tracing: tracing bakes `self.training` branches into the graph
+    return manager.run(traced_for_passes(model), PassContext(inputs, dict(context)))
+
+
+def traced_for_passes(model: nn.Module) -> fx.GraphModule:
+    """`model` as prune() hands it to the passes: a copy, in eval mode (tracing bakes `self.training`
+    branches into the graph), traced, its weights computed from parameters alone frozen into plain
+    layers (weight standardisation; the same outputs bit for bit). What `fxprune groups` and the
+    zeroed-channel checks analyse, so they see the groups prune-channels will."""
     gm = trace_copy(copy.deepcopy(model).eval())
-    freeze_computed_weights(gm)  # weight standardisation: plain layers, the same outputs bit for bit
-    return manager.run(gm, PassContext(inputs, dict(context)))
+    freeze_computed_weights(gm)
+    return gm

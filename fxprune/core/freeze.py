@@ -24,9 +24,9 @@ from torch import nn
 from fxprune.core.lowrank import set_module
 from fxprune.core.meta import SOURCE
 
-CONVS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d,
+CONV_CALLS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d,
          F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
-LINEARS = {torch._C._nn.linear, F.linear}
+LINEAR_CALLS = {torch._C._nn.linear, F.linear}
 _RANDOM = ("rand", "dropout", "bernoulli", "normal", "multinomial")  # in a name: a weight not fixed
 _SAME_STD_CONVS = ("timm.layers.std_conv.StdConv2dSame", "timm.layers.std_conv.ScaledStdConv2dSame")
 
@@ -40,7 +40,7 @@ def call_args(node: fx.Node, names: list[str], defaults: dict) -> dict:
 
 def layer_args(node: fx.Node) -> dict:
     """The arguments of a functional conv or linear call, by name, defaults filled in."""
-    if node.target in CONVS:
+    if node.target in CONV_CALLS:
         return call_args(node, ["input", "weight", "bias", "stride", "padding", "dilation", "groups"],
                          {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
     return call_args(node, ["input", "weight", "bias"], {"bias": None})
@@ -49,10 +49,10 @@ def layer_args(node: fx.Node) -> dict:
 def layer_for_call(node: fx.Node, a: dict, w: torch.Tensor, b: torch.Tensor | None) -> nn.Module | None:
     """The conv/linear module computing the functional call `node` (arguments `a`) with weight `w` and
     bias `b` (the tensors themselves become its parameters); None for a string padding."""
-    if node.target in CONVS:
+    if node.target in CONV_CALLS:
         if isinstance(a["padding"], str):
             return None
-        m = nn.utils.skip_init(CONVS[node.target], w.shape[1] * a["groups"], w.shape[0], w.shape[2:],
+        m = nn.utils.skip_init(CONV_CALLS[node.target], w.shape[1] * a["groups"], w.shape[0], w.shape[2:],
                                stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
                                groups=a["groups"], bias=b is not None, dtype=w.dtype, device=w.device)
     else:
@@ -69,7 +69,7 @@ def freeze_computed_weights(gm: fx.GraphModule) -> int:
     holds parameters used elsewhere, stay as they are."""
     frozen = 0
     for node in list(gm.graph.nodes):
-        if node.op == "call_function" and (node.target in CONVS or node.target in LINEARS):
+        if node.op == "call_function" and (node.target in CONV_CALLS or node.target in LINEAR_CALLS):
             frozen += _freeze_call(gm, node)
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
@@ -93,13 +93,13 @@ def _freeze_call(gm: fx.GraphModule, node: fx.Node) -> bool:
     if computed is None or any(set(n.users) - {*computed, node} for n in computed + [bias] if n is not None):
         return False  # not fixed, or some part of it is used by another computation too
     reads = [n for n in computed if n.op == "get_attr"] + ([bias] if bias is not None else [])
-    owner = next((n.target.rpartition(".")[0] for n in reads if n.target.endswith(".weight")), None)
+    source = next((n.target for n in reads if n.target.endswith(".weight")), None)
+    owner = source and source.rpartition(".")[0]
     if not owner or any(n.target.rpartition(".")[0] != owner for n in reads) or _read_elsewhere(gm, owner, set(reads)):
         return False
     with torch.no_grad():
         value = _evaluate(gm, computed)
-    source = operator.attrgetter(next(n.target for n in reads if n.target.endswith(".weight")))(gm)
-    w = nn.Parameter(value.detach().contiguous(), requires_grad=source.requires_grad)
+    w = nn.Parameter(value.detach().contiguous(), requires_grad=operator.attrgetter(source)(gm).requires_grad)
     layer = layer_for_call(node, a, w, None if bias is None else operator.attrgetter(bias.target)(gm))
     if layer is None:
         return False
@@ -117,19 +117,22 @@ def _freeze_call(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _parameter_only(node: fx.Node) -> list[fx.Node] | None:
-    """`node` and every node it depends on, in graph order, where all are attribute reads or pure
+    """`node` and every node it depends on, inputs first, where all are attribute reads or pure
     function/method calls (no input, no module call, nothing random); else None."""
-    seen, stack = {}, [node]
-    while stack:
-        n = stack.pop()
-        if n in seen:
-            continue
-        if n.op not in ("get_attr", "call_function", "call_method") or n.is_impure() or any(r in str(n.target) for r in _RANDOM):
-            return None
-        seen[n] = None
-        stack += n.all_input_nodes
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
-    return sorted(seen, key=order.__getitem__)
+    order: list[fx.Node] = []
+
+    def visit(n: fx.Node) -> bool:
+        if n in order:
+            return True
+        if n.op not in ("get_attr", "call_function", "call_method") or n.is_impure() or any(
+                r in str(n.target) for r in _RANDOM):
+            return False
+        if not all(visit(i) for i in n.all_input_nodes):
+            return False
+        order.append(n)
+        return True
+
+    return order if visit(node) else None
 
 
 def _read_elsewhere(gm: fx.GraphModule, owner: str, reads: set[fx.Node]) -> bool:

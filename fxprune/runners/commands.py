@@ -97,15 +97,12 @@ def run_model(args: argparse.Namespace) -> int:
 def show_groups(args: argparse.Namespace) -> int:
     """`fxprune groups MODEL`: the channel groups prune-channels sees, and why some are kept whole."""
     from fxprune.analysis.channels import analyse
-    from fxprune.core.freeze import freeze_computed_weights
-    from fxprune.core.tracing import trace
+    from fxprune.core.api import traced_for_passes
 
     torch.manual_seed(0)
     model, _ = load_model_args(args)
     x = example_input(model, args.model, args.input_size)
-    gm = trace(model)
-    freeze_computed_weights(gm)  # as prune() does before its passes
-    graph = analyse(gm, (x,), args.heads)
+    graph = analyse(traced_for_passes(model), (x,), args.heads)
     rows = []
     for i, g in enumerate(graph.groups):
         members = ", ".join(f"{path}:{role}" for path, role in g.members)

@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.core.freeze import CONVS, LINEARS, call_args, layer_args, layer_for_call
+from fxprune.core.freeze import CONV_CALLS, LINEAR_CALLS, call_args, layer_args, layer_for_call
 from fxprune.core.meta import SOURCE
 
 _BATCHNORMS = {F.batch_norm, torch.batch_norm}
@@ -64,7 +64,7 @@ def _const(gm: fx.GraphModule, arg) -> torch.Tensor | None:
 
 def _module_for(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     try:
-        if node.target in CONVS or node.target in LINEARS:
+        if node.target in CONV_CALLS or node.target in LINEAR_CALLS:
             a = layer_args(node)
             w, b = _const(gm, a["weight"]), _const(gm, a["bias"])
             if w is None:
