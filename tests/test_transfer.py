@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import fxprune
 from fxprune.analysis.counting import is_counted
@@ -71,6 +74,37 @@ def test_train_scaling_moves_only_scales_and_head_and_not_bn_statistics(tiny):
 def test_train_scaling_needs_something_to_train(tiny):
     with pytest.raises(ValueError, match="nothing requires grad; run the 'decompose-conv,insert-scaling'"):
         fxprune.train_scaling(fxprune.prune(tiny, X, "fold").requires_grad_(False), batches())
+
+
+def _lrs_of_each_step(run) -> list[float]:
+    """The learning rate of every optimizer step `run()` takes."""
+    seen = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return seen
+
+
+def test_train_scaling_schedules(tiny):
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
+    data = batches(3)  # 3 batches a pass, 2 passes: a cosine step per batch, 6 in all, the last at lr * 0.067
+    lrs = _lrs_of_each_step(lambda: fxprune.train_scaling(gm, data, epochs=2, lr=0.1, progress=False))
+    assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * k / 6)) for k in range(6)], rel=1e-12)
+    lrs = _lrs_of_each_step(lambda: fxprune.train_scaling(gm, data, epochs=2, lr=0.1, schedule="constant",
+                                                          progress=False))
+    assert lrs == [0.1] * 6
+
+    class Unsized:  # batches without len(): the cosine steps once per pass
+        def __iter__(self):
+            return iter(data)
+
+    lrs = _lrs_of_each_step(lambda: fxprune.train_scaling(gm, Unsized(), epochs=2, lr=0.1, progress=False))
+    assert lrs == pytest.approx([0.1] * 3 + [0.05] * 3, rel=1e-12)
+    with pytest.raises(ValueError, match="train_scaling: schedule must be 'constant' or 'cosine', got 'linear'"):
+        fxprune.train_scaling(gm, data, schedule="linear")
 
 
 class DeadDirection(nn.Module):

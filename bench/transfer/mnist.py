@@ -32,6 +32,9 @@ ENERGIES = (0.999, 0.99, 0.95, 0.9)
 CRITERIA = ("energy", "taylor")  # |s| (scale) was dropped: 0.505 at 90% of params vs taylor 0.933 (2026-11 run)
 
 
+SCHEDULE = "constant"  # the lr schedule these results were measured with (before cosine became the default)
+
+
 def measure(model, x, test, reference: dict, **row) -> dict:
     params, macs = total_params(model), total_macs(model, (x,))
     row.update(test_accuracy=fxprune.evaluate(model, test)["accuracy"], params=params, macs=macs,
@@ -67,7 +70,7 @@ def iterative(gm, x, train, test, reference, prune_what: str, step: float, until
     """Prune `step` of the params, retrain the scales one epoch, repeat (Taylor importance)."""
     _, history = fxprune.prune_iteratively(gm, x, data=train, val_data=test, criterion="taylor",
                                            prune_what=prune_what, step=step, until=f"params={until}", epochs=1,
-                                           importance_data=taylor_data, progress=False)
+                                           importance_data=taylor_data, schedule=SCHEDULE, progress=False)
     return [show(dict(method=f"fxprune iterative {prune_what}{label} taylor", setting=f"step {h['step']}",
                       test_accuracy=h["val_accuracy"], params=h["params"], macs=h["macs"],
                       params_kept=h["params"] / reference["params"], macs_kept=h["macs"] / reference["macs"]))
@@ -79,7 +82,7 @@ def channel_scaling(model, x, train, test, reference, epochs: int, budgets, l1: 
     penalty on every scale, then remove the channels whose scales are smallest and fold."""
     gm = fxprune.prune(model, x, "decompose-conv,insert-scaling,insert-channel-scaling")
     print(f"transfer with channel scales: {epochs} epochs, l1={l1}", flush=True)
-    fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, l1=l1, val_data=test)
+    fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, l1=l1, val_data=test, schedule=SCHEDULE)
     rows = [measure(fxprune.prune(gm, x, "fold"), x, test, reference, method="transferred with channel scales",
                     setting=f"l1={l1}, unpruned, scales folded")]
     for b in budgets:
@@ -96,7 +99,7 @@ def data_bases(model, x, train, test, reference, epochs: int, budgets, step: flo
     (now the RMS response on those digits) and iteratively by taylor."""
     gm = fxprune.prune(model, x, "decompose-conv{basis=data},insert-scaling", data=train[:16])
     print(f"transfer with data-aware bases: {epochs} epochs", flush=True)
-    fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, val_data=test)
+    fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, val_data=test, schedule=SCHEDULE)
     rows = [measure(fxprune.prune(gm, x, "fold"), x, test, reference, method="transferred with data bases",
                     setting="decompose-conv{basis=data}, unpruned")]
     for b in budgets:
@@ -141,7 +144,7 @@ def main(argv=None) -> None:
     model = load_lite0(num_classes=10)
     gm = fxprune.prune(model, x, "decompose-conv,insert-scaling")
     print(f"transfer: {epochs} epochs of scales + head", flush=True)
-    transfer = fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, val_data=test)
+    transfer = fxprune.train_scaling(gm, train, epochs=epochs, lr=1e-2, val_data=test, schedule=SCHEDULE)
     folded = fxprune.prune(gm, x, "fold")
     reference = {"params": total_params(folded), "macs": total_macs(folded, (x,))}
     a0 = measure(folded, x, test, reference, method="transferred (A0)", setting="unpruned, BN folded")

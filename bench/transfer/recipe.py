@@ -34,6 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--momentum", type=float, help="average Taylor importance across steps with this momentum")
     ap.add_argument("--basis", default="svd", choices=["svd", "data"], help="decompose-conv's bases")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
+    ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="lr over each training run")
     ap.add_argument("--tag", default="", help="appended to the output names")
     args = ap.parse_args(argv)
     start = time.time()
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
                                                    args.val)
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
-                              momentum=args.momentum, basis=args.basis, distill=args.distill)
+                              momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule)
     test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -60,12 +61,13 @@ def main(argv=None) -> None:
                        + (["--momentum", str(args.momentum)] if args.momentum is not None else [])
                        + (["--basis", args.basis] if args.basis != "svd" else [])
                        + (["--distill", str(args.distill)] if args.distill else [])
+                       + (["--schedule", args.schedule] if args.schedule != "cosine" else [])
                        + (["--tag", args.tag] if args.tag else []))
     text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until 1 point of val accuracy
 
 Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['seconds']} s here,
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
-of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
+(Adam, lr 0.01, {args.schedule} schedule in every training run) of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
 step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below

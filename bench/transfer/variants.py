@@ -27,6 +27,9 @@ from .lite0 import load_lite0
 joint = sys.modules["fxprune.passes.prune_joint"]
 
 
+SCHEDULE = "constant"  # the lr schedule these results were measured with (before cosine became the default)
+
+
 def channel_taylor_normalised(graph, data, loss_fn=None, momentum=None):
     s = channel_taylor(graph, data, loss_fn, momentum)
     for g in graph.groups:
@@ -49,7 +52,7 @@ def main(variants: list[str]) -> None:
     val = batches(x_train[-500:], y_train[-500:], 250)
     x = x_train[:1]
     gm = fxprune.prune(load_lite0(10), x, "decompose-conv,insert-scaling")
-    fxprune.train_scaling(gm, train, epochs=6, lr=1e-2, progress=False)
+    fxprune.train_scaling(gm, train, epochs=6, lr=1e-2, schedule=SCHEDULE, progress=False)
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}; A0 val", fxprune.evaluate(gm, val)["accuracy"],
           flush=True)
     for variant in variants:
@@ -60,7 +63,8 @@ def main(variants: list[str]) -> None:
         start = time.time()
         _, history = fxprune.prune_iteratively(gm, x, data=train, val_data=val, prune_what=what, step=0.15,
                                                until="params=0.1", importance_data=train[:8],
-                                               momentum=0.9 if option == "mom" else None, progress=False)
+                                               momentum=0.9 if option == "mom" else None, schedule=SCHEDULE,
+                                               progress=False)
         print(variant, round(time.time() - start),
               " ".join(f"{h['params_kept']:.3f}:{h['val_accuracy']:.3f}" for h in history[1:]), flush=True)
 

@@ -22,6 +22,8 @@ import timm
 
 from fxprune.runners import zoo
 
+from .summarize import mismatch_text
+
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE.parent.parent / "zoo_configs" / "timm_all.toml"
 LOSSLESS, CHANNELS = "lossless-timm-all", "channels-timm-all"
@@ -59,13 +61,7 @@ def reasons(rows: dict, what: str) -> list[str]:
     by_reason = defaultdict(list)
     for r in rows.values():
         if r["status"] not in ("ok", "skipped"):
-            text = r.get("reason") or (f"relative L2 error {r['rel_l2_error']:.2e} over {r['rel_l2_limit']:g}"
-                                       + (f"; float32 itself: {r['float32_rel_l2_error']:.2e} from float64, "
-                                          f"the rewrite {r['float64_rel_l2_error']:.2e} from it"
-                                          if "float64_rel_l2_error" in r else
-                                          f"; float32 itself: {r['float32_rel_l2_error']:.2e} from float64"
-                                          if "float32_rel_l2_error" in r else "")
-                                       if r["status"] == "mismatch" else r["status"])
+            text = r.get("reason") or (mismatch_text(r) if r["status"] == "mismatch" else r["status"])
             by_reason[f"{r['status']}: {text[:140]}"].append(r["model"].removeprefix("timm:"))
     lines = [f"### {what}: {sum(map(len, by_reason.values()))} models", ""]
     for text, models in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):

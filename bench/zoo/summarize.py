@@ -96,6 +96,17 @@ def judged(row: dict) -> float:
     return row.get("float64_rel_l2_error", row["rel_l2_error"])
 
 
+def mismatch_text(row: dict) -> str:
+    """A mismatch row's error, with how far float32 itself takes the model from its float64 outputs and the
+    rewrite's distance from them, where the row has them."""
+    text = f"relative L2 error {row['rel_l2_error']:.2e} over the limit {row['rel_l2_limit']:g}"
+    if "float32_rel_l2_error" in row:
+        text += f"; float32 itself: {row['float32_rel_l2_error']:.2e} from float64"
+    if "float64_rel_l2_error" in row:
+        text += f", the rewrite {row['float64_rel_l2_error']:.2e} from it"
+    return text
+
+
 def main() -> None:
     lines = ["# Zoo results", "",
              "`decompose-conv,fold` at full rank must reproduce the logits (float32, eval mode, batch 1):",
@@ -121,9 +132,7 @@ def main() -> None:
                      f"{grew} | {sum(r.get('seconds', 0) for r in rows.values()) / 60:.0f} min |")
         for r in rows.values():
             if r["status"] == "mismatch":
-                notes.append(f"- {r['model']}: mismatch: relative L2 error {r['rel_l2_error']:.2e} over the limit "
-                             f"{r['rel_l2_limit']:g}" + (f" (float32 itself takes the model {r['float32_rel_l2_error']:.2e} "
-                                                         "from its float64 outputs)" if "float32_rel_l2_error" in r else ""))
+                notes.append(f"- {r['model']}: mismatch: {mismatch_text(r)}")
             elif r["status"] == "ok" and "float64_rel_l2_error" in r:
                 notes.append(f"- {r['model']}: ok against the float64 outputs: {r['float64_rel_l2_error']:.2e} from "
                              f"them ({r['rel_l2_error']:.2e} from the float32 outputs, which float32 itself takes "

@@ -42,7 +42,7 @@ from fxprune.analysis.flow_attributes import AttributeRules
 from fxprune.analysis.flow_norms import NormRules
 from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_ONLY, ChannelFlow, Fixup, Member, node_arg,
                                          op_name, tensor_args, tensor_shape)
-from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base
+from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base, type_name
 from fxprune.core.meta import ROLE
 from fxprune.nn import BasisScalingConv, ChannelScaling
 
@@ -169,7 +169,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         elif isinstance(m, ChannelScaling):
             self.keep(node, src, member=(path, "scale"), axis=m.dim % len(tensor_shape(node)))
         elif (is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1  # 1-D, 2-D, 3-D
-              or f"{type(m).__module__}.{type(m).__qualname__}" in SAME_CHANNELS_CONVS):
+              or type_name(m) in SAME_CHANNELS_CONVS):
             self.conv(node, m, path, tracked)
         elif torch_base(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
             last = len(tensor_shape(node)) - 1

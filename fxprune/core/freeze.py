@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from fxprune.core.lowrank import set_module
+from fxprune.core.lowrank import set_module, type_name
 from fxprune.core.meta import SOURCE
 
 CONV_CALLS = {torch.conv1d: nn.Conv1d, torch.conv2d: nn.Conv2d, torch.conv3d: nn.Conv3d,
@@ -73,7 +73,7 @@ def freeze_computed_weights(gm: fx.GraphModule) -> int:
             frozen += _freeze_call(gm, node)
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
-            if f"{type(module).__module__}.{type(module).__qualname__}" in _SAME_STD_CONVS:
+            if type_name(module) in _SAME_STD_CONVS:
                 set_module(gm, node.target, _plain_same_conv(module))
                 frozen += 1
     if frozen:

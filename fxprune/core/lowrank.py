@@ -33,6 +33,12 @@ def torch_base(m: nn.Module) -> type | None:
     return None
 
 
+def type_name(m: nn.Module) -> str:
+    """`m`'s class as module.qualname (e.g. timm.layers.conv2d_same.Conv2dSame): how classes of
+    packages that may not be installed are matched without importing them."""
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
 def is_dense_layer(m: nn.Module) -> bool:
     """Torch conv or linear layers, or subclasses with their forward (others may compute anything,
     so they are left alone)."""

@@ -32,6 +32,8 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from fxprune.core.lowrank import type_name
+
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
 
@@ -41,7 +43,7 @@ def plain_forward(m: nn.Module, args: tuple, kwargs: dict):
     from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
     from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
 
-    kind = f"{type(m).__module__}.{type(m).__qualname__}"
+    kind = type_name(m)
     if kind == "timm.models.vgg.ConvMlp" and len(args) == 1 and not kwargs:
         return lambda *_, **__: m.act2(m.fc2(m.drop(m.act1(m.fc1(pool_up_to(args[0], m.input_kernel_size))))))
     if kind == "timm.models.nfnet.NormFreeBlock" and len(args) == 1 and not kwargs and not m.training:

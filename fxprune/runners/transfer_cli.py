@@ -38,12 +38,15 @@ def run_transfer(args: argparse.Namespace) -> int:
     print(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
     print(f"data: {args.data}: {len(data.classes)} classes, {len(data.train.labels)} train / {len(data.val.labels)} "
           f"val images at {norm.size}x{norm.size}; threads {torch.get_num_threads()}", flush=True)
-    print(f"training the basis scales and the head: {args.epochs} epochs; then pruning {args.prune} "
-          f"({args.criterion}, {args.step:g} of the params per step) until {args.until}", flush=True)
+    retrain_lr = args.lr / 10 if args.retrain_lr is None else args.retrain_lr
+    print(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
+          f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr {retrain_lr:g} "
+          f"after each) until {args.until}", flush=True)
     result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
                       prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
                       max_steps=args.max_steps, importance_batches=args.importance_batches,
-                      momentum=args.momentum, basis=args.basis, distill=args.distill)
+                      momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
+                      retrain_lr=args.retrain_lr)
     if args.test:
         test = load_test_folder(args.test, data.classes, norm)
         result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (result.transferred, result.model))

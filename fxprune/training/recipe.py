@@ -54,18 +54,20 @@ def stop_rule(until: str, transferred_accuracy: float) -> str:
 def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable, epochs: int = 5, lr: float = 1e-2,
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
-             momentum: float | None = None, basis: str = "svd", distill: float = 0.0,
-             progress: bool = True) -> TransferResult:
+             momentum: float | None = None, basis: str = "svd", distill: float = 0.0, schedule: str = "cosine",
+             retrain_lr: float | None = None, progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
     with fxprune.zero_head, as the CLI does, or the scales move under a head still giving noise) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
-    `step` of the params per step, retraining the scales one epoch after each, until `until`
+    `step` of the params per step, retraining the scales one epoch after each (at `retrain_lr`, by default
+    lr / 10: retraining a converged model at the first lr costs it accuracy by itself), until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
     (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
     steps with `momentum` where given. `basis="data"` decomposes into bases fitted to the responses on
     those batches (decompose-conv{basis=data}) instead of each layer's SVD. `distill` > 0: the retraining
-    after each step distils from the transferred model with that weight. `model` is not modified."""
+    after each step distils from the transferred model with that weight. Every training run decays lr
+    by `schedule` (train_scaling's: cosine to 0, or constant). `model` is not modified."""
     inputs = as_inputs(example_inputs)
     clock = {}
     start = time.perf_counter()
@@ -73,7 +75,7 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
         gm = prune(model, inputs, "decompose-conv,insert-scaling")
     else:
         gm = prune(model, inputs, f"decompose-conv{{basis={basis}}},insert-scaling", data=_first(train, importance_batches))
-    epochs_run = train_scaling(gm, train, epochs=epochs, lr=lr, val_data=val, progress=progress)
+    epochs_run = train_scaling(gm, train, epochs=epochs, lr=lr, val_data=val, schedule=schedule, progress=progress)
     clock["train"] = time.perf_counter() - start
     base = prune(gm, inputs, "fold")
     a0 = evaluate(base, val)["accuracy"]
@@ -81,9 +83,10 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     start = time.perf_counter()
     some = _first(train, importance_batches)
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
-                                      prune_what=prune_what, step=step, until=rule, epochs=1, lr=lr,
+                                      prune_what=prune_what, step=step, until=rule, epochs=1,
+                                      lr=lr / 10 if retrain_lr is None else retrain_lr,
                                       max_steps=max_steps, importance_data=some, momentum=momentum, distill=distill,
-                                      progress=progress)
+                                      schedule=schedule, progress=progress)
     small = prune(pruned, inputs, "fold")
     clock["prune"] = time.perf_counter() - start
     with torch.no_grad():

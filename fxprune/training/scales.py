@@ -54,11 +54,15 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard: torch.
 def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: float = 1e-2,
                   optimizer: str = "adam", loss_fn: Callable | None = None, val_data: Iterable | None = None,
                   l1: float = 0.0, teacher: torch.nn.Module | None = None, distill: float = 0.5,
-                  progress: bool = True) -> list[dict[str, float]]:
+                  schedule: str = "cosine", progress: bool = True) -> list[dict[str, float]]:
     """Train what insert-scaling / insert-channel-scaling left trainable; `l1` adds l1 * sum|s| over
     every scale (of bases and of channels) to drive unneeded ones to 0. With a `teacher` (e.g. the
     unpruned model), the objective is distillation_loss with weight `distill` (no weight of either
     model changes but the scales and head of `gm`); the reported loss stays the task loss.
+    `schedule="cosine"` decays lr to 0 over the run (torch's CosineAnnealingLR, a step per batch, or per
+    epoch where `data` has no len()), "constant" keeps it: Adam moves every scale by about lr per step
+    whatever its gradient, so at a constant lr where the model ends depends on rounding and data order
+    (bench/transfer/results/stability.md).
 
     Returns one dict per epoch: train loss/accuracy and, with `val_data`, val loss/accuracy.
     """
@@ -70,7 +74,12 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
         raise ValueError(f"train_scaling: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if not 0 <= distill <= 1:
         raise ValueError(f"train_scaling: distill={distill} is the weight of the teacher's term, in [0, 1]")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"train_scaling: schedule must be 'constant' or 'cosine', got {schedule!r}")
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    per_batch = hasattr(data, "__len__")
+    decay = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(data) if per_batch else epochs)
+             if schedule == "cosine" else None)
     loss_fn = loss_fn or F.cross_entropy
     scales = [m.scale if isinstance(m, BasisScalingConv) else m.weight for m in gm.modules()
               if isinstance(m, (BasisScalingConv, ChannelScaling))]
@@ -94,6 +103,8 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
+            if decay is not None and per_batch:
+                decay.step()
             total_loss += loss.item() * len(y)
             correct += (out.argmax(1) == y).sum().item()
             seen += len(y)
@@ -106,6 +117,8 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
                             val_acc=f"{val['accuracy']:.3f}")
         bar.close()
         history.append(row)
+        if decay is not None and not per_batch:
+            decay.step()
     return history
 
 
@@ -153,7 +166,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       until: str = "params=0.5", epochs: int = 1, lr: float = 1e-2, l1: float = 0.0,
                       max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
-                      distill: float = 0.0, latency: LatencyTable | None = None, progress: bool = True):
+                      distill: float = 0.0, latency: LatencyTable | None = None, schedule: str = "cosine",
+                      progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs, or latency), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
@@ -162,6 +176,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`) and, with
     `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's). With
     `distill` > 0 the retraining distils from the unpruned model (train_scaling's teacher, that weight).
+    Each retraining runs train_scaling with `schedule` (cosine: lr decays to 0 within it).
     With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times
     in a row (then the run ends): one noisy step does not end the run. After a step that holds, the
@@ -201,7 +216,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
 
     def retrain(model: fx.GraphModule) -> None:
         train_scaling(model, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, teacher=teacher, distill=distill,
-                      progress=False)
+                      schedule=schedule, progress=False)
 
     history: list[dict] = []
     history.append(record(0, gm, 0.0))
