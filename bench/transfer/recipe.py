@@ -20,6 +20,7 @@ import torch
 
 import fxprune
 from fxprune.core.io import atomic_write_text
+from fxprune.training.recipe import RETRAIN_LR_SHARE
 
 from .digits import add_split_args, benchmark_split, digits, optdigits
 from .lite0 import load_lite0
@@ -35,6 +36,7 @@ def main(argv=None) -> None:
     ap.add_argument("--basis", default="svd", choices=["svd", "data"], help="decompose-conv's bases")
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="lr over each training run")
+    ap.add_argument("--retrain-lr", type=float, help="lr of the retraining after each step (transfer's default)")
     ap.add_argument("--tag", default="", help="appended to the output names")
     args = ap.parse_args(argv)
     start = time.time()
@@ -43,7 +45,8 @@ def main(argv=None) -> None:
                                                    args.val)
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
-                              momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule)
+                              momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
+                              retrain_lr=args.retrain_lr)
     test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -62,6 +65,7 @@ def main(argv=None) -> None:
                        + (["--basis", args.basis] if args.basis != "svd" else [])
                        + (["--distill", str(args.distill)] if args.distill else [])
                        + (["--schedule", args.schedule] if args.schedule != "cosine" else [])
+                       + (["--retrain-lr", str(args.retrain_lr)] if args.retrain_lr is not None else [])
                        + (["--tag", args.tag] if args.tag else []))
     text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until 1 point of val accuracy
 
@@ -69,7 +73,7 @@ Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['secon
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
 (Adam, lr 0.01, {args.schedule} schedule in every training run) of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
-step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
+step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {RETRAIN_LR_SHARE * 0.01 if args.retrain_lr is None else args.retrain_lr:g}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
 {result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
 

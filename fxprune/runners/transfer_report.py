@@ -49,9 +49,10 @@ def report_markdown(out: Path, result: TransferResult, settings: dict, table: li
 - {settings['weights_note'][0].upper() + settings['weights_note'][1:]}
 - Data: {len(settings['classes'])} classes, {settings['train_images']} train / {settings['val_images']} val images \
 at {settings['image_size']}x{settings['image_size']}
-- Trained: the basis scales and the head, {settings['epochs']} epochs of Adam (lr {settings['lr']}); no other weight \
+- Trained: the basis scales and the head, {settings['epochs']} epochs of Adam (lr {settings['lr']}, \
+{settings['schedule']} schedule); no other weight \
 was changed. Pruned: {settings['prune']} by {settings['criterion']} importance, {settings['step']} of the params per \
-step, scales retrained one epoch after each, until {settings['until']} ({result.until}).
+step, scales retrained one epoch at lr {settings['retrain_lr']:g} after each, until {settings['until']} ({result.until}).
 - Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads)
 
 {test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}; params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \

@@ -36,6 +36,13 @@ class TransferResult:
     test_images: int = 0
 
 
+RETRAIN_LR_SHARE = 0.3
+"""The retraining after each pruning step runs at this share of the transfer's lr, by default. On the
+demo (Lite0 -> digits, cosine): 0.3 removed 65.2% of params (test 0.927 -> 0.932) where 0.1 removed 59.8%
+(-> 0.926) within 1 point of val, and 81.0% (-> 0.905) vs 64.8% (-> 0.914) above val 0.90; a whole lr took
+the unpruned model from val 0.928 to 0.892 in one epoch."""
+
+
 def stop_rule(until: str, transferred_accuracy: float) -> str:
     """`accuracy-drop=D` (at most D below the transferred model's val accuracy) as accuracy=A;
     the other rules of prune_iteratively (params=F, macs=F, accuracy=A) as they are."""
@@ -60,7 +67,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     with fxprune.zero_head, as the CLI does, or the scales move under a head still giving noise) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each (at `retrain_lr`, by default
-    lr / 10: retraining a converged model at the first lr costs it accuracy by itself), until `until`
+    RETRAIN_LR_SHARE * lr: retraining a converged model at the first lr costs it accuracy by itself,
+    one at lr / 10 recovers too little from a step), until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
     (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
@@ -84,7 +92,7 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     some = _first(train, importance_batches)
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
                                       prune_what=prune_what, step=step, until=rule, epochs=1,
-                                      lr=lr / 10 if retrain_lr is None else retrain_lr,
+                                      lr=RETRAIN_LR_SHARE * lr if retrain_lr is None else retrain_lr,
                                       max_steps=max_steps, importance_data=some, momentum=momentum, distill=distill,
                                       schedule=schedule, progress=progress)
     small = prune(pruned, inputs, "fold")
