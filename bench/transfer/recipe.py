@@ -20,10 +20,12 @@ import torch
 
 import fxprune
 from fxprune.core.io import atomic_write_text
-from fxprune.training.recipe import RETRAIN_LR_SHARE
+from fxprune.training.recipe import retrain_lr_for
 
 from .digits import add_split_args, benchmark_split, digits, optdigits
 from .lite0 import load_lite0
+
+LR = 1e-2  # Adam's lr in the transfer; the retraining after each step runs at retrain_lr_for(LR, --retrain-lr)
 
 
 def main(argv=None) -> None:
@@ -43,7 +45,7 @@ def main(argv=None) -> None:
     torch.manual_seed(0)
     train, val, test, x_train, n = benchmark_split(digits if args.dataset == "mnist" else optdigits, args.size,
                                                    args.val)
-    result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs,
+    result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs, lr=LR,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
                               momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
                               retrain_lr=args.retrain_lr)
@@ -71,9 +73,9 @@ def main(argv=None) -> None:
 
 Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['seconds']} s here,
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
-(Adam, lr 0.01, {args.schedule} schedule in every training run) of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
+(Adam, lr {LR:g}, {args.schedule} schedule in every training run) of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
-step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {RETRAIN_LR_SHARE * 0.01 if args.retrain_lr is None else args.retrain_lr:g}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
+step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {retrain_lr_for(LR, args.retrain_lr):g}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
 {result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
 

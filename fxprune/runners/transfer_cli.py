@@ -15,7 +15,7 @@ from fxprune.training.data import load_image_folder, load_test_folder, normaliza
 from fxprune.core.errors import FxPruneError
 from fxprune.runners.export import save_exported
 from fxprune.core.io import atomic_write_text
-from fxprune.training.recipe import RETRAIN_LR_SHARE, TransferResult, transfer
+from fxprune.training.recipe import TransferResult, retrain_lr_for, transfer
 from fxprune.training.scales import evaluate
 from fxprune.runners.transfer_report import report_markdown, write_plot
 
@@ -38,7 +38,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     print(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
     print(f"data: {args.data}: {len(data.classes)} classes, {len(data.train.labels)} train / {len(data.val.labels)} "
           f"val images at {norm.size}x{norm.size}; threads {torch.get_num_threads()}", flush=True)
-    retrain_lr = RETRAIN_LR_SHARE * args.lr if args.retrain_lr is None else args.retrain_lr
+    retrain_lr = retrain_lr_for(args.lr, args.retrain_lr)
     print(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
           f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr {retrain_lr:g} "
           f"after each) until {args.until}", flush=True)
@@ -53,7 +53,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         result.test_images = len(test.labels)
     save_exported(result.model, (x,), out)
     settings = {k: v for k, v in vars(args).items() if k not in ("command",)}
-    settings.update(retrain_lr=retrain_lr, classes=data.classes, train_images=len(data.train.labels), val_images=len(data.val.labels),
+    settings.update(retrain_lr=retrain_lr, classes=data.classes, train_images=len(data.train.labels),
+                    val_images=len(data.val.labels),
                     image_size=norm.size, mean=norm.mean, std=norm.std, threads=torch.get_num_threads(), weights_note="; ".join(notes))
     write_outputs(out, result, settings)
     print()

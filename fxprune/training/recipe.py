@@ -43,6 +43,11 @@ demo (Lite0 -> digits, cosine): 0.3 removed 65.2% of params (test 0.927 -> 0.932
 the unpruned model from val 0.928 to 0.892 in one epoch."""
 
 
+def retrain_lr_for(lr: float, retrain_lr: float | None) -> float:
+    """The lr of the retraining after each pruning step: `retrain_lr` where given, else RETRAIN_LR_SHARE * lr."""
+    return RETRAIN_LR_SHARE * lr if retrain_lr is None else retrain_lr
+
+
 def stop_rule(until: str, transferred_accuracy: float) -> str:
     """`accuracy-drop=D` (at most D below the transferred model's val accuracy) as accuracy=A;
     the other rules of prune_iteratively (params=F, macs=F, accuracy=A) as they are."""
@@ -92,7 +97,7 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     some = _first(train, importance_batches)
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
                                       prune_what=prune_what, step=step, until=rule, epochs=1,
-                                      lr=RETRAIN_LR_SHARE * lr if retrain_lr is None else retrain_lr,
+                                      lr=retrain_lr_for(lr, retrain_lr),
                                       max_steps=max_steps, importance_data=some, momentum=momentum, distill=distill,
                                       schedule=schedule, progress=progress)
     small = prune(pruned, inputs, "fold")
