@@ -267,7 +267,7 @@ def test_schedule_backs_off_by_halves_and_grows_back_by_half(monkeypatch):
     0.0375 and 0.01875: the fourth miss in a row (backoffs=3) ends the run."""
     from fxprune.training import scales
 
-    accuracies = iter([0.95, 0.95, 0.85, 0.85, 0.95] + [0.85] * 8)
+    accuracies = iter([0.95, 0.95, 0.85, 0.85, 0.95] + [0.85] * 8)  # of 20 val examples: the first k right
     tried = []
     real_prune = scales.prune
 
@@ -277,13 +277,54 @@ def test_schedule_backs_off_by_halves_and_grows_back_by_half(monkeypatch):
         return real_prune(gm, inputs, pipeline, **context)
 
     monkeypatch.setattr(scales, "prune", prune)
-    monkeypatch.setattr(scales, "evaluate", lambda *a, **k: {"accuracy": next(accuracies)})
+    monkeypatch.setattr(scales, "hits", lambda *a, **k: torch.arange(20) < round(20 * next(accuracies)))
     monkeypatch.setattr(scales, "train_scaling", lambda *a, **k: [])
     gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
     _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
-                                        criterion="l2", step=0.2, until="accuracy=0.9", progress=False)
+                                        criterion="l2", step=0.2, until="accuracy=0.9", margin=0, progress=False)
     assert [h["step_size"] for h in hist] == [0.0, 0.2, 0.1]
     assert tried == [f"prune-channels{{criterion=l2 target-params={k}}}"
                      for k in (0.8, 0.8, 0.9, 0.85, 0.925, 0.9625, 0.98125)]
     assert hist[1]["params_kept"] <= 0.8 and hist[2]["params"] <= 0.9 * hist[1]["params"]
     assert next(accuracies, None) is None  # every scripted evaluation was used: none skipped, none extra
+
+
+def test_paired_standard_error_counts_the_examples_that_changed():
+    before = torch.tensor([True] * 16 + [False] * 4)
+    after = torch.tensor([True] * 13 + [False] * 3 + [True] * 2 + [False] * 2)  # 3 lost, 2 gained of 20
+    # sqrt(discordant - (gained - lost)^2 / n) / n = sqrt(5 - 1/20) / 20
+    assert fxprune.training.scales.paired_se(before, after) == pytest.approx((5 - 1 / 20) ** 0.5 / 20, rel=1e-12)
+    assert fxprune.training.scales.paired_se(before, before) == 0.0
+
+
+@pytest.mark.parametrize("margin, kept", [(0.0, 3), (1.0, 1)])
+def test_a_step_holds_by_its_accuracy_less_margin_standard_errors(monkeypatch, margin, kept):
+    """Floor 0.9 on 20 val examples, the start getting the first 19 right. Every step loses one: 0.9
+    with se sqrt(1 - 1/20) / 20 = 0.049, which holds with margin 0 (both tries kept) and not with
+    margin 1 (each try missed, retrained, missed again: nothing kept)."""
+    from fxprune.training import scales
+
+    script = iter([torch.arange(20) < 19] + [torch.arange(20) < 18] * (2 if margin == 0 else 4))
+    monkeypatch.setattr(scales, "hits", lambda *a, **k: next(script))
+    monkeypatch.setattr(scales, "train_scaling", lambda *a, **k: [])
+    gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
+    _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
+                                        criterion="l2", step=0.2, until="accuracy=0.9", margin=margin,
+                                        max_steps=2, progress=False)
+    assert len(hist) == kept and next(script, None) is None
+    assert [h["val_accuracy"] for h in hist] == [0.95, 0.9, 0.9][:kept]
+    assert [h["val_se"] for h in hist] == pytest.approx([0.0] + [0.95 ** 0.5 / 20] * (kept - 1), rel=1e-12)
+
+
+def test_the_val_change_names_its_error_and_a_floor_it_cannot_resolve():
+    from fxprune.training.recipe import TransferResult, resolution_note, val_change
+
+    def result(until, se):
+        return TransferResult(None, None, (10, 5), (10, 5), (0.94, 0.93), until, steps=[{"val_se": se}])
+
+    assert val_change(result("accuracy=0.930000", 0.014)) == "-1.0 ± 1.4 points (1 standard error)"
+    assert resolution_note(result("accuracy=0.930000", 0.008)) is None
+    assert resolution_note(result("params=0.5", 0.014)) is None
+    assert resolution_note(result("accuracy=0.930000", 0.014)) == (
+        "val measures this change only to ±1.4 points, more than the 1.0-point floor allows: on new data the drop "
+        "can differ by as much; hold out more val images to trust a floor this tight")

@@ -67,7 +67,10 @@ def test_transfer_end_to_end(factory, tmp_path, capsys):
     report = out.with_suffix(".md").read_text()
     assert "3 epochs of Adam (lr 0.05, cosine schedule)" in report and "retrained one epoch at lr 0.015 after" in report
     assert record["settings"]["retrain_lr"] == pytest.approx(0.015)
-    assert f"params {before:,} -> {after:,}" in report and "![val accuracy against params](small.png)" in report
+    assert f"Params {before:,} -> {after:,}" in report and "![val accuracy against params](small.png)" in report
+    (a0, a1), se = record["accuracy"], record["steps"][-1]["val_se"]
+    assert f"val accuracy {a0:.3f} -> {a1:.3f} ({100 * (a1 - a0):+.1f} ± {100 * se:.1f} points (1 standard error))\n" \
+        in text
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.parent.iterdir()) == ["small.json", "small.md", "small.png", "small.pt2"]
 

@@ -54,10 +54,11 @@ def add_split_args(ap) -> None:
     ap.add_argument("--val", type=int, default=500, help="training digits held out as val (the last ones)")
 
 
-def benchmark_split(dataset, size: int, val: int):
+def benchmark_split(dataset, size: int, val: int, seed: int = 0):
     """(train batches of 64, shuffled with a fixed seed; val and test batches of 250; the training inputs;
-    the number of training digits): the last `val` training digits are the val set, never the test."""
-    (x_train, y_train), (x_test, y_test) = dataset(size)
+    the number of training digits): the last `val` training digits are the val set, never the test.
+    `seed` picks the split of `dataset` into training and test digits."""
+    (x_train, y_train), (x_test, y_test) = dataset(size, seed=seed)
     n = len(y_train) - val
     train = batches(x_train[:n], y_train[:n], 64, shuffle_seed=0)
     return train, batches(x_train[n:], y_train[n:], 250), batches(x_test, y_test, 250), x_train, n

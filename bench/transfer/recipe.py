@@ -39,17 +39,20 @@ def main(argv=None) -> None:
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="lr over each training run")
     ap.add_argument("--retrain-lr", type=float, help="lr of the retraining after each step (transfer's default)")
+    ap.add_argument("--margin", type=float, default=0.0,
+                    help="standard errors of a step's val change it must clear the floor by")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the train/test split (which digits are val and test)")
     ap.add_argument("--tag", default="", help="appended to the output names")
     args = ap.parse_args(argv)
     start = time.time()
     torch.manual_seed(0)
     train, val, test, x_train, n = benchmark_split(digits if args.dataset == "mnist" else optdigits, args.size,
-                                                   args.val)
+                                                   args.val, seed=args.seed)
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs, lr=LR,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
                               momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
-                              retrain_lr=args.retrain_lr)
-    test_accuracy = [fxprune.evaluate(m, test)["accuracy"] for m in (result.transferred, result.model)]
+                              retrain_lr=args.retrain_lr, margin=args.margin, test=test)
+    test_accuracy = list(result.test_accuracy)
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
               "seconds": round(time.time() - start), "train": n, "val": args.val, "test": sum(len(y) for _, y in test),
@@ -59,7 +62,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     atomic_write_text(out / f"{name}.json", json.dumps(record, indent=1) + "\n")
     rows = "\n".join(f"| {s['step']} | {s['step_size']:.4g} | {s['params']:,} | {s['params_kept']:.3f} | "
-                     f"{s['macs_kept']:.3f} | {s['val_accuracy']:.3f} |" for s in result.steps)
+                     f"{s['macs_kept']:.3f} | {s['val_accuracy']:.3f} | {s['val_se']:.3f} | {s['test_accuracy']:.3f} |"
+                     for s in result.steps)
     command = " ".join(["--dataset", args.dataset, "--prune", args.prune, "--max-steps", str(args.max_steps)]
                        + (["--epochs", str(args.epochs)] if args.epochs != 6 else [])
                        + (["--val", str(args.val)] if args.val != 500 else [])
@@ -68,6 +72,8 @@ def main(argv=None) -> None:
                        + (["--distill", str(args.distill)] if args.distill else [])
                        + (["--schedule", args.schedule] if args.schedule != "cosine" else [])
                        + (["--retrain-lr", str(args.retrain_lr)] if args.retrain_lr is not None else [])
+                       + (["--margin", str(args.margin)] if args.margin else [])
+                       + (["--seed", str(args.seed)] if args.seed else [])
                        + (["--tag", args.tag] if args.tag else []))
     text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until 1 point of val accuracy
 
@@ -77,14 +83,15 @@ Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['secon
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
 step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {retrain_lr_for(LR, args.retrain_lr):g}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
-{result.until.partition('=')[2]}; fold. The {record['test']} test digits chose nothing.
+{result.until.partition('=')[2]} by {args.margin:g} standard errors of its paired change (`val se`); fold.
+The {record['test']} test digits chose nothing (evaluated at each kept step, for the record).
 
 **Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer), MACs
 {100 * (1 - result.macs[1] / result.macs[0]):.1f}% fewer; test accuracy {test_accuracy[0]:.3f} -> {test_accuracy[1]:.3f}
 ({100 * (test_accuracy[1] - test_accuracy[0]):+.1f} points); val {result.accuracy[0]:.3f} -> {result.accuracy[1]:.3f}.**
 
-| step | step size | params | params kept | MACs kept | val accuracy |
-| --- | --- | --- | --- | --- | --- |
+| step | step size | params | params kept | MACs kept | val accuracy | val se | test accuracy |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 """
     atomic_write_text(out / f"{name}.md", text)

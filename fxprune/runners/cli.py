@@ -57,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_argument("--until", default="accuracy-drop=0.01",
                           help="stop rule: accuracy-drop=D (default 0.01: within 1 point of the transferred "
                                "model), accuracy=A, params=F, macs=F or latency=F (measured, batch 1, this machine)")
+    transfer.add_argument("--margin", type=float, default=0.0,
+                          help="with an accuracy stop rule, a step holds while val accuracy less this many standard "
+                               "errors of its change (paired, over the val images that changed) meets the floor "
+                               "(default 0: val accuracy itself)")
     transfer.add_argument("--step", type=float, default=0.05, help="share of the params pruned per step (0.05)")
     transfer.add_argument("--max-steps", type=int, default=50, help="at most this many pruning steps (50)")
     transfer.add_argument("--importance-batches", type=int, default=8,

@@ -7,7 +7,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from fxprune.core.io import atomic_write
-from fxprune.training.recipe import TransferResult
+from fxprune.training.recipe import TransferResult, resolution_note, val_change
 
 
 def write_plot(path: Path, result: TransferResult, settings: dict) -> bool:
@@ -52,10 +52,11 @@ at {settings['image_size']}x{settings['image_size']}
 - Trained: the basis scales and the head, {settings['epochs']} epochs of Adam (lr {settings['lr']}, \
 {settings['schedule']} schedule); no other weight \
 was changed. Pruned: {settings['prune']} by {settings['criterion']} importance, {settings['step']} of the params per \
-step, scales retrained one epoch at lr {settings['retrain_lr']:g} after each, until {settings['until']} ({result.until}).
+step, scales retrained one epoch at lr {settings['retrain_lr']:g} after each, until {settings['until']} ({result.until}\
+{'' if not settings['margin'] or not result.until.startswith('accuracy') else f", val accuracy less {settings['margin']:g} standard errors of its change"}).
 - Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads)
 
-{test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}; params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
+{test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}** ({val_change(result)}{'; ' + resolution_note(result) if resolution_note(result) else ''}). **Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
 MACs {m[0]:,} -> {m[1]:,} ({100 * (1 - m[1] / m[0]):.1f}% fewer).** Sizes count BatchNorm folded into the layers, \
 before and after.
 

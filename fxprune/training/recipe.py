@@ -18,6 +18,7 @@ from torch import nn
 
 from fxprune.analysis.counting import total_macs, total_params
 from fxprune.core.api import as_inputs, prune
+from fxprune.analysis.importance import split_batch
 from fxprune.training.scales import evaluate, prune_iteratively, train_scaling
 
 
@@ -67,7 +68,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
              momentum: float | None = None, basis: str = "svd", distill: float = 0.0, schedule: str = "cosine",
-             retrain_lr: float | None = None, progress: bool = True) -> TransferResult:
+             retrain_lr: float | None = None, margin: float = 0.0, test: Iterable | None = None,
+             progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
     with fxprune.zero_head, as the CLI does, or the scales move under a head still giving noise) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
@@ -80,7 +82,10 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     steps with `momentum` where given. `basis="data"` decomposes into bases fitted to the responses on
     those batches (decompose-conv{basis=data}) instead of each layer's SVD. `distill` > 0: the retraining
     after each step distils from the transferred model with that weight. Every training run decays lr
-    by `schedule` (train_scaling's: cosine to 0, or constant). `model` is not modified."""
+    by `schedule` (train_scaling's: cosine to 0, or constant). A step holds while its val accuracy less
+    `margin` standard errors of its change stays above the floor (prune_iteratively's). `test`, where given,
+    is evaluated at every kept step and at the end, for the record: it decides nothing. `model` is not
+    modified."""
     inputs = as_inputs(example_inputs)
     clock = {}
     start = time.perf_counter()
@@ -99,14 +104,37 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
                                       prune_what=prune_what, step=step, until=rule, epochs=1,
                                       lr=retrain_lr_for(lr, retrain_lr),
                                       max_steps=max_steps, importance_data=some, momentum=momentum, distill=distill,
-                                      schedule=schedule, progress=progress)
+                                      schedule=schedule, margin=margin, test_data=test, progress=progress)
     small = prune(pruned, inputs, "fold")
     clock["prune"] = time.perf_counter() - start
     with torch.no_grad():
         accuracy = evaluate(small, val)["accuracy"]
-    return TransferResult(small, base, (total_params(base), total_params(small)),
-                          (total_macs(base, inputs), total_macs(small, inputs)), (a0, accuracy), rule,
-                          epochs_run, steps, clock)
+    result = TransferResult(small, base, (total_params(base), total_params(small)),
+                            (total_macs(base, inputs), total_macs(small, inputs)), (a0, accuracy), rule,
+                            epochs_run, steps, clock)
+    if test is not None:
+        result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (base, small))
+        result.test_images = sum(len(split_batch(batch)[1]) for batch in test)
+    return result
+
+
+def val_change(result: TransferResult) -> str:
+    """The pruned model's val accuracy change from the transferred model's, in points, with its paired
+    standard error (prune_iteratively's val_se at the last kept step)."""
+    a0, a1 = result.accuracy
+    return f"{100 * (a1 - a0):+.1f} ± {100 * result.steps[-1]['val_se']:.1f} points (1 standard error)"
+
+
+def resolution_note(result: TransferResult) -> str | None:
+    """Where the val change's standard error is wider than the drop an accuracy floor allowed, a note
+    saying so (the drop on new data can differ from val's by that much); else None."""
+    a0, se = result.accuracy[0], result.steps[-1]["val_se"]
+    key, _, floor = result.until.partition("=")
+    if key != "accuracy" or not se > a0 - float(floor) > 0:
+        return None
+    return (f"val measures this change only to ±{100 * se:.1f} points, more than the "
+            f"{100 * (a0 - float(floor)):.1f}-point floor allows: on new data the drop can differ by as much; "
+            "hold out more val images to trust a floor this tight")
 
 
 def _first(data: Iterable, batches: int | None) -> Iterable:

@@ -41,6 +41,20 @@ def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = Non
     return {"loss": loss / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
+def hits(gm: torch.nn.Module, data: Iterable) -> torch.Tensor:
+    """Per example of `data` (batches of (inputs, targets)), in order: whether `gm`'s top-1 class is the target."""
+    with torch.no_grad():
+        return torch.cat([gm(x).argmax(1) == y for x, y in map(split_batch, data)])
+
+
+def paired_se(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Standard error of the change in accuracy from `before` to `after` (hits of two models on the same
+    examples): sqrt(discordant - (gained - lost)^2 / n) / n, the examples that changed carrying all of it."""
+    n = len(before)
+    gained, lost = int((after & ~before).sum()), int((before & ~after).sum())
+    return max(gained + lost - (gained - lost) ** 2 / n, 0.0) ** 0.5 / n
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard: torch.Tensor, weight: float,
                       temperature: float = TEMPERATURE) -> torch.Tensor:
     """(1 - weight) * `hard` (the task loss) + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))
@@ -167,7 +181,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
                       distill: float = 0.0, latency: LatencyTable | None = None, schedule: str = "cosine",
-                      progress: bool = True):
+                      margin: float = 0.0, test_data: Iterable | None = None, progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs, or latency), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
@@ -177,7 +191,10 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's). With
     `distill` > 0 the retraining distils from the unpruned model (train_scaling's teacher, that weight).
     Each retraining runs train_scaling with `schedule` (cosine: lr decays to 0 within it).
-    With until='accuracy=A', a step that leaves val accuracy below A is retrained `epochs` more;
+    With until='accuracy=A', a step holds where its val accuracy, less `margin` standard errors of its
+    change from the start (paired, over the val examples that changed: `paired_se`), is at least A: many
+    tries against one small val set otherwise keep the steps that pass by luck. A step that does not
+    hold is retrained `epochs` more;
     if it is still below, it is undone and tried again at half the step, at most `backoffs` times
     in a row (then the run ends): one noisy step does not end the run. After a step that holds, the
     step grows back by 1.5x up to `step`. `max_steps` counts tries.
@@ -187,7 +204,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     took at the start.
     Returns (pruned GraphModule, not yet folded; history: one dict per kept step with bases kept,
     params, MACs as fold will leave them (and latency_ms, measured, with until='latency=F'), the step
-    size and val accuracy). With until='accuracy=A' the last step that kept val accuracy >= A is returned.
+    size, val accuracy and its paired standard error `val_se`, and the accuracy on `test_data` where
+    given: recorded, never used to decide). With until='accuracy=A' the last step that held is returned.
     """
     inputs = as_inputs(example_inputs)
     key, goal = _parse_until(until, val_data is not None)
@@ -209,8 +227,19 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
             row["latency_ms"] = timed if timed is not None else folded_seconds(timing["latency"], model, inputs) * 1e3
             row["latency_kept"] = row["latency_ms"] / (history[0] if history else row)["latency_ms"]
         if val_data is not None:
-            row["val_accuracy"] = evaluate(model, val_data, loss_fn)["accuracy"]
+            right = hits(model, val_data)
+            start.setdefault("val", right)
+            row.update(val_accuracy=right.sum().item() / len(right), val_se=paired_se(start["val"], right))
         return row
+
+    def keep(row: dict, model: fx.GraphModule) -> None:
+        if test_data is not None:
+            right = hits(model, test_data)
+            row["test_accuracy"] = right.sum().item() / len(right)
+        history.append(row)
+
+    def holds(row: dict) -> bool:
+        return key != "accuracy" or row["val_accuracy"] - margin * row["val_se"] >= goal
 
     teacher = prune(gm, inputs, "fold") if distill else None
 
@@ -219,7 +248,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       schedule=schedule, progress=False)
 
     history: list[dict] = []
-    history.append(record(0, gm, 0.0))
+    start: dict[str, torch.Tensor] = {}  # the starting model's val hits, which each step's change is paired with
+    keep(record(0, gm, 0.0), gm)
     size, missed = step, 0
     bar = progress_bar(range(1, max_steps + 1), desc="prune", show=progress)
     for _ in bar:
@@ -233,10 +263,10 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
         row = record(len(history), candidate, size)
         if row["bases"] == last["bases"] and row["params"] == last["params"]:
             break  # nothing left to prune
-        if key == "accuracy" and row["val_accuracy"] < goal:
+        if not holds(row):
             retrain(candidate)  # more retraining where accuracy dropped
             row = record(len(history), candidate, size)
-        if key == "accuracy" and row["val_accuracy"] < goal:
+        if not holds(row):
             missed += 1
             if missed > backoffs:
                 break
@@ -246,7 +276,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
         missed = 0
         size = min(step, size * 1.5)  # a step that held grows back towards `step`
         gm = candidate
-        history.append(row)
+        keep(row, gm)
         bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}")
     bar.close()
     return gm, history
