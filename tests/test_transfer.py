@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -328,3 +329,19 @@ def test_the_val_change_names_its_error_and_a_floor_it_cannot_resolve():
     assert resolution_note(result("accuracy=0.930000", 0.014)) == (
         "val measures this change only to ±1.4 points, more than the 1.0-point floor allows: on new data the drop "
         "can differ by as much; hold out more val images to trust a floor this tight")
+
+
+def test_radam_takes_a_plain_gradient_step_first_and_other_optimizers_are_named():
+    """RAdam's first steps are not rescaled by the second moment (its variance is not yet known): one
+    batch of RAdam moves every trainable parameter exactly as SGD with momentum does, -lr * gradient."""
+    gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
+    moved = {}
+    for optimizer in ("radam", "sgd"):
+        model = copy.deepcopy(gm)
+        fxprune.train_scaling(model, batches(n=1), epochs=1, lr=0.01, optimizer=optimizer, schedule="constant",
+                              progress=False)
+        moved[optimizer] = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    for name, value in moved["sgd"].items():
+        torch.testing.assert_close(moved["radam"][name], value, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"^train_scaling: optimizer must be 'adam', 'radam' or 'sgd', got 'lamb'$"):
+        fxprune.train_scaling(gm, batches(), optimizer="lamb", progress=False)

@@ -76,7 +76,8 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
     `schedule="cosine"` decays lr to 0 over the run (torch's CosineAnnealingLR, a step per batch, or per
     epoch where `data` has no len()), "constant" keeps it: Adam moves every scale by about lr per step
     whatever its gradient, so at a constant lr where the model ends depends on rounding and data order
-    (bench/transfer/results/stability.md).
+    (bench/transfer/results/stability.md). `optimizer`: "adam", "radam" (torch's RAdam: plain gradient
+    steps until Adam's variance estimate is trustworthy) or "sgd" (momentum 0.9).
 
     Returns one dict per epoch: train loss/accuracy and, with `val_data`, val loss/accuracy.
     """
@@ -84,13 +85,14 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
     if not params:
         raise ValueError("train_scaling: nothing requires grad; run the 'decompose-conv,insert-scaling' "
                          "or 'insert-channel-scaling' pipeline first")
-    if optimizer not in ("adam", "sgd"):
-        raise ValueError(f"train_scaling: optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if optimizer not in ("adam", "radam", "sgd"):
+        raise ValueError(f"train_scaling: optimizer must be 'adam', 'radam' or 'sgd', got {optimizer!r}")
     if not 0 <= distill <= 1:
         raise ValueError(f"train_scaling: distill={distill} is the weight of the teacher's term, in [0, 1]")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"train_scaling: schedule must be 'constant' or 'cosine', got {schedule!r}")
-    opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    opt = ({"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[optimizer](params, lr=lr) if optimizer != "sgd"
+           else torch.optim.SGD(params, lr=lr, momentum=0.9))
     per_batch = hasattr(data, "__len__")
     decay = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(data) if per_batch else epochs)
              if schedule == "cosine" else None)
@@ -181,7 +183,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
                       distill: float = 0.0, latency: LatencyTable | None = None, schedule: str = "cosine",
-                      margin: float = 0.0, test_data: Iterable | None = None, progress: bool = True):
+                      margin: float = 0.0, optimizer: str = "adam",
+                      test_data: Iterable | None = None, progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs, or latency), retrain the scales; until `until`.
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
@@ -190,7 +193,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`) and, with
     `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's). With
     `distill` > 0 the retraining distils from the unpruned model (train_scaling's teacher, that weight).
-    Each retraining runs train_scaling with `schedule` (cosine: lr decays to 0 within it).
+    Each retraining runs train_scaling with `optimizer` and `schedule` (cosine: lr decays to 0 within it).
     With until='accuracy=A', a step holds where its val accuracy, less `margin` standard errors of its
     change from the start (paired, over the val examples that changed: `paired_se`), is at least A: many
     tries against one small val set otherwise keep the steps that pass by luck. A step that does not
@@ -244,8 +247,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     teacher = prune(gm, inputs, "fold") if distill else None
 
     def retrain(model: fx.GraphModule) -> None:
-        train_scaling(model, data, epochs=epochs, lr=lr, loss_fn=loss_fn, l1=l1, teacher=teacher, distill=distill,
-                      schedule=schedule, progress=False)
+        train_scaling(model, data, epochs=epochs, lr=lr, optimizer=optimizer, loss_fn=loss_fn, l1=l1, teacher=teacher,
+                      distill=distill, schedule=schedule, progress=False)
 
     history: list[dict] = []
     start: dict[str, torch.Tensor] = {}  # the starting model's val hits, which each step's change is paired with
