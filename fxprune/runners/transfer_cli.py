@@ -47,7 +47,7 @@ def run_transfer(args: argparse.Namespace) -> int:
                       max_steps=args.max_steps, importance_batches=args.importance_batches,
                       momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
                       retrain_lr=retrain_lr, margin=args.margin)
-    if args.test:
+    if args.test:  # at the end only: transfer(test=) would also evaluate it after every kept step
         test = load_test_folder(args.test, data.classes, norm)
         result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (result.transferred, result.model))
         result.test_images = len(test.labels)
