@@ -143,3 +143,11 @@ def test_transfer_prunes_jointly_on_data_bases_with_averaged_importance_and_dist
     assert (settings["prune"], settings["momentum"], settings["basis"], settings["distill"]) == ("joint", 0.9, "data", 0.5)
     before, after = record["params"]
     assert after <= 0.6 * before
+
+
+def test_the_margin_is_named_once_for_banner_and_report():
+    from fxprune.runners.transfer_report import margin_text
+
+    assert margin_text(1.0, "accuracy-drop=0.01") == ", judged on val accuracy less 1 standard error of its change"
+    assert margin_text(0.5, "accuracy=0.918000") == ", judged on val accuracy less 0.5 standard errors of its change"
+    assert margin_text(0.0, "accuracy=0.918000") == "" and margin_text(1.0, "params=0.5") == ""

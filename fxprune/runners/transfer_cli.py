@@ -17,7 +17,7 @@ from fxprune.runners.export import save_exported
 from fxprune.core.io import atomic_write_text
 from fxprune.training.recipe import TransferResult, resolution_note, retrain_lr_for, transfer, val_change
 from fxprune.training.scales import evaluate
-from fxprune.runners.transfer_report import report_markdown, write_plot
+from fxprune.runners.transfer_report import margin_text, report_markdown, write_plot
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -41,7 +41,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     retrain_lr = retrain_lr_for(args.lr, args.retrain_lr)
     print(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
           f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr {retrain_lr:g} "
-          f"after each) until {args.until}{margin_text(args)}", flush=True)
+          f"after each) until {args.until}{margin_text(args.margin, args.until)}", flush=True)
     result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
                       prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
                       max_steps=args.max_steps, importance_batches=args.importance_batches,
@@ -64,20 +64,14 @@ def run_transfer(args: argparse.Namespace) -> int:
         t = result.test_accuracy
         print(f"\ntest accuracy ({result.test_images} held-out images) {t[0]:.3f} -> {t[1]:.3f}", end="")
     print(f"\nval accuracy {a[0]:.3f} -> {a[1]:.3f} ({val_change(result)})")
-    if resolution_note(result):
-        print(f"note: {resolution_note(result)}")
+    note = resolution_note(result)
+    if note:
+        print(f"note: {note}")
     print(f"params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); "
           f"MACs {result.macs[0]:,} -> {result.macs[1]:,} ({100 * (1 - result.macs[1] / result.macs[0]):.1f}% fewer)")
     print(f"wrote {out} (load: torch.export.load('{out}').module()), {out.with_suffix('.md')}, "
           f"{out.with_suffix('.json')}" + (", " + str(out.with_suffix(".png")) if out.with_suffix(".png").exists() else ""))
     return 0
-
-
-def margin_text(args: argparse.Namespace) -> str:
-    """How a step is judged against an accuracy floor, for the banner: '' without a margin or such a floor."""
-    if not args.margin or not args.until.startswith("accuracy"):
-        return ""
-    return f", judged on val accuracy less {args.margin:g} standard error{'s' * (args.margin != 1)} of its change"
 
 
 def steps_table(result: TransferResult) -> list[dict]:

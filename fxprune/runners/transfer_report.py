@@ -37,6 +37,14 @@ def write_plot(path: Path, result: TransferResult, settings: dict) -> bool:
     return True
 
 
+def margin_text(margin: float, until: str) -> str:
+    """How a step is judged against an accuracy floor, for the banner and the report: '' without a margin
+    or without an accuracy stop rule."""
+    if not margin or not until.startswith("accuracy"):
+        return ""
+    return f", judged on val accuracy less {margin:g} standard error{'s' * (margin != 1)} of its change"
+
+
 def report_markdown(out: Path, result: TransferResult, settings: dict, table: list[dict], plotted: bool) -> str:
     p, a, m = result.params, result.accuracy, result.macs
     plot = f"![val accuracy against params]({out.with_suffix('.png').name})\n" if plotted else (
@@ -44,6 +52,7 @@ def report_markdown(out: Path, result: TransferResult, settings: dict, table: li
     t = result.test_accuracy
     test = (f"**Test accuracy ({result.test_images} held-out images, which chose nothing): {t[0]:.3f} -> {t[1]:.3f}.** "
             "Val accuracy chose the step to stop at, so it is the optimistic one.\n\n" if t else "")
+    note = resolution_note(result)
     return f"""# fxprune transfer: {settings['model']} on {settings['data']}
 
 - {settings['weights_note'][0].upper() + settings['weights_note'][1:]}
@@ -53,10 +62,10 @@ at {settings['image_size']}x{settings['image_size']}
 {settings['schedule']} schedule); no other weight \
 was changed. Pruned: {settings['prune']} by {settings['criterion']} importance, {settings['step']} of the params per \
 step, scales retrained one epoch at lr {settings['retrain_lr']:g} after each, until {settings['until']} ({result.until}\
-{'' if not settings['margin'] or not result.until.startswith('accuracy') else f", val accuracy less {settings['margin']:g} standard errors of its change"}).
+{margin_text(settings['margin'], result.until)}).
 - Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads)
 
-{test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}** ({val_change(result)}{'; ' + resolution_note(result) if resolution_note(result) else ''}). **Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
+{test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}** ({val_change(result)}{'; ' + note if note else ''}). **Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
 MACs {m[0]:,} -> {m[1]:,} ({100 * (1 - m[1] / m[0]):.1f}% fewer).** Sizes count BatchNorm folded into the layers, \
 before and after.
 
