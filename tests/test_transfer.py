@@ -345,3 +345,27 @@ def test_radam_takes_a_plain_gradient_step_first_and_other_optimizers_are_named(
         torch.testing.assert_close(moved["radam"][name], value, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match=r"^train_scaling: optimizer must be 'adam', 'radam' or 'sgd', got 'lamb'$"):
         fxprune.train_scaling(gm, batches(), optimizer="lamb", progress=False)
+
+
+def test_head_lr_moves_the_head_at_its_own_rate_and_zero_keeps_it(tiny):
+    """head_lr=0 trains the scales exactly as if the head were frozen and leaves it bit for bit; head_lr
+    equal to lr is the same run as no head_lr."""
+    gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
+    runs = {}
+    for name, head_lr, freeze in (("zero", 0.0, False), ("frozen", None, True), ("same", 0.05, False),
+                                  ("none", None, False)):
+        model = copy.deepcopy(gm)
+        if freeze:
+            for p in model.head.parameters():
+                p.requires_grad_(False)
+        fxprune.train_scaling(model, batches(), epochs=2, lr=0.05, head_lr=head_lr, progress=False)
+        runs[name] = model.state_dict()
+    for a, b in (("zero", "frozen"), ("same", "none")):
+        assert runs[a].keys() == runs[b].keys() and all(torch.equal(runs[a][k], runs[b][k]) for k in runs[a]), (a, b)
+    head = [k for k in runs["zero"] if k.startswith("head.")]
+    assert head and all(torch.equal(runs["zero"][k], gm.state_dict()[k]) for k in head)
+    assert not all(torch.equal(runs["none"][k], gm.state_dict()[k]) for k in head)
+    with pytest.raises(ValueError, match=r"^train_scaling: head_lr=-0.1 is the lr of the head \(what is trainable "
+                                         r"besides the scales\): give a value >= 0 \(0 keeps the head as it is\) or "
+                                         r"None for lr$"):
+        fxprune.train_scaling(gm, batches(), head_lr=-0.1, progress=False)

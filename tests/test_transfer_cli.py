@@ -11,6 +11,7 @@ from PIL import Image
 
 from fxprune.runners.cli import main
 from fxprune.training.data import load_image_folder, normalization
+from fxprune.runners.transfer_report import head_text
 
 from .test_cli_weights import FACTORY
 
@@ -151,3 +152,9 @@ def test_the_margin_is_named_once_for_banner_and_report():
     assert margin_text(1.0, "accuracy-drop=0.01") == ", judged on val accuracy less 1 standard error of its change"
     assert margin_text(0.5, "accuracy=0.918000") == ", judged on val accuracy less 0.5 standard errors of its change"
     assert margin_text(0.0, "accuracy=0.918000") == "" and margin_text(1.0, "params=0.5") == ""
+
+
+def test_the_heads_retraining_lr_is_named_where_it_differs():
+    assert head_text(None) == ""
+    assert head_text(0.0) == " (the head kept as transferred)"
+    assert head_text(0.001) == " (the head at lr 0.001)"

@@ -1,5 +1,5 @@
 """The whole `fxprune.transfer` job on the benchmark's digits: train the scales and the head, prune
-(channels, joint, bases or double) iteratively until val accuracy would fall more than 1 point (steps
+(channels, joint, bases or double) iteratively until val accuracy would fall more than 1 point (--drop; steps
 backed off and grown back), fold; report held-out test accuracy.
 
     .venv/bin/python -m bench.transfer.recipe --prune joint                 # MNIST, about 15 minutes on 2 cores
@@ -39,8 +39,10 @@ def main(argv=None) -> None:
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="lr over each training run")
     ap.add_argument("--retrain-lr", type=float, help="lr of the retraining after each step (transfer's default)")
+    ap.add_argument("--retrain-head-lr", type=float, help="lr of the head in that retraining (default: --retrain-lr)")
     ap.add_argument("--margin", type=float, default=0.0,
                     help="standard errors of a step's val change it must clear the floor by")
+    ap.add_argument("--drop", type=float, default=0.01, help="the floor: this far below the transferred model's val accuracy")
     ap.add_argument("--seed", type=int, default=0, help="seed of the train/test split (which digits are val and test)")
     ap.add_argument("--tag", default="", help="appended to the output names")
     args = ap.parse_args(argv)
@@ -51,7 +53,8 @@ def main(argv=None) -> None:
     result = fxprune.transfer(load_lite0(num_classes=10), x_train[:1], train=train, val=val, epochs=args.epochs, lr=LR,
                               prune_what=args.prune, step=args.step, max_steps=args.max_steps,
                               momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
-                              retrain_lr=args.retrain_lr, margin=args.margin, test=test)
+                              retrain_lr=args.retrain_lr, retrain_head_lr=args.retrain_head_lr, margin=args.margin, test=test,
+                              until=f"accuracy-drop={args.drop:g}")
     test_accuracy = list(result.test_accuracy)
     p = result.params
     record = {"settings": vars(args), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -72,10 +75,12 @@ def main(argv=None) -> None:
                        + (["--distill", str(args.distill)] if args.distill else [])
                        + (["--schedule", args.schedule] if args.schedule != "cosine" else [])
                        + (["--retrain-lr", str(args.retrain_lr)] if args.retrain_lr is not None else [])
+                       + (["--retrain-head-lr", str(args.retrain_head_lr)] if args.retrain_head_lr is not None else [])
                        + (["--margin", str(args.margin)] if args.margin else [])
+                       + (["--drop", f"{args.drop:g}"] if args.drop != 0.01 else [])
                        + (["--seed", str(args.seed)] if args.seed else [])
                        + (["--tag", args.tag] if args.tag else []))
-    text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until 1 point of val accuracy
+    text = f"""# fxprune.transfer on {args.dataset} digits: prune {args.prune} until {100 * args.drop:g} point{'s' * (args.drop != 0.01)} of val accuracy
 
 Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['seconds']} s here,
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs

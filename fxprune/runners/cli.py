@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
     transfer.add_argument("--retrain-lr", type=float, help="lr of the epoch retraining the scales after each "
                                                          "pruning step (default: 0.3 x --lr)")
+    transfer.add_argument("--retrain-head-lr", type=float, help="lr of the head in that epoch (default: "
+                                                              "--retrain-lr; 0 keeps the head as transferred)")
     transfer.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
                           help="lr over each training run: cosine decays it to 0 (default), constant keeps it")
     transfer.add_argument("--batch-size", type=int, default=32, help="batch size (32)")

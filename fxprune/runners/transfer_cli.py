@@ -17,7 +17,7 @@ from fxprune.runners.export import save_exported
 from fxprune.core.io import atomic_write_text
 from fxprune.training.recipe import TransferResult, resolution_note, retrain_lr_for, transfer, val_change
 from fxprune.training.scales import evaluate
-from fxprune.runners.transfer_report import margin_text, report_markdown, write_plot
+from fxprune.runners.transfer_report import head_text, margin_text, report_markdown, write_plot
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -40,13 +40,13 @@ def run_transfer(args: argparse.Namespace) -> int:
           f"val images at {norm.size}x{norm.size}; threads {torch.get_num_threads()}", flush=True)
     retrain_lr = retrain_lr_for(args.lr, args.retrain_lr)
     print(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
-          f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr {retrain_lr:g} "
-          f"after each) until {args.until}{margin_text(args.margin, args.until)}", flush=True)
+          f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr {retrain_lr:g}"
+          f"{head_text(args.retrain_head_lr)} after each) until {args.until}{margin_text(args.margin, args.until)}", flush=True)
     result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
                       prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
                       max_steps=args.max_steps, importance_batches=args.importance_batches,
                       momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
-                      retrain_lr=retrain_lr, margin=args.margin)
+                      retrain_lr=retrain_lr, retrain_head_lr=args.retrain_head_lr, margin=args.margin)
     if args.test:  # at the end only: transfer(test=) would also evaluate it after every kept step
         test = load_test_folder(args.test, data.classes, norm)
         result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (result.transferred, result.model))

@@ -45,6 +45,13 @@ def margin_text(margin: float, until: str) -> str:
     return f", judged on val accuracy less {margin:g} standard error{'s' * (margin != 1)} of its change"
 
 
+def head_text(head_lr: float | None) -> str:
+    """The head's lr in the retraining after each step, where it differs from the scales': '' for None."""
+    if head_lr is None:
+        return ""
+    return " (the head kept as transferred)" if head_lr == 0 else f" (the head at lr {head_lr:g})"
+
+
 def report_markdown(out: Path, result: TransferResult, settings: dict, table: list[dict], plotted: bool) -> str:
     p, a, m = result.params, result.accuracy, result.macs
     plot = f"![val accuracy against params]({out.with_suffix('.png').name})\n" if plotted else (
@@ -61,7 +68,7 @@ at {settings['image_size']}x{settings['image_size']}
 - Trained: the basis scales and the head, {settings['epochs']} epochs of Adam (lr {settings['lr']}, \
 {settings['schedule']} schedule); no other weight \
 was changed. Pruned: {settings['prune']} by {settings['criterion']} importance, {settings['step']} of the params per \
-step, scales retrained one epoch at lr {settings['retrain_lr']:g} after each, until {settings['until']} ({result.until}\
+step, scales retrained one epoch at lr {settings['retrain_lr']:g}{head_text(settings.get('retrain_head_lr'))} after each, until {settings['until']} ({result.until}\
 {margin_text(settings['margin'], result.until)}).
 - Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads)
 

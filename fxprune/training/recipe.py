@@ -68,14 +68,16 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
              momentum: float | None = None, basis: str = "svd", distill: float = 0.0, schedule: str = "cosine",
-             retrain_lr: float | None = None, margin: float = 0.0, test: Iterable | None = None,
+             retrain_lr: float | None = None, retrain_head_lr: float | None = None, margin: float = 0.0,
+             test: Iterable | None = None,
              progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
     with fxprune.zero_head, as the CLI does, or the scales move under a head still giving noise) on `train`,
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each (at `retrain_lr`, by default
     RETRAIN_LR_SHARE * lr: retraining a converged model at the first lr costs it accuracy by itself,
-    one at lr / 10 recovers too little from a step), until `until`
+    one at lr / 10 recovers too little from a step; the head at `retrain_head_lr`, by default the same,
+    0 keeps it as transferred), until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
     (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
@@ -102,7 +104,7 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     some = _first(train, importance_batches)
     pruned, steps = prune_iteratively(gm, inputs, data=train, val_data=val, criterion=criterion,
                                       prune_what=prune_what, step=step, until=rule, epochs=1,
-                                      lr=retrain_lr_for(lr, retrain_lr),
+                                      lr=retrain_lr_for(lr, retrain_lr), head_lr=retrain_head_lr,
                                       max_steps=max_steps, importance_data=some, momentum=momentum, distill=distill,
                                       schedule=schedule, margin=margin, test_data=test, progress=progress)
     small = prune(pruned, inputs, "fold")

@@ -68,7 +68,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, hard: torch.
 def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: float = 1e-2,
                   optimizer: str = "adam", loss_fn: Callable | None = None, val_data: Iterable | None = None,
                   l1: float = 0.0, teacher: torch.nn.Module | None = None, distill: float = 0.5,
-                  schedule: str = "cosine", progress: bool = True) -> list[dict[str, float]]:
+                  schedule: str = "cosine", head_lr: float | None = None,
+                  progress: bool = True) -> list[dict[str, float]]:
     """Train what insert-scaling / insert-channel-scaling left trainable; `l1` adds l1 * sum|s| over
     every scale (of bases and of channels) to drive unneeded ones to 0. With a `teacher` (e.g. the
     unpruned model), the objective is distillation_loss with weight `distill` (no weight of either
@@ -77,7 +78,8 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
     epoch where `data` has no len()), "constant" keeps it: Adam moves every scale by about lr per step
     whatever its gradient, so at a constant lr where the model ends depends on rounding and data order
     (bench/transfer/results/stability.md). `optimizer`: "adam", "radam" (torch's RAdam: plain gradient
-    steps until Adam's variance estimate is trustworthy) or "sgd" (momentum 0.9).
+    steps until Adam's variance estimate is trustworthy) or "sgd" (momentum 0.9). `head_lr`: the lr of
+    everything trainable that is not a scale (the head), where it should differ from `lr`; 0 keeps it.
 
     Returns one dict per epoch: train loss/accuracy and, with `val_data`, val loss/accuracy.
     """
@@ -91,14 +93,22 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, *, epochs: int = 1, lr: fl
         raise ValueError(f"train_scaling: distill={distill} is the weight of the teacher's term, in [0, 1]")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"train_scaling: schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if head_lr is not None and not head_lr >= 0:
+        raise ValueError(f"train_scaling: head_lr={head_lr} is the lr of the head (what is trainable besides the "
+                         "scales): give a value >= 0 (0 keeps the head as it is) or None for lr")
+    scales = [m.scale if isinstance(m, BasisScalingConv) else m.weight for m in gm.modules()
+              if isinstance(m, (BasisScalingConv, ChannelScaling))]
+    if head_lr is not None:
+        ids = {id(s) for s in scales}
+        groups = [{"params": [p for p in params if id(p) in ids]},
+                  {"params": [p for p in params if id(p) not in ids], "lr": head_lr}]
+        params = [g for g in groups if g["params"]]
     opt = ({"adam": torch.optim.Adam, "radam": torch.optim.RAdam}[optimizer](params, lr=lr) if optimizer != "sgd"
            else torch.optim.SGD(params, lr=lr, momentum=0.9))
     per_batch = hasattr(data, "__len__")
     decay = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(data) if per_batch else epochs)
              if schedule == "cosine" else None)
     loss_fn = loss_fn or F.cross_entropy
-    scales = [m.scale if isinstance(m, BasisScalingConv) else m.weight for m in gm.modules()
-              if isinstance(m, (BasisScalingConv, ChannelScaling))]
     gm.eval()
     history = []
     for epoch in range(1, epochs + 1):
@@ -183,7 +193,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
                       max_steps: int = 50, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, backoffs: int = 3, momentum: float | None = None,
                       distill: float = 0.0, latency: LatencyTable | None = None, schedule: str = "cosine",
-                      margin: float = 0.0, optimizer: str = "adam",
+                      margin: float = 0.0, optimizer: str = "adam", head_lr: float | None = None,
                       test_data: Iterable | None = None, progress: bool = True):
     """Repeat: prune `step` of the model's params (or MACs, or latency), retrain the scales; until `until`.
 
@@ -193,7 +203,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
     for channels l1/l2/bn); taylor is computed on `importance_data` (default: `data`) and, with
     `momentum`, averaged across steps (momentum * previous + (1 - momentum) * this step's). With
     `distill` > 0 the retraining distils from the unpruned model (train_scaling's teacher, that weight).
-    Each retraining runs train_scaling with `optimizer` and `schedule` (cosine: lr decays to 0 within it).
+    Each retraining runs train_scaling with `optimizer`, `schedule` (cosine: lr decays to 0 within it)
+    and `head_lr` (the head's lr in it; None: `lr`).
     With until='accuracy=A', a step holds where its val accuracy, less `margin` standard errors of its
     change from the start (paired, over the val examples that changed: `paired_se`), is at least A: many
     tries against one small val set otherwise keep the steps that pass by luck. A step that does not
@@ -248,7 +259,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, *, data: Iterable, val
 
     def retrain(model: fx.GraphModule) -> None:
         train_scaling(model, data, epochs=epochs, lr=lr, optimizer=optimizer, loss_fn=loss_fn, l1=l1, teacher=teacher,
-                      distill=distill, schedule=schedule, progress=False)
+                      distill=distill, schedule=schedule, head_lr=head_lr, progress=False)
 
     history: list[dict] = []
     start: dict[str, torch.Tensor] = {}  # the starting model's val hits, which each step's change is paired with
