@@ -99,20 +99,38 @@ def plot(runs: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    atomic_write(OUT.parent / "floor.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    publish(fig, "floor.png")
+
+
+def publish(fig, name: str) -> None:
+    """Write the matplotlib figure `fig` beside the results folder as `name`, and close it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(OUT.parent / name, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
-def main() -> None:
+def show(name: str, text: str) -> None:
+    """Write `text` beside the results folder as `name` and print it."""
+    atomic_write_text(OUT.parent / name, text)
+    print(text)
+
+
+def gather(arms, path, run) -> dict:
+    """{(seed, arm): record} over SEEDS x `arms`, running (in a fresh process: `run(seed, arm)`) each whose
+    file `path(seed, arm)` is not there yet."""
     OUT.mkdir(parents=True, exist_ok=True)
-    for seed in SEEDS:
-        for margin in MARGINS:
-            if not path(seed, margin).exists():
-                run(seed, margin)
-    runs = {(s, m): json.loads(path(s, m).read_text()) for s in SEEDS for m in MARGINS}
-    atomic_write_text(OUT.parent / "floor.md", summary(runs))
+    for arm in arms:
+        for seed in SEEDS:
+            if not path(seed, arm).exists():
+                run(seed, arm)
+    return {(s, a): json.loads(path(s, a).read_text()) for s in SEEDS for a in arms}
+
+
+def main() -> None:
+    runs = gather(MARGINS, path, run)
     plot(runs)
-    print((OUT.parent / "floor.md").read_text())
+    show("floor.md", summary(runs))
 
 
 if __name__ == "__main__":

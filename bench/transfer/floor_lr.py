@@ -12,15 +12,12 @@ skipped); then floor_lr.md and floor_lr.png.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from fxprune.core.io import atomic_write, atomic_write_text
-
-from .floor import ARGS, OUT, SEEDS
+from .floor import ARGS, OUT, SEEDS, gather, publish, show
 from .floor import path as floor_path
 
 ARMS = {  # (floor in points, retraining lr, the head's lr in it): the tag of its runs (None: floor.py's margin-0 run)
@@ -105,20 +102,13 @@ def plot(runs: dict) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(OUT.parent / "floor_lr.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    publish(fig, "floor_lr.png")
 
 
 def main() -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    for arm in ARMS:
-        for seed in SEEDS:
-            if not path(seed, arm).exists():
-                run(seed, arm)
-    runs = {(s, a): json.loads(path(s, a).read_text()) for s in SEEDS for a in ARMS}
-    atomic_write_text(OUT.parent / "floor_lr.md", summary(runs))
+    runs = gather(ARMS, path, run)
     plot(runs)
-    print((OUT.parent / "floor_lr.md").read_text())
+    show("floor_lr.md", summary(runs))
 
 
 if __name__ == "__main__":
