@@ -2,7 +2,7 @@
 and the new head, then prune without fine-tuning any weight; Torch-Pruning as the peer.
 
     .venv/bin/python -m bench.transfer.mnist            # about 30 minutes on 2 cores
-    .venv/bin/python -m bench.transfer.mnist --quick    # a 2-minute check of the whole flow
+    .venv/bin/python -m bench.transfer.mnist --quick    # a check of the whole flow: 512 digits at 32x32, a few minutes
 
 Writes results.json, README.md (tables, headline) and accuracy_vs_params.png to --out.
 """
@@ -109,14 +109,15 @@ def data_bases(model, x, train, test, reference, epochs: int, budgets, step: flo
     return rows + iterative(gm, x, train, test, reference, "bases", step, until, taylor_data, label=" (data)")
 
 
-def peer(folded, x, train, test, reference, data, budgets, step: float, until: float) -> list[dict]:
-    """Torch-Pruning with its Taylor importance: one shot at each budget, and on the iterative schedule."""
+def peer(folded, x, train, test, reference, data, budgets, step: float, until: float, bisections: int) -> list[dict]:
+    """Torch-Pruning with its Taylor importance: one shot at each budget, and on the iterative schedule
+    (each budget's ratio found in `bisections` halvings)."""
     rows = []
     for keep in budgets:
-        pruned, ratio = at_budget(folded, x, keep, "taylor", data)
+        pruned, ratio = at_budget(folded, x, keep, "taylor", data, bisections)
         rows.append(measure(pruned, x, test, reference, method="Torch-Pruning taylor",
                             setting=f"params<={keep} (ratio {ratio:.3f})"))
-    for k, pruned in tp_iterative(folded, x, step, until, "taylor", data, train):
+    for k, pruned in tp_iterative(folded, x, step, until, "taylor", data, train, bisections):
         rows.append(measure(pruned, x, test, reference, method="Torch-Pruning iterative taylor", setting=f"step {k}"))
     return rows
 
@@ -124,13 +125,14 @@ def peer(folded, x, train, test, reference, data, budgets, step: float, until: f
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench/transfer/results")
-    ap.add_argument("--size", type=int, default=64, help="input side; 64 keeps a 2x2 final feature map")
+    ap.add_argument("--size", type=int, help="input side (default 64, a 2x2 final feature map; --quick: 32)")
     ap.add_argument("--epochs", type=int, default=6, help="epochs of scales + head before pruning")
     ap.add_argument("--step", type=float, default=0.15, help="share of params pruned per iterative step")
     ap.add_argument("--until", type=float, default=0.15, help="iterative run stops at this share of params")
     ap.add_argument("--l1", type=float, default=1e-5, help="L1 weight on the scales in the channel-scaling run")
     ap.add_argument("--quick", action="store_true", help="tiny settings, to check the flow")
     args = ap.parse_args(argv)
+    args.size = args.size or (32 if args.quick else 64)
     start = time.time()
     torch.manual_seed(0)
     (x_train, y_train), (x_test, y_test) = digits(args.size)
@@ -151,7 +153,8 @@ def main(argv=None) -> None:
     rows, arm_seconds = [a0], {"transfer": round(time.time() - start)}
     arms = {"one-shot": lambda: one_shot(gm, x, test, reference, train[:16], budgets, energies),
             "channel scaling": lambda: channel_scaling(model, x, train, test, reference, epochs, budgets, args.l1),
-            "Torch-Pruning": lambda: peer(folded, x, train, test, reference, train[:4], budgets, args.step, args.until)}
+            "Torch-Pruning": lambda: peer(folded, x, train, test, reference, train[:4], budgets, args.step, args.until,
+                                          6 if args.quick else 12)}
     arms.update({f"iterative {w}": lambda w=w: iterative(gm, x, train, test, reference, w, args.step, args.until,
                                                          train[:8]) for w in ("bases", "channels", "joint")})
     arms["data bases"] = lambda: data_bases(model, x, train, test, reference, epochs, budgets, args.step, args.until,

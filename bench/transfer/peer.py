@@ -73,14 +73,15 @@ def retrain_head(model: torch.nn.Module, train: list, epochs: int = 1, lr: float
 
 
 def iterative(model: torch.nn.Module, x: torch.Tensor, step: float, until: float, how: str, data: list,
-              train: list):
-    """Torch-Pruning on fxprune's iterative schedule: prune to (1 - step)^k of the params, retrain the
-    classifier one epoch, repeat until `until`. Yields (k, model) after each step."""
+              train: list, steps: int = 12):
+    """Torch-Pruning on fxprune's iterative schedule: prune to (1 - step)^k of the params (the ratio found
+    in `steps` bisections), retrain the classifier one epoch, repeat until `until`. Yields (k, model) after
+    each step."""
     total = sum(p.numel() for p in model.parameters())
     current, k = model, 0
     while sum(p.numel() for p in current.parameters()) > until * total:
         k += 1
         keep = (1 - step) ** k * total / sum(p.numel() for p in current.parameters())
-        current, _ = at_budget(current, x, keep, how, data)
+        current, _ = at_budget(current, x, keep, how, data, steps)
         retrain_head(current, train)
         yield k, current
