@@ -237,6 +237,20 @@ def test_transfer_with_data_bases_joint_pruning_and_momentum():
     assert steps and all(t.endswith(" momentum=0.9}") for t in steps)
 
 
+def test_transfer_keeps_the_head_as_transferred_unless_told(tiny):
+    """By default the retraining after each step leaves the head bit for bit as the transfer made it
+    (basis pruning does not reshape it); retrain_head_lr=None retrains it with the scales."""
+    heads = {}
+    for name, head_lr in (("default", "default"), ("retrained", None)):
+        kwargs = {} if head_lr == "default" else {"retrain_head_lr": head_lr}
+        result = fxprune.transfer(tiny, X, train=batches(), val=batches(), epochs=1, lr=0.05, prune_what="bases",
+                                  step=0.2, until="params=0.9", progress=False, **kwargs)
+        assert result.params[1] <= 0.9 * result.params[0]
+        heads[name] = (result.transferred.head.weight, result.model.head.weight)
+    assert torch.equal(*heads["default"])
+    assert not torch.equal(*heads["retrained"])
+
+
 def test_distillation_loss_is_the_weighted_kl_to_the_teacher():
     student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[4 * torch.log(torch.tensor(3.0)).item(), 0.0]])
     hard = torch.tensor(2.0)

@@ -60,14 +60,16 @@ def test_transfer_end_to_end(factory, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "data: " + str(data) + ": 3 classes, 30 train / 6 val images at 16x16" in text
     assert ("training the basis scales and the head: 3 epochs, lr 0.05 (cosine); then pruning channels (taylor, "
-            "0.25 of the params per step, an epoch at lr 0.015 after each) until params=0.6") in text
+            "0.25 of the params per step, an epoch at lr 0.015 (the head kept as transferred) after each) until "
+            "params=0.6") in text
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["settings"]["classes"] == ["circle", "cross", "stripes"]
     before, after = record["params"]
     assert after <= 0.6 * before and record["steps"][-1]["params"] == after
     report = out.with_suffix(".md").read_text()
-    assert "3 epochs of Adam (lr 0.05, cosine schedule)" in report and "retrained one epoch at lr 0.015 after" in report
-    assert record["settings"]["retrain_lr"] == pytest.approx(0.015)
+    assert "3 epochs of Adam (lr 0.05, cosine schedule)" in report
+    assert "retrained one epoch at lr 0.015 (the head kept as transferred) after" in report
+    assert record["settings"]["retrain_lr"] == pytest.approx(0.015) and record["settings"]["retrain_head_lr"] == 0
     assert f"Params {before:,} -> {after:,}" in report and "![val accuracy against params](small.png)" in report
     (a0, a1), se = record["accuracy"], record["steps"][-1]["val_se"]
     assert f"val accuracy {a0:.3f} -> {a1:.3f} ({100 * (a1 - a0):+.1f} ± {100 * se:.1f} points (1 standard error))\n" \

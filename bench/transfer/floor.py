@@ -24,6 +24,7 @@ from fxprune.core.io import atomic_write, atomic_write_text
 OUT = Path(__file__).resolve().parent / "results" / "floor"
 SEEDS, MARGINS = (0, 1, 2, 3), (0, 1)
 ARGS = ["--dataset", "optdigits", "--prune", "channels", "--max-steps", "30", "--epochs", "15", "--val", "300"]
+HEAD = ["--retrain-head-lr", "0.003"]  # the head retrained with the scales, transfer's default when these ran
 
 
 def path(seed: int, margin: int) -> Path:
@@ -31,7 +32,7 @@ def path(seed: int, margin: int) -> Path:
 
 
 def run(seed: int, margin: int) -> None:
-    argv = [sys.executable, "-m", "bench.transfer.recipe", *ARGS, "--seed", str(seed), "--margin", str(margin),
+    argv = [sys.executable, "-m", "bench.transfer.recipe", *ARGS, *HEAD, "--seed", str(seed), "--margin", str(margin),
             "--tag", f"s{seed}-m{margin}", "--out", str(OUT)]
     print(" ".join(argv[1:]), flush=True)
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
@@ -52,7 +53,7 @@ def summary(runs: dict) -> str:
     return f"""# The val floor on data it did not choose: optdigits, four splits
 
 Reproduce: `.venv/bin/python -m bench.transfer.floor` (each run `python -m bench.transfer.recipe {' '.join(ARGS)}
---seed S --margin M`; {first['threads']} threads, torch {first['torch']}). ImageNet EfficientNet-Lite0 transferred
+{' '.join(HEAD)} --seed S --margin M`; {first['threads']} threads, torch {first['torch']}). ImageNet EfficientNet-Lite0 transferred
 to scikit-learn's optdigits (1,000 train, 300 val, 497 test digits; seed S picks the split), channels pruned
 until val accuracy would fall more than 1 point below the transferred model's. Margin 1: a step holds only
 where val accuracy less 1 standard error of its change from the transferred model (paired over the val digits

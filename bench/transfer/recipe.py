@@ -20,7 +20,8 @@ import torch
 
 import fxprune
 from fxprune.core.io import atomic_write_text
-from fxprune.training.recipe import retrain_lr_for
+from fxprune.runners.transfer_report import head_text
+from fxprune.training.recipe import RETRAIN_HEAD_LR, retrain_lr_for
 
 from .digits import add_split_args, benchmark_split, digits, optdigits
 from .lite0 import load_lite0
@@ -39,7 +40,8 @@ def main(argv=None) -> None:
     ap.add_argument("--distill", type=float, default=0.0, help="weight of distillation from the transferred model")
     ap.add_argument("--schedule", default="cosine", choices=["cosine", "constant"], help="lr over each training run")
     ap.add_argument("--retrain-lr", type=float, help="lr of the retraining after each step (transfer's default)")
-    ap.add_argument("--retrain-head-lr", type=float, help="lr of the head in that retraining (default: --retrain-lr)")
+    ap.add_argument("--retrain-head-lr", type=float, default=RETRAIN_HEAD_LR,
+                    help="lr of the head in that retraining (transfer's default: 0, the head kept)")
     ap.add_argument("--margin", type=float, default=0.0,
                     help="standard errors of a step's val change it must clear the floor by")
     ap.add_argument("--drop", type=float, default=0.01, help="the floor: this far below the transferred model's val accuracy")
@@ -75,7 +77,7 @@ def main(argv=None) -> None:
                        + (["--distill", str(args.distill)] if args.distill else [])
                        + (["--schedule", args.schedule] if args.schedule != "cosine" else [])
                        + (["--retrain-lr", str(args.retrain_lr)] if args.retrain_lr is not None else [])
-                       + (["--retrain-head-lr", str(args.retrain_head_lr)] if args.retrain_head_lr is not None else [])
+                       + (["--retrain-head-lr", f"{args.retrain_head_lr:g}"] if args.retrain_head_lr != RETRAIN_HEAD_LR else [])
                        + (["--margin", str(args.margin)] if args.margin else [])
                        + (["--drop", f"{args.drop:g}"] if args.drop != 0.01 else [])
                        + (["--seed", str(args.seed)] if args.seed else [])
@@ -86,7 +88,7 @@ Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['secon
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
 (Adam, lr {LR:g}, {args.schedule} schedule in every training run) of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
-step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {retrain_lr_for(LR, args.retrain_lr):g}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
+step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {retrain_lr_for(LR, args.retrain_lr):g}{head_text(args.retrain_head_lr)}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
 {result.until.partition('=')[2]} by {args.margin:g} standard errors of its paired change (`val se`); fold.
 The {record['test']} test digits chose nothing (evaluated at each kept step, for the record).

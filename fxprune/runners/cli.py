@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from fxprune.core.api import DEFAULT_PIPELINE
 from fxprune.core.errors import FxPruneError
+from fxprune.training.recipe import RETRAIN_HEAD_LR
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     transfer.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
     transfer.add_argument("--retrain-lr", type=float, help="lr of the epoch retraining the scales after each "
                                                          "pruning step (default: 0.3 x --lr)")
-    transfer.add_argument("--retrain-head-lr", type=float, help="lr of the head in that epoch (default: "
-                                                              "--retrain-lr; 0 keeps the head as transferred)")
+    transfer.add_argument("--retrain-head-lr", type=float, default=RETRAIN_HEAD_LR,
+                          help="lr of the head in that epoch (default: 0, the head kept as transferred; "
+                               "--retrain-lr's value retrains it with the scales)")
     transfer.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
                           help="lr over each training run: cosine decays it to 0 (default), constant keeps it")
     transfer.add_argument("--batch-size", type=int, default=32, help="batch size (32)")

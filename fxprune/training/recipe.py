@@ -39,9 +39,16 @@ class TransferResult:
 
 RETRAIN_LR_SHARE = 0.3
 """The retraining after each pruning step runs at this share of the transfer's lr, by default. On the
-demo (Lite0 -> digits, cosine): 0.3 removed 65.2% of params (test 0.927 -> 0.932) where 0.1 removed 59.8%
-(-> 0.926) within 1 point of val, and 81.0% (-> 0.905) vs 64.8% (-> 0.914) above val 0.90; a whole lr took
-the unpruned model from val 0.928 to 0.892 in one epoch."""
+demo (Lite0 -> digits, cosine, the head retrained too): 0.3 removed 65.2% of params (test 0.927 -> 0.932)
+where 0.1 removed 59.8% (-> 0.926) within 1 point of val, and 81.0% (-> 0.905) vs 64.8% (-> 0.914) above
+val 0.90; a whole lr took the unpruned model from val 0.928 to 0.892 in one epoch."""
+
+
+RETRAIN_HEAD_LR = 0.0
+"""The head's lr in that retraining, by default: the head stays as transferred and only the scales repair a
+step. On optdigits' four splits (bench/transfer/results/floor_lr.md, 1-point floor) this held the floor on
+test on all four (54.8% of params removed, test -0.1 points on average, worst -1.0), where retraining the
+head too removed 61.1% at -2.0 (worst -3.4): the head's moves spent the floor on val noise."""
 
 
 def retrain_lr_for(lr: float, retrain_lr: float | None) -> float:
@@ -68,7 +75,7 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
              prune_what: str = "channels", criterion: str = "taylor", until: str = "accuracy-drop=0.01",
              step: float = 0.05, max_steps: int = 50, importance_batches: int | None = 8,
              momentum: float | None = None, basis: str = "svd", distill: float = 0.0, schedule: str = "cosine",
-             retrain_lr: float | None = None, retrain_head_lr: float | None = None, margin: float = 0.0,
+             retrain_lr: float | None = None, retrain_head_lr: float | None = RETRAIN_HEAD_LR, margin: float = 0.0,
              test: Iterable | None = None,
              progress: bool = True) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
@@ -76,8 +83,8 @@ def transfer(model: nn.Module, example_inputs, *, train: Iterable, val: Iterable
     then prune `prune_what` ('bases', 'channels', 'joint' or 'double') iteratively with `criterion`,
     `step` of the params per step, retraining the scales one epoch after each (at `retrain_lr`, by default
     RETRAIN_LR_SHARE * lr: retraining a converged model at the first lr costs it accuracy by itself,
-    one at lr / 10 recovers too little from a step; the head at `retrain_head_lr`, by default the same,
-    0 keeps it as transferred), until `until`
+    one at lr / 10 recovers too little from a step; the head at `retrain_head_lr`, by default
+    RETRAIN_HEAD_LR = 0: kept as transferred; None: retrained at `retrain_lr` too), until `until`
     (default: the smallest model whose val accuracy stays within 1 point of the transferred one),
     and fold. Taylor importance is measured on the first `importance_batches` batches of `train`
     (None: all; 8 costs a quarter of an epoch of 32 batches and ranked as well here), averaged across
