@@ -343,6 +343,8 @@ def test_the_val_change_names_its_error_and_a_floor_it_cannot_resolve():
     assert resolution_note(result("accuracy=0.930000", 0.014)) == (
         "val measures this change only to ±1.4 points, more than the 1.0-point floor allows: on new data the drop "
         "can differ by as much; hold out more val images to trust a floor this tight")
+    assert resolution_note(result("accuracy=0.930000", 0.01038)).startswith(
+        "val measures this change only to ±1.04 points, more than the 1.0-point floor allows:")
 
 
 def test_radam_takes_a_plain_gradient_step_first_and_other_optimizers_are_named():

@@ -141,8 +141,10 @@ def resolution_note(result: TransferResult) -> str | None:
     key, _, floor = result.until.partition("=")
     if key != "accuracy" or not se > a0 - float(floor) > 0:
         return None
-    return (f"val measures this change only to ±{100 * se:.1f} points, more than the "
-            f"{100 * (a0 - float(floor)):.1f}-point floor allows: on new data the drop can differ by as much; "
+    se_points, floor_points = 100 * se, 100 * (a0 - float(floor))
+    digits = 1 if round(se_points, 1) > round(floor_points, 1) else 2  # never "±1.0, more than the 1.0-point floor"
+    return (f"val measures this change only to ±{se_points:.{digits}f} points, more than the "
+            f"{floor_points:.1f}-point floor allows: on new data the drop can differ by as much; "
             "hold out more val images to trust a floor this tight")
 
 
