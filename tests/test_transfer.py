@@ -241,8 +241,7 @@ def test_transfer_keeps_the_head_as_transferred_unless_told(tiny):
     """By default the retraining after each step leaves the head bit for bit as the transfer made it
     (basis pruning does not reshape it); retrain_head_lr=None retrains it with the scales."""
     heads = {}
-    for name, head_lr in (("default", "default"), ("retrained", None)):
-        kwargs = {} if head_lr == "default" else {"retrain_head_lr": head_lr}
+    for name, kwargs in (("default", {}), ("retrained", {"retrain_head_lr": None})):
         result = fxprune.transfer(tiny, X, train=batches(), val=batches(), epochs=1, lr=0.05, prune_what="bases",
                                   step=0.2, until="params=0.9", progress=False, **kwargs)
         assert result.params[1] <= 0.9 * result.params[0]

@@ -23,7 +23,7 @@ from fxprune.core.io import atomic_write_text
 
 from .digits import batches, digits
 from .lite0 import load_lite0
-from .peer import at_budget
+from .peer import BISECTIONS, at_budget
 from .peer import iterative as tp_iterative
 from .report import write_report
 
@@ -154,7 +154,7 @@ def main(argv=None) -> None:
     arms = {"one-shot": lambda: one_shot(gm, x, test, reference, train[:16], budgets, energies),
             "channel scaling": lambda: channel_scaling(model, x, train, test, reference, epochs, budgets, args.l1),
             "Torch-Pruning": lambda: peer(folded, x, train, test, reference, train[:4], budgets, args.step, args.until,
-                                          6 if args.quick else 12)}
+                                          6 if args.quick else BISECTIONS)}
     arms.update({f"iterative {w}": lambda w=w: iterative(gm, x, train, test, reference, w, args.step, args.until,
                                                          train[:8]) for w in ("bases", "channels", "joint")})
     arms["data bases"] = lambda: data_bases(model, x, train, test, reference, epochs, budgets, args.step, args.until,

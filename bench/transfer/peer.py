@@ -36,8 +36,11 @@ def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float, how: str, da
     return pruned.requires_grad_(False)
 
 
+BISECTIONS = 12  # halvings of the channel ratio per budget (bench.transfer.mnist --quick uses fewer)
+
+
 def at_budget(model: torch.nn.Module, x: torch.Tensor, keep: float, how: str, data: list,
-              steps: int = 12) -> tuple[torch.nn.Module, float]:
+              steps: int = BISECTIONS) -> tuple[torch.nn.Module, float]:
     """(pruned model, ratio): the smallest channel ratio whose model keeps at most `keep` of the params."""
     total = sum(p.numel() for p in model.parameters())
     lo, hi, best = 0.0, 0.99, None
@@ -73,7 +76,7 @@ def retrain_head(model: torch.nn.Module, train: list, epochs: int = 1, lr: float
 
 
 def iterative(model: torch.nn.Module, x: torch.Tensor, step: float, until: float, how: str, data: list,
-              train: list, steps: int = 12):
+              train: list, steps: int = BISECTIONS):
     """Torch-Pruning on fxprune's iterative schedule: prune to (1 - step)^k of the params (the ratio found
     in `steps` bisections), retrain the classifier one epoch, repeat until `until`. Yields (k, model) after
     each step."""
