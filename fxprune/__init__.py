@@ -15,11 +15,14 @@ from .runners.backend import backend
 from .runners.checkpoint import zero_head
 from .runners.export import save_exported as save
 from .training.recipe import TransferResult, transfer
-from .training.scales import evaluate, prune_iteratively, train_scaling
+from .training.options import PruneOptions, TrainOptions, TransferOptions
+from .training.runtime import Runtime
+from .training.scales import evaluate, train_scaling
+from .training.search import prune_iteratively
 
 __all__ = [
     "DEFAULT_PIPELINE", "backend", "FxPass", "LatencyTable", "FxPruneError", "PassContext", "PassError", "PassManager", "PassRecord",
     "PassResult", "Pipeline", "PipelineError", "SavingsReport", "TraceError", "VerificationError", "history",
     "evaluate", "prune", "prune_iteratively", "prune_submodule", "register", "savings", "trace", "train_scaling", "transfer",
-    "TransferResult", "save", "zero_head",
+    "TransferResult", "save", "zero_head", "PruneOptions", "TrainOptions", "TransferOptions", "Runtime",
 ]

@@ -279,20 +279,20 @@ def test_schedule_backs_off_by_halves_and_grows_back_by_half(monkeypatch):
     """Scripted val accuracies (floor 0.9): step 1 holds; step 2 (0.2) falls, is retrained, still falls:
     undone and tried at 0.1, which holds; the step grows back to 0.15, then falls at 0.15, 0.075,
     0.0375 and 0.01875: the fourth miss in a row (backoffs=3) ends the run."""
-    from fxprune.training import scales
+    from fxprune.training import search
 
     accuracies = iter([0.95, 0.95, 0.85, 0.85, 0.95] + [0.85] * 8)  # of 20 val examples: the first k right
     tried = []
-    real_prune = scales.prune
+    real_prune = search.prune
 
     def prune(gm, inputs, pipeline, **context):
         if pipeline.startswith("prune-"):
             tried.append(pipeline)
         return real_prune(gm, inputs, pipeline, **context)
 
-    monkeypatch.setattr(scales, "prune", prune)
-    monkeypatch.setattr(scales, "hits", lambda *a, **k: torch.arange(20) < round(20 * next(accuracies)))
-    monkeypatch.setattr(scales, "train_scaling", lambda *a, **k: [])
+    monkeypatch.setattr(search, "prune", prune)
+    monkeypatch.setattr(search, "hits", lambda *a, **k: torch.arange(20) < round(20 * next(accuracies)))
+    monkeypatch.setattr(search, "train_scaling", lambda *a, **k: [])
     gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
     _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
                                         criterion="l2", step=0.2, until="accuracy=0.9", margin=0, progress=False)
@@ -316,11 +316,11 @@ def test_a_step_holds_by_its_accuracy_less_margin_standard_errors(monkeypatch, m
     """Floor 0.9 on 20 val examples, the start getting the first 19 right. Every step loses one: 0.9
     with se sqrt(1 - 1/20) / 20 = 0.049, which holds with margin 0 (both tries kept) and not with
     margin 1 (each try missed, retrained, missed again: nothing kept)."""
-    from fxprune.training import scales
+    from fxprune.training import search
 
     script = iter([torch.arange(20) < 19] + [torch.arange(20) < 18] * (2 if margin == 0 else 4))
-    monkeypatch.setattr(scales, "hits", lambda *a, **k: next(script))
-    monkeypatch.setattr(scales, "train_scaling", lambda *a, **k: [])
+    monkeypatch.setattr(search, "hits", lambda *a, **k: next(script))
+    monkeypatch.setattr(search, "train_scaling", lambda *a, **k: [])
     gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
     _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
                                         criterion="l2", step=0.2, until="accuracy=0.9", margin=margin,

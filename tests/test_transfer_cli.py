@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from fxprune.runners.cli import main
-from fxprune.training.data import load_image_folder, normalization
+from fxprune.training.data import LoaderOptions, load_image_folder, normalization
 from fxprune.runners.transfer_report import head_text
 
 from .test_cli_weights import FACTORY
@@ -79,7 +79,7 @@ def test_transfer_end_to_end(factory, tmp_path, capsys):
 
     # the model loads with torch alone, in a process that never imports fxprune, and gives the reported accuracy
     norm = normalization(torch.nn.Identity(), 16)
-    val = load_image_folder(data, norm, batch_size=100, progress=False).val
+    val = load_image_folder(data, norm, LoaderOptions(batch_size=100)).val
     x, y = next(iter(val))
     torch.save({"x": x, "y": y}, tmp_path / "val.pt")
     code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); d = torch.load(sys.argv[2]); "
@@ -126,14 +126,16 @@ def test_train_and_val_folders_and_every_image_mode(tmp_path):
     write_folder(root / "train", per_class=4)
     write_folder(root / "val", per_class=4)
     norm = normalization(torch.nn.Identity(), 16)
-    data = load_image_folder(root, norm, batch_size=5, progress=False)
-    assert data.classes == ["circle", "cross", "stripes"] and len(data.train.labels) == len(data.val.labels) == 12
+    data = load_image_folder(root, norm, LoaderOptions(batch_size=5))
+    assert data.classes == ["circle", "cross", "stripes"] and data.train.images == data.val.images == 12
     x, y = next(iter(data.val))
     assert x.shape == (5, 3, 16, 16) and y.tolist() == [0, 0, 0, 0, 1]
-    images = data.val.images[:4].float()  # L, RGB, RGBA, P of the same kind of grey image: three equal channels
-    assert torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2])
-    # normalised with the config's statistics (ImageNet's for a model without one)
-    torch.testing.assert_close(x[0, 0], (data.val.images[0, 0].float() / 255 - 0.485) / 0.229)
+    # L, RGB, RGBA, P of the same kind of grey image: three equal channels once the config's statistics
+    # (ImageNet's for a model without one) are undone
+    pixels = x[:4] * torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1) + torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(pixels[:, 1], pixels[:, 2], rtol=0, atol=1e-6)
+    assert -1e-6 <= pixels.min() and pixels.max() <= 1 + 1e-6
 
 
 def test_transfer_prunes_jointly_on_data_bases_with_averaged_importance_and_distillation(factory, tmp_path):

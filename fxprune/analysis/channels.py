@@ -23,6 +23,7 @@ from torch import nn
 from fxprune.analysis.channel_flow import propagate
 from fxprune.analysis.flow_types import ChannelFlow, Member, op_name
 from fxprune.analysis.importance import split_batch
+from fxprune.core import distributed
 from fxprune.core.lowrank import find_pairs, same_format, set_module
 from fxprune.core.smoothing import CHANNELS, stored
 
@@ -158,7 +159,8 @@ def _tensors(gm: fx.GraphModule, member: Member) -> list[tuple[str, torch.Tensor
 
 def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
            momentum: float | None = None) -> dict[int, float]:
-    """Per class: (sum over its weights of w * dL/dw)^2, averaged over the batches of `data`; with
+    """Per class: (sum over its weights of w * dL/dw)^2, averaged over the batches of `data` (under
+    torchrun the gradients of each global batch averaged across ranks first); with
     `momentum`, blended with the estimate an earlier run left on the class's members (core.smoothing)."""
     loss_fn = loss_fn or F.cross_entropy
     gm = graph.gm
@@ -174,8 +176,8 @@ def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
         with torch.enable_grad():
             for batch in data:
                 x, y = split_batch(batch)
-                grads = dict(zip(keys, torch.autograd.grad(loss_fn(gm(x), y), [tensors[k] for k in keys],
-                                                           allow_unused=True)))
+                grads = dict(zip(keys, distributed.mean(list(torch.autograd.grad(
+                    loss_fn(gm(x), y), [tensors[k] for k in keys], allow_unused=True)))))
                 per_class: dict[int, float] = defaultdict(float)
                 for roots, ts in entries:
                     for key, t, axis in ts:

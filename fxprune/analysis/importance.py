@@ -8,6 +8,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
+from fxprune.core import distributed
 from fxprune.core.lowrank import Pair
 from fxprune.core.smoothing import BASES, smoothed
 
@@ -21,7 +22,8 @@ def split_batch(batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 def taylor_scores(gm: fx.GraphModule, pairs: list[Pair], data: Iterable, loss_fn: Callable | None = None,
                   momentum: float | None = None) -> list[torch.Tensor]:
-    """Per pair, (g, r): (s_i * dL/ds_i)^2 averaged over the batches of `data` (eval mode); with
+    """Per pair, (g, r): (s_i * dL/ds_i)^2 averaged over the batches of `data` (eval mode; under torchrun
+    the gradient of each global batch, averaged across ranks, is what is squared); with
     `momentum`, blended with the estimate an earlier run left on the pair (core.smoothing)."""
     loss_fn = loss_fn or F.cross_entropy
     scales = [p.coef.scale for p in pairs]
@@ -32,7 +34,7 @@ def taylor_scores(gm: fx.GraphModule, pairs: list[Pair], data: Iterable, loss_fn
     with torch.enable_grad():
         for batch in data:
             x, y = split_batch(batch)
-            grads = torch.autograd.grad(loss_fn(gm(x), y), scales, allow_unused=True)
+            grads = distributed.mean(list(torch.autograd.grad(loss_fn(gm(x), y), scales, allow_unused=True)))
             for t, s, g in zip(totals, scales, grads):
                 if g is not None:
                     t += (s.detach() * g).double().pow(2)

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
-from fxprune.runners.commands import load_model_args
-from fxprune.training.data import load_image_folder, load_test_folder, normalization
+from fxprune.core import distributed
 from fxprune.core.errors import FxPruneError
+from fxprune.core.io import atomic_write, atomic_write_text
+from fxprune.runners.commands import load_model_args
 from fxprune.runners.export import save_exported
-from fxprune.core.io import atomic_write_text
-from fxprune.training.recipe import TransferResult, resolution_note, retrain_lr_for, transfer, val_change
-from fxprune.training.scales import evaluate
+from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
+from fxprune.training.options import TransferOptions
+from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
+from fxprune.training.runtime import Runtime
 from fxprune.runners.transfer_report import head_text, margin_text, report_markdown, write_plot
 
 
@@ -24,39 +28,64 @@ def run_transfer(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".pt2":
         raise ValueError(f"--out {args.out}: write a .pt2 file (the model, torch.export); the report goes beside it")
-    torch.manual_seed(0)
+    check_writable(out)
+    runtime = Runtime.resolve(_local(args.device), args.amp, args.channels_last, flags=True)
+    if args.margin < 0:
+        raise ValueError(f"--margin {args.margin:g}: give a number of standard errors >= 0")
+    options = transfer_options(args)
+    loading = LoaderOptions(batch_size=args.batch_size, seed=args.seed, workers=args.workers, augment=args.augment,
+                            auto_augment=args.aa,
+                            pin_memory=runtime.device.type == "cuda" if args.pin_mem is None else args.pin_mem)
+    loading.check()
+    checkpoint = out.with_suffix(".ckpt")
+    if args.resume and not checkpoint.is_file():
+        raise FxPruneError(f"--resume: no checkpoint {checkpoint} beside --out (a run writes one after every kept "
+                           "step, and removes it when it finishes)")
+    distributed.start(runtime.device)
+    lead = distributed.rank() == 0
+    say = print if lead else _silent
+    _seed(args.seed)
     model, notes = load_model_args(args)
     norm = normalization(model, args.image_size)
-    data = load_image_folder(args.data, norm, batch_size=args.batch_size, val_split=args.val_split,
-                             num_classes=args.num_classes)
+    data = load_image_folder(args.data, norm, loading, val_split=args.val_split, num_classes=args.num_classes)
+    test = load_test_folder(args.test, data.classes, norm, loading) if args.test else None
     x = next(iter(data.val))[0][:1]
     with torch.no_grad():
         outputs = model(x).shape[-1]
     if outputs != len(data.classes):
         raise FxPruneError(f"{args.model} outputs {outputs} classes but --data {args.data} has {len(data.classes)} "
                            f"class folders: pass --num-classes {len(data.classes)} for a new head")
-    print(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
-    print(f"data: {args.data}: {len(data.classes)} classes, {len(data.train.labels)} train / {len(data.val.labels)} "
-          f"val images at {norm.size}x{norm.size}; threads {torch.get_num_threads()}", flush=True)
-    retrain_lr = retrain_lr_for(args.lr, args.retrain_lr)
-    print(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
-          f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr {retrain_lr:g}"
-          f"{head_text(args.retrain_head_lr)} after each) until {args.until}{margin_text(args.margin, args.until)}", flush=True)
-    result = transfer(model, x, train=data.train, val=data.val, epochs=args.epochs, lr=args.lr,
-                      prune_what=args.prune, criterion=args.criterion, until=args.until, step=args.step,
-                      max_steps=args.max_steps, importance_batches=args.importance_batches,
-                      momentum=args.momentum, basis=args.basis, distill=args.distill, schedule=args.schedule,
-                      retrain_lr=retrain_lr, retrain_head_lr=args.retrain_head_lr, margin=args.margin)
-    if args.test:  # at the end only: transfer(test=) would also evaluate it after every kept step
-        test = load_test_folder(args.test, data.classes, norm)
-        result.test_accuracy = tuple(evaluate(m, test)["accuracy"] for m in (result.transferred, result.model))
-        result.test_images = len(test.labels)
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+    resume = read_checkpoint(checkpoint, settings, runtime) if args.resume else None
+    say(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
+    ranks = f" x {distributed.world()} processes" if distributed.world() > 1 else ""
+    say(f"data: {args.data}: {len(data.classes)} classes, {data.train.images} train / {data.val.images} "
+        f"val images at {norm.size}x{norm.size}; augment {args.augment}; batch {args.batch_size}{ranks}; "
+        f"{runtime.text()}; threads {torch.get_num_threads()}; workers {args.workers}", flush=True)
+    say(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
+        f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr "
+        f"{options.retrain_lr_value:g}{head_text(args.retrain_head_lr)} after each) until "
+        f"{args.until}{margin_text(args.margin, args.until)}", flush=True)
+    if resume is not None:
+        say(f"resuming from {checkpoint}: {len(resume['search']['history']) - 1} kept steps, "
+            f"{resume['search']['tries']} tries", flush=True)
+
+    def save_checkpoint(state: dict) -> None:
+        if lead:
+            atomic_write(checkpoint, lambda tmp: torch.save({"settings": settings, "state": state}, tmp))
+
+    result = transfer(model, x, options, train=data.train, val=data.val, test=test, device=runtime,
+                      checkpoint=save_checkpoint, resume=resume, progress=lead)
+    if not lead:
+        return 0
     save_exported(result.model, (x,), out)
-    settings = {k: v for k, v in vars(args).items() if k not in ("command",)}
-    settings.update(retrain_lr=retrain_lr, classes=data.classes, train_images=len(data.train.labels),
-                    val_images=len(data.val.labels),
-                    image_size=norm.size, mean=norm.mean, std=norm.std, threads=torch.get_num_threads(), weights_note="; ".join(notes))
+    settings.update(retrain_lr=options.retrain_lr_value, classes=data.classes, train_images=data.train.images,
+                    val_images=data.val.images, image_size=norm.size, mean=norm.mean, std=norm.std,
+                    threads=torch.get_num_threads(), device=str(runtime.device), amp=runtime.amp,
+                    channels_last=runtime.channels_last, processes=distributed.world(),
+                    weights_note="; ".join(notes))
     write_outputs(out, result, settings)
+    checkpoint.unlink(missing_ok=True)  # the run is whole: nothing is left to resume
     print()
     print(tabulate(steps_table(result), headers="keys", tablefmt="simple"))
     p, a = result.params, result.accuracy
@@ -72,6 +101,58 @@ def run_transfer(args: argparse.Namespace) -> int:
     print(f"wrote {out} (load: torch.export.load('{out}').module()), {out.with_suffix('.md')}, "
           f"{out.with_suffix('.json')}" + (", " + str(out.with_suffix(".png")) if out.with_suffix(".png").exists() else ""))
     return 0
+
+
+def transfer_options(args: argparse.Namespace) -> TransferOptions:
+    """The TransferOptions the command line gives, checked."""
+    options = TransferOptions(epochs=args.epochs, lr=args.lr, schedule=args.schedule, prune_what=args.prune,
+                              criterion=args.criterion, until=args.until, step=args.step, max_steps=args.max_steps,
+                              importance_batches=args.importance_batches, momentum=args.momentum, basis=args.basis,
+                              distill=args.distill, retrain_lr=args.retrain_lr, retrain_head_lr=args.retrain_head_lr,
+                              margin=args.margin)
+    options.check("fxprune transfer")
+    return options
+
+
+def check_writable(out: Path) -> None:
+    """--out can be written: not a folder, its folder creatable and writable (checked before any work)."""
+    if out.is_dir():
+        raise FxPruneError(f"--out {out}: is a folder; name the .pt2 file to write, e.g. {out / 'small.pt2'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out.parent / f".{out.stem}.write-check", "")
+        (out.parent / f".{out.stem}.write-check").unlink()
+    except OSError as e:
+        raise FxPruneError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}); name a writable "
+                           "place") from None
+
+
+def read_checkpoint(path: Path, settings: dict, runtime: Runtime) -> dict:
+    """The state a checkpoint holds, where the run that wrote it had these settings."""
+    try:
+        saved = torch.load(path, map_location=runtime.device, weights_only=False)  # our own file: GraphModules
+    except Exception as e:  # noqa: BLE001 - named in one line
+        raise FxPruneError(f"--resume: cannot read {path} ({type(e).__name__}); delete it to start over") from None
+    differ = [k for k in settings if k != "workers" and saved["settings"].get(k) != settings[k]]
+    if differ:
+        k = differ[0]
+        raise FxPruneError(f"--resume: {path} was written with --{k.replace('_', '-')} {saved['settings'].get(k)}, "
+                           f"not {settings[k]}: give the same arguments, or delete it to start over")
+    return saved["state"]
+
+
+def _local(device: str) -> str:
+    """Under torchrun, 'cuda' as this rank's GPU (cuda:LOCAL_RANK)."""
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" and distributed.launched() else device
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _silent(*args, **kwargs) -> None:
+    return None
 
 
 def steps_table(result: TransferResult) -> list[dict]:
@@ -94,13 +175,13 @@ def write_outputs(out: Path, result: TransferResult, settings: dict) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from fxprune.runners.cli import main
+    from fxprune.runners.arguments import build_parser
     from fxprune.runners.demo import prepare
 
     out = Path(args.out)
     weights, data, test = prepare(out)
     argv = ["transfer", "timm:efficientnet_lite0", "--weights", str(weights), "--num-classes", "10", "--data", str(data),
             "--test", str(test), "--image-size", "64", "--epochs", "10", "--step", "0.1", "--max-steps", "30",
-            "--out", str(out / "small.pt2")]
+            "--augment", "none", "--device", "cpu", "--out", str(out / "small.pt2")]
     print("fxprune " + " ".join(argv), flush=True)
-    return main(argv)
+    return run_transfer(build_parser().parse_args(argv))

@@ -1,0 +1,169 @@
+"""The options of the training and pruning loops, grouped: one object each that the CLI builds once from its
+arguments, the Python API takes (or builds from keywords) and the report prints. Each checks its values
+before any work and names the bad one in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+def with_changes(options, changes: dict, where: str):
+    """`options` with the keyword `changes` applied (fields by name), checked; a name that is not a field
+    is one clear line."""
+    fields = {f.name for f in dataclasses.fields(options)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise TypeError(f"{where}: unexpected keyword {unknown[0]!r} (options: {', '.join(sorted(fields))})")
+    options = dataclasses.replace(options, **changes) if changes else options
+    options.check(where)
+    return options
+
+
+def parse_until(until: str, has_val: bool) -> tuple[str, float]:
+    """(key, number) of a stop rule: params=F, macs=F, latency=F or accuracy=A."""
+    key, _, value = until.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if key not in ("params", "macs", "latency", "accuracy") or not 0 < number <= 1:
+        raise ValueError(f"until={until!r}: write params=F, macs=F or latency=F (fraction of the model to keep) or "
+                         "accuracy=A (stop before val accuracy falls below A), with F, A in (0, 1]")
+    if key == "accuracy" and not has_val:
+        raise ValueError("until='accuracy=...' needs val_data")
+    return key, number
+
+
+def stop_rule(until: str, transferred_accuracy: float) -> str:
+    """`accuracy-drop=D` (at most D below the transferred model's val accuracy) as accuracy=A;
+    the other rules of prune_iteratively (params=F, macs=F, accuracy=A) as they are."""
+    key, _, value = until.partition("=")
+    if key != "accuracy-drop":
+        return until
+    try:
+        drop = float(value)
+    except ValueError:
+        drop = -1.0
+    if not 0 <= drop < 1:
+        raise ValueError(f"until={until!r}: write accuracy-drop=D with D in [0, 1), e.g. accuracy-drop=0.01")
+    return f"accuracy={max(transferred_accuracy - drop, 1e-9):.6f}"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """One training run of what insert-scaling left trainable (train_scaling)."""
+
+    epochs: int = 1
+    lr: float = 1e-2
+    optimizer: str = "adam"  # adam, radam or sgd (momentum 0.9)
+    schedule: str = "cosine"  # cosine: lr decays to 0 over the run; constant
+    head_lr: float | None = None  # the lr of what is trainable besides the scales; None: lr; 0 keeps it
+    l1: float = 0.0  # l1 * sum |s| over every scale
+    distill: float = 0.5  # with a teacher: the weight of its term
+
+    def check(self, where: str = "train_scaling") -> None:
+        if self.optimizer not in ("adam", "radam", "sgd"):
+            raise ValueError(f"{where}: optimizer must be 'adam', 'radam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"{where}: distill={self.distill} is the weight of the teacher's term, in [0, 1]")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"{where}: schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.head_lr is not None and not self.head_lr >= 0:
+            raise ValueError(f"{where}: head_lr={self.head_lr} is the lr of the head (what is trainable besides "
+                             "the scales): give a value >= 0 (0 keeps the head as it is) or None for lr")
+        if not self.epochs >= 0:
+            raise ValueError(f"{where}: epochs={self.epochs}: give a number of epochs >= 0")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """The iterative prune/retrain search (prune_iteratively): what to prune, by which importance, in steps
+    of which size, until which rule; each retraining is `epochs` of TrainOptions with these lr settings."""
+
+    prune_what: str = "bases"  # bases, channels, joint or double
+    criterion: str = "taylor"
+    step: float = 0.05  # share of the params (MACs, latency) pruned per step
+    until: str = "params=0.5"
+    max_steps: int = 50  # tries, kept or not
+    backoffs: int = 3  # missed steps in a row before the run ends
+    momentum: float | None = None  # taylor importance averaged across steps
+    margin: float = 0.0  # standard errors a step must clear an accuracy floor by
+    distill: float = 0.0  # > 0: the retraining distils from the unpruned model with this weight
+    epochs: int = 1
+    lr: float = 1e-2
+    head_lr: float | None = None
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    l1: float = 0.0
+
+    def check(self, where: str = "prune_iteratively") -> None:
+        if not 0 < self.step < 1:
+            raise ValueError(f"step={self.step}: the share of the model pruned per step must be in (0, 1)")
+        if not self.margin >= 0:
+            raise ValueError(f"{where}: margin={self.margin}: give a number of standard errors >= 0")
+        if not self.max_steps >= 1:
+            raise ValueError(f"{where}: max_steps={self.max_steps}: give at least 1 try")
+        parse_until(self.until, True)
+        self.retraining().check(where)
+
+    def retraining(self) -> TrainOptions:
+        """The training run after each step."""
+        return TrainOptions(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, schedule=self.schedule,
+                            head_lr=self.head_lr, l1=self.l1, distill=self.distill)
+
+
+RETRAIN_LR_SHARE = 0.3
+"""The retraining after each pruning step runs at this share of the transfer's lr by default: a whole lr
+costs a converged model accuracy by itself, a tenth recovers too little from a step
+(bench/transfer/results/retrain.md)."""
+
+RETRAIN_HEAD_LR = 0.0
+"""The head's lr in that retraining by default: kept as transferred, so only the scales repair a step and
+the head's moves do not spend the floor on val noise (bench/transfer/results/floor_lr.md)."""
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """transfer(): `epochs` of training the scales and head at `lr`, then the search of PruneOptions with
+    the retraining at `retrain_lr` (None: RETRAIN_LR_SHARE * lr) and the head at `retrain_head_lr`
+    (None: retrained at `retrain_lr` too); `until` may also be accuracy-drop=D."""
+
+    epochs: int = 5
+    lr: float = 1e-2
+    schedule: str = "cosine"
+    prune_what: str = "channels"
+    criterion: str = "taylor"
+    until: str = "accuracy-drop=0.01"
+    step: float = 0.05
+    max_steps: int = 50
+    importance_batches: int | None = 8  # train batches taylor importance is measured on per step (None: all)
+    momentum: float | None = None
+    basis: str = "svd"  # svd, or data: bases fitted to the responses on the importance batches
+    distill: float = 0.0
+    retrain_lr: float | None = None
+    retrain_head_lr: float | None = RETRAIN_HEAD_LR
+    margin: float = 0.0
+
+    @property
+    def retrain_lr_value(self) -> float:
+        return RETRAIN_LR_SHARE * self.lr if self.retrain_lr is None else self.retrain_lr
+
+    def training(self) -> TrainOptions:
+        return TrainOptions(epochs=self.epochs, lr=self.lr, schedule=self.schedule)
+
+    def pruning(self, until: str) -> PruneOptions:
+        """The search, with the stop rule resolved (`until`: accuracy-drop=D as accuracy=A)."""
+        return PruneOptions(prune_what=self.prune_what, criterion=self.criterion, step=self.step, until=until,
+                            max_steps=self.max_steps, momentum=self.momentum, margin=self.margin,
+                            distill=self.distill, epochs=1, lr=self.retrain_lr_value, head_lr=self.retrain_head_lr,
+                            schedule=self.schedule)
+
+    def check(self, where: str = "transfer") -> None:
+        if self.basis not in ("svd", "data"):
+            raise ValueError(f"{where}: basis must be 'svd' or 'data', got {self.basis!r}")
+        if self.importance_batches is not None and not self.importance_batches >= 1:
+            raise ValueError(f"{where}: importance_batches={self.importance_batches}: give at least 1 (None: all)")
+        self.training().check(where)
+        self.pruning(stop_rule(self.until, 1.0)).check(where)
