@@ -21,12 +21,12 @@ import torch
 import fxprune
 from fxprune.core.io import atomic_write_text
 from fxprune.runners.transfer_report import head_text
-from fxprune.training.recipe import RETRAIN_HEAD_LR, retrain_lr_for
+from fxprune.training.options import RETRAIN_HEAD_LR, TransferOptions
 
 from .digits import add_split_args, benchmark_split, digits, optdigits
 from .lite0 import load_lite0
 
-LR = 1e-2  # Adam's lr in the transfer; the retraining after each step runs at retrain_lr_for(LR, --retrain-lr)
+LR = 1e-2  # Adam's lr in the transfer; the retraining after each step runs at TransferOptions(lr=LR, retrain_lr=--retrain-lr)
 
 
 def main(argv=None) -> None:
@@ -88,7 +88,7 @@ Reproduce: `.venv/bin/python -m bench.transfer.recipe {command}` ({record['secon
 {record['threads']} threads, torch {record['torch']}). ImageNet EfficientNet-Lite0, new head, {args.epochs} epochs
 (Adam, lr {LR:g}, {args.schedule} schedule in every training run) of scales + head on {n} digits at {args.size}x{args.size} (`decompose-conv{{basis={args.basis}}}`); then
 `prune_iteratively` on {args.prune} (Taylor on 8 batches per step{'' if args.momentum is None else f', averaged across steps with momentum {args.momentum}'},
-step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {retrain_lr_for(LR, args.retrain_lr):g}{head_text(args.retrain_head_lr)}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
+step {args.step} backed off by halves below the floor and grown back after, one epoch of retraining per step at lr {TransferOptions(lr=LR, retrain_lr=args.retrain_lr).retrain_lr_value:g}{head_text(args.retrain_head_lr)}{f' distilling from the transferred model (weight {args.distill})' if args.distill else ''}, at
 most {args.max_steps} tries) until val accuracy ({args.val} held-out training digits) would fall below
 {result.until.partition('=')[2]} by {args.margin:g} standard errors of its paired change (`val se`); fold.
 The {record['test']} test digits chose nothing (evaluated at each kept step, for the record).

@@ -23,8 +23,9 @@ import torch
 import fxprune
 from fxprune.core.io import atomic_write, atomic_write_text
 from fxprune.runners.demo import prepare
-from fxprune.training.data import load_image_folder, load_test_folder, normalization
-from fxprune.training.scales import prune_iteratively, train_scaling
+from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
+from fxprune.training.scales import train_scaling
+from fxprune.training.search import prune_iteratively
 
 from .lite0 import load_lite0
 
@@ -53,7 +54,7 @@ def transferred():
     model = load_lite0(10)
     fxprune.zero_head(model)
     norm = normalization(model, 64)
-    data = load_image_folder(folder, norm, num_classes=10, progress=False)
+    data = load_image_folder(folder, norm, LoaderOptions(augment="none"), num_classes=10)
     test = load_test_folder(test_folder, data.classes, norm)
     x = next(iter(data.val))[0][:1]
     gm = fxprune.prune(model, x, "decompose-conv,insert-scaling")

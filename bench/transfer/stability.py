@@ -24,7 +24,7 @@ import torch
 import fxprune
 from fxprune.core.io import atomic_write_text
 from fxprune.runners.demo import prepare
-from fxprune.training.data import load_image_folder, load_test_folder, normalization
+from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
 from fxprune.training.scales import evaluate, train_scaling
 
 from .lite0 import load_lite0
@@ -40,7 +40,7 @@ def run(schedule: str, svd_threads: int, seed: int) -> dict:
     model = load_lite0(10)
     fxprune.zero_head(model)
     norm = normalization(model, 64)
-    data = load_image_folder(folder, norm, num_classes=10, seed=seed, progress=False)
+    data = load_image_folder(folder, norm, LoaderOptions(seed=seed, augment="none"), num_classes=10)
     test = load_test_folder(test_folder, data.classes, norm)
     x = next(iter(data.val))[0][:1]
     threads = torch.get_num_threads()

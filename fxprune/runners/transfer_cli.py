@@ -28,7 +28,6 @@ def run_transfer(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".pt2":
         raise ValueError(f"--out {args.out}: write a .pt2 file (the model, torch.export); the report goes beside it")
-    check_writable(out)
     runtime = Runtime.resolve(_local(args.device), args.amp, args.channels_last, flags=True)
     if args.margin < 0:
         raise ValueError(f"--margin {args.margin:g}: give a number of standard errors >= 0")
@@ -44,6 +43,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     distributed.start(runtime.device)
     lead = distributed.rank() == 0
     say = print if lead else _silent
+    if lead:
+        check_writable(out)
     _seed(args.seed)
     model, notes = load_model_args(args)
     norm = normalization(model, args.image_size)
