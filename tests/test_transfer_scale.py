@@ -147,7 +147,7 @@ FLAGS = ["--epochs", "2", "--lr", "0.05", "--batch-size", "8", "--until", "param
 
 KILLER = """
 import os, signal, sys
-import fxprune.runners.transfer_cli as cli
+import fxprune.runners.resume as cli
 real, kept = cli.atomic_write, []
 def write(path, fn):
     done = real(path, fn)
@@ -157,7 +157,8 @@ def write(path, fn):
             os.kill(os.getpid(), signal.SIGKILL)
     return done
 cli.atomic_write = write
-sys.exit(main(sys.argv[1:]))
+from fxprune.runners.cli import main as run
+sys.exit(run(sys.argv[1:]))
 """
 
 

@@ -14,9 +14,10 @@ from tabulate import tabulate
 
 from fxprune.core import distributed
 from fxprune.core.errors import FxPruneError
-from fxprune.core.io import atomic_write, atomic_write_text
+from fxprune.core.io import atomic_write_text
 from fxprune.runners.commands import load_model_args
 from fxprune.runners.export import save_exported
+from fxprune.runners.resume import read_checkpoint, write_checkpoint
 from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
 from fxprune.training.options import TransferOptions
 from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
@@ -57,7 +58,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         raise FxPruneError(f"{args.model} outputs {outputs} classes but --data {args.data} has {len(data.classes)} "
                            f"class folders: pass --num-classes {len(data.classes)} for a new head")
     settings = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
-    resume = read_checkpoint(checkpoint, settings, runtime) if args.resume else None
+    resume = read_checkpoint(checkpoint, settings, runtime.device) if args.resume else None
     say(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
     ranks = f" x {distributed.world()} processes" if distributed.world() > 1 else ""
     say(f"data: {args.data}: {len(data.classes)} classes, {data.train.images} train / {data.val.images} "
@@ -73,7 +74,7 @@ def run_transfer(args: argparse.Namespace) -> int:
 
     def save_checkpoint(state: dict) -> None:
         if lead:
-            atomic_write(checkpoint, lambda tmp: torch.save({"settings": settings, "state": state}, tmp))
+            write_checkpoint(checkpoint, settings, state)
 
     result = transfer(model, x, options, train=data.train, val=data.val, test=test, device=runtime,
                       checkpoint=save_checkpoint, resume=resume, progress=lead)
@@ -126,20 +127,6 @@ def check_writable(out: Path) -> None:
     except OSError as e:
         raise FxPruneError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}); name a writable "
                            "place") from None
-
-
-def read_checkpoint(path: Path, settings: dict, runtime: Runtime) -> dict:
-    """The state a checkpoint holds, where the run that wrote it had these settings."""
-    try:
-        saved = torch.load(path, map_location=runtime.device, weights_only=False)  # our own file: GraphModules
-    except Exception as e:  # noqa: BLE001 - named in one line
-        raise FxPruneError(f"--resume: cannot read {path} ({type(e).__name__}); delete it to start over") from None
-    differ = [k for k in settings if k != "workers" and saved["settings"].get(k) != settings[k]]
-    if differ:
-        k = differ[0]
-        raise FxPruneError(f"--resume: {path} was written with --{k.replace('_', '-')} {saved['settings'].get(k)}, "
-                           f"not {settings[k]}: give the same arguments, or delete it to start over")
-    return saved["state"]
 
 
 def _local(device: str) -> str:

@@ -113,7 +113,7 @@ class SeededBatches:
     def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0, shard: bool = False):
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.ranks, self.rank = (distributed.world(), distributed.rank()) if shard else (1, 0)
-        self.epoch = 0  # passes begun; a resumed run sets it back
+        self.epoch = 0  # set by the Loader: DataLoader may call iter() more than once per pass
 
     def __len__(self) -> int:
         total = -(-self.n // self.ranks) * self.ranks
@@ -121,7 +121,6 @@ class SeededBatches:
 
     def __iter__(self):
         epoch = self.epoch
-        self.epoch += 1
         order = list(range(self.n))
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)).tolist()
@@ -136,11 +135,13 @@ class SeededBatches:
 
 
 class Loader:
-    """Batches of (images, labels) from `dataset` through torch's DataLoader."""
+    """Batches of (images, labels) from `dataset` through torch's DataLoader; `epoch` counts the passes
+    begun (a resumed run sets it back)."""
 
     def __init__(self, dataset: Images, options: LoaderOptions, *, shuffle: bool, shard: bool):
         self.sampler = SeededBatches(len(dataset), options.batch_size, shuffle=shuffle, seed=options.seed, shard=shard)
         self.images = len(dataset)
+        self.epoch = 0
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=options.workers,
                                  pin_memory=options.pin_memory, persistent_workers=options.workers > 0,
                                  generator=torch.Generator())  # the global RNG is left alone
@@ -149,6 +150,8 @@ class Loader:
         return len(self.sampler)
 
     def __iter__(self):
+        self.sampler.epoch = self.epoch
+        self.epoch += 1
         return iter(self.loader)
 
 

@@ -115,13 +115,12 @@ def _on_cpu(gm: fx.GraphModule) -> fx.GraphModule:
 
 def _epoch(data: Iterable) -> int | None:
     """Where a loader with a seeded order (training.data.Loader) is: the passes it has begun."""
-    sampler = getattr(data, "sampler", None)
-    return getattr(sampler, "epoch", None)
+    return getattr(data, "epoch", None)
 
 
 def _seek(data: Iterable, epoch: int | None) -> None:
     if epoch is not None:
-        data.sampler.epoch = epoch
+        data.epoch = epoch
 
 
 def _rng() -> dict:
