@@ -130,8 +130,9 @@ def check_writable(out: Path) -> None:
 
 
 def _local(device: str) -> str:
-    """Under torchrun, 'cuda' as this rank's GPU (cuda:LOCAL_RANK)."""
-    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if device == "cuda" and distributed.launched() else device
+    """Under torchrun, 'cuda' (and 'auto' where there is CUDA) as this rank's GPU, cuda:LOCAL_RANK."""
+    cuda = device == "cuda" or device == "auto" and torch.cuda.is_available()
+    return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if cuda and distributed.launched() else device
 
 
 def _seed(seed: int) -> None:

@@ -70,7 +70,9 @@ at {settings['image_size']}x{settings['image_size']}
 was changed. Pruned: {settings['prune']} by {settings['criterion']} importance, {settings['step']} of the params per \
 step, scales retrained one epoch at lr {settings['retrain_lr']:g}{head_text(settings.get('retrain_head_lr'))} after each, until {settings['until']} ({result.until}\
 {margin_text(settings['margin'], result.until)}).
-- Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads)
+- Time: {result.seconds['train']:.0f} s training, {result.seconds['prune']:.0f} s pruning ({settings['threads']} threads; \
+{settings['device']}, amp {settings['amp']}{', ' + str(settings['processes']) + ' processes' if settings['processes'] > 1 else ''}; \
+batch {settings['batch_size']}, augment {settings['augment']}, seed {settings['seed']})
 
 {test}**Val accuracy {a[0]:.3f} -> {a[1]:.3f}** ({val_change(result)}{'; ' + note if note else ''}). **Params {p[0]:,} -> {p[1]:,} ({100 * (1 - p[1] / p[0]):.1f}% fewer); \
 MACs {m[0]:,} -> {m[1]:,} ({100 * (1 - m[1] / m[0]):.1f}% fewer).** Sizes count BatchNorm folded into the layers, \
