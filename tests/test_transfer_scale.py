@@ -88,6 +88,7 @@ def test_bf16_autocast_trains_float32_scales(tiny, device):
     (["--batch-size", "0"], "--batch-size 0: give at least 1 image per batch"),
     (["--margin", "-1"], "--margin -1: give a number of standard errors >= 0"),
     (["--val-split", "0.99"], "--val-split 0.99 leaves no image of --data {d} for training: give a smaller share"),
+    (["--test", "nosuchdir"], "--test nosuchdir: no such folder"),  # before any training, not after it
     (["--resume"], "--resume: no checkpoint {o} beside --out (a run writes one after every kept step, and removes "
                    "it when it finishes)"),
 ])

@@ -47,8 +47,9 @@ def generate(root: Path, images: int, size: int = 224, classes: int = 10) -> Pat
     return root
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of process `pid` and all its descendants (DataLoader workers)."""
+def memory_of(pid: int) -> tuple[int, int]:
+    """(resident bytes of process `pid`, proportional bytes of it and all its descendants): PSS splits a page
+    that forked DataLoader workers share among them, where summing their RSS would count it once per worker."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -57,26 +58,32 @@ def tree_rss(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
+    try:
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        rss = 0
+    pss, todo = 0, [pid]
     while todo:
         p = todo.pop()
         try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
+            line = next(x for x in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines() if x.startswith("Pss:"))
+            pss += int(line.split()[1]) * 1024
+        except (OSError, StopIteration, IndexError, ValueError):
             pass
         todo += children.get(p, [])
-    return total
+    return rss, pss
 
 
 def run_measured(argv: list[str]) -> dict:
-    """Run a command; its wall time and peak RSS (the process tree, sampled every 0.2 s)."""
+    """Run a command; its wall time, peak RSS of its process and peak PSS of its process tree (with DataLoader
+    workers), sampled every 0.2 s."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
+    peak = [0, 0]
 
     def sample():
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+            peak[:] = [max(a, b) for a, b in zip(peak, memory_of(proc.pid))]
             time.sleep(0.2)
 
     watcher = threading.Thread(target=sample, daemon=True)
@@ -86,6 +93,7 @@ def run_measured(argv: list[str]) -> dict:
     if proc.returncode:
         raise SystemExit(f"{' '.join(argv)} failed:\n{out[-3000:]}")
     return {"seconds": round(time.perf_counter() - start, 1), "peak_rss_gb": round(peak[0] / 2**30, 3),
+            "peak_tree_pss_gb": round(peak[1] / 2**30, 3),
             "tail": out.strip().splitlines()[-3:]}
 
 
@@ -189,8 +197,8 @@ def report() -> None:
     mem = [r for k, r in last.items() if k[0] == "memory"]
     if mem:
         lines += ["## (a) Peak memory against the number of images", "",
-                  "`fxprune transfer <command below>`: images read per batch by the DataLoader; peak RSS of the "
-                  "process tree, sampled every 0.2 s.", "",
+                  "`fxprune transfer <command below>`: images read per batch by the DataLoader (workers 0); peak "
+                  "RSS of the process, sampled every 0.2 s.", "",
                   "| images | peak RSS (GB) | wall (s) | threads | command |", "|---|---|---|---|---|"]
         lines += [f"| {r['images']:,} | {r['peak_rss_gb']:.2f} | {r['seconds']:.0f} | {r['threads']} | `{r['command']}` |"
                   for r in sorted(mem, key=lambda r: r["images"])]
@@ -215,10 +223,11 @@ def report() -> None:
     if demos:
         lines += ["## (c) The demo by --workers", "",
                   "`fxprune demo`'s transfer command with `--workers N` (the same pruned model whatever N: "
-                  "tests/test_transfer_scale.py).", "", "| workers | wall (s) | peak RSS (GB) | last line |",
-                  "|---|---|---|---|"]
-        lines += [f"| {w} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r['tail'][-1][:80]} |"
-                  for w, r in sorted(demos.items())]
+                  "tests/test_transfer_scale.py). Memory of the main process (RSS) and of the process tree "
+                  "(PSS: pages the forked workers share counted once).", "",
+                  "| workers | wall (s) | peak RSS (GB) | peak tree PSS (GB) | result |", "|---|---|---|---|---|"]
+        lines += [f"| {w} | {r['seconds']:.0f} | {r['peak_rss_gb']:.2f} | {r.get('peak_tree_pss_gb', float('nan')):.2f} | "
+                  f"{r['tail'][-2]} |" for w, r in sorted(demos.items())]
         lines.append("")
     (RESULTS / "scale.md").write_text("\n".join(lines))
 

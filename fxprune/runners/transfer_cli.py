@@ -4,6 +4,7 @@ weights and digits that the bench extra ships)."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -22,6 +23,7 @@ from fxprune.training.data import LoaderOptions, load_image_folder, load_test_fo
 from fxprune.training.options import TransferOptions
 from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
 from fxprune.training.runtime import Runtime
+from fxprune.training.scales import evaluate
 from fxprune.runners.transfer_report import head_text, margin_text, report_markdown, write_plot
 
 
@@ -76,10 +78,14 @@ def run_transfer(args: argparse.Namespace) -> int:
         if lead:
             write_checkpoint(checkpoint, settings, state)
 
-    result = transfer(model, x, options, train=data.train, val=data.val, test=test, device=runtime,
+    result = transfer(model, x, options, train=data.train, val=data.val, device=runtime,
                       checkpoint=save_checkpoint, resume=resume, progress=lead)
     if not lead:
         return 0
+    if test is not None:  # at the end only (checked before training): transfer(test=) evaluates it every kept step
+        result.test_accuracy = tuple(evaluate(runtime.model(copy.deepcopy(m)), test, device=runtime)["accuracy"]
+                                     for m in (result.transferred, result.model))
+        result.test_images = test.images
     save_exported(result.model, (x,), out)
     settings.update(retrain_lr=options.retrain_lr_value, classes=data.classes, train_images=data.train.images,
                     val_images=data.val.images, image_size=norm.size, mean=norm.mean, std=norm.std,
