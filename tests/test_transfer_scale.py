@@ -88,6 +88,9 @@ def test_bf16_autocast_trains_float32_scales(tiny, device):
     (["--batch-size", "0"], "--batch-size 0: give at least 1 image per batch"),
     (["--margin", "-1"], "--margin -1: give a number of standard errors >= 0"),
     (["--val-split", "0.99"], "--val-split 0.99 leaves no image of --data {d} for training: give a smaller share"),
+    (["--augment", "timm", "--aa", "nonsense"], "--aa nonsense: not a RandAugment policy timm reads (Unknown AA "
+                                                "policy nonsense); e.g. rand-m9-mstd0.5-inc1"),
+    (["--amp", "fp8"], "--amp fp8: write auto, off, bf16 or fp16"),
     (["--test", "nosuchdir"], "--test nosuchdir: no such folder"),  # before any training, not after it
     (["--resume"], "--resume: no checkpoint {o} beside --out (a run writes one after every kept step, and removes "
                    "it when it finishes)"),
@@ -109,12 +112,13 @@ def test_out_must_be_a_file_that_can_be_written(factory, tmp_path, capsys):
                                        f"file to write, e.g. {tmp_path / 'taken.pt2' / 'small.pt2'}\n")
 
 
-def test_augmentation_changes_the_training_images_and_not_the_val_images(tmp_path):
+@pytest.mark.parametrize("augment", ["light", "timm"])
+def test_augmentation_changes_the_training_images_and_not_the_val_images(tmp_path, augment):
     root = tmp_path / "data"
     write_folder(root / "train", per_class=4)
     write_folder(root / "val", per_class=4)
     norm = normalization(torch.nn.Identity(), 16)
-    plain, light = (load_image_folder(root, norm, LoaderOptions(batch_size=12, augment=a)) for a in ("none", "light"))
+    plain, light = (load_image_folder(root, norm, LoaderOptions(batch_size=12, augment=a)) for a in ("none", augment))
     for _ in range(2):  # two passes: the same order in both loaders (one seed), new crops in each pass
         (xp, yp), (xl, yl) = next(iter(plain.train)), next(iter(light.train))
         assert torch.equal(yp, yl) and not torch.allclose(xp, xl, atol=0.1)

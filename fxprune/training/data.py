@@ -192,9 +192,13 @@ def load_image_folder(root: str | Path, norm: Normalization, options: LoaderOpti
     if not train:
         raise FxPruneError(f"--val-split {val_split} leaves no image of --data {root} for training: give a smaller "
                            "share")
+    try:
+        augment = norm.transform(options.augment, options.auto_augment)
+    except (AssertionError, ValueError, KeyError) as e:
+        raise FxPruneError(f"--aa {options.auto_augment}: not a RandAugment policy timm reads ({first_line(e)}); "
+                           f"e.g. {AUTO_AUGMENT}") from None
     check_images(train + val, "--data", options.workers)
-    return ImageFolderData(names, Loader(Images(train, norm.transform(options.augment, options.auto_augment)), options,
-                                         shuffle=True, shard=True),
+    return ImageFolderData(names, Loader(Images(train, augment), options, shuffle=True, shard=True),
                            Loader(Images(val, norm.transform()), options, shuffle=False, shard=False))
 
 
