@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch.fx as fx
 
 from fxprune.analysis.counting import total_macs, total_params
-from fxprune.analysis.latency import LatencyTable, folded_seconds, table_for
+from fxprune.analysis.latency import LatencyTable, folded_seconds
 from fxprune.core import distributed
 from fxprune.core.api import as_inputs, prune
 from fxprune.core.lowrank import find_pairs
@@ -85,7 +85,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
     inputs = runtime.inputs(as_inputs(example_inputs))
     key, goal = parse_until(o.until, val_data is not None)
     budget = {"macs": "target-macs", "latency": "target-latency"}.get(key, "target-params")
-    timing = {"latency": table_for(latency, gm)} if key == "latency" else {}
+    timing = ({"latency": latency if latency is not None else LatencyTable(runtime.device)}  # timed where it runs
+              if key == "latency" else {})
     step_text = lambda size: _step_pipeline(o.prune_what, o.criterion, budget, size, o.momentum)  # noqa: E731
     Pipeline.parse(step_text(o.step))  # a bad criterion fails here, before any work
     retraining = o.retraining()
