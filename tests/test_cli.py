@@ -1,5 +1,9 @@
 import json
 import re
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -227,9 +231,71 @@ def test_zoo_time_limit_stops_a_model_and_the_run_goes_on(tmp_path, jobs):
     assert rows["slow"]["status"] == "error" and rows["slow"]["reason"] == "TimeoutError: stopped after --time-limit 1.5 s"
     assert 1.5 <= rows["slow"]["seconds"] < 5
     assert rows["fast"]["status"] == "ok"
+    # a model id that is a path names its per-layer table inside OUT/layers, nowhere else
+    name = str(tmp_path / "models.py").replace("/", "_") + "_fast"
+    assert sorted(p.name for p in (out / "layers").iterdir()) == [f"{name}.csv", f"{name}.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models.py", "out", "z.toml"]
+
+
+def test_a_model_id_becomes_one_safe_file_name():
+    from fxprune.runners.zoo import file_name
+
+    assert file_name("tv:resnet18") == "tv_resnet18"
+    assert file_name("timm:vit_base_patch16_224.augreg_in21k") == "timm_vit_base_patch16_224.augreg_in21k"
+    assert file_name("../../etc/net.py:tiny") == "_.._etc_net.py_tiny"
+    assert file_name("..") == "_"
+
+
+STARTED = '''
+import os
+import time
+from pathlib import Path
+
+
+def slow():  # a model that never finishes building, in a worker that says it has started
+    Path(__file__).with_name(f"started-{os.getpid()}").write_text("")
+    while True:
+        time.sleep(0.01)
+
+
+slow_too = slow
+'''
+
+
+def test_killing_the_zoo_leaves_no_worker_alive(tmp_path):
+    (tmp_path / "models.py").write_text(STARTED)
+    config = tmp_path / "z.toml"
+    config.write_text("".join(f'[[model]]\nid = "{tmp_path}/models.py:{f}"\ninput-size = "3,8,8"\n\n'
+                              for f in ("slow", "slow_too")))
+    run = subprocess.Popen([sys.executable, "-m", "fxprune", "zoo", str(config), "--pipeline", "fold", "--out",
+                            str(tmp_path / "out"), "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(workers := [int(p.name[8:]) for p in tmp_path.glob("started-*")]) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 2 and all(_alive(p) for p in workers)  # both workers are building their models
+    run.kill()
+    run.wait()
+    time.sleep(5)
+    assert [p for p in workers if _alive(p)] == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_zoo_time_limit_must_be_positive(tmp_path, capsys):
     assert main(["zoo", str(_smoke(tmp_path)), "--pipeline", "fold", "--out", str(tmp_path / "out"),
                  "--time-limit", "0"]) == 2
     assert capsys.readouterr().err == "fxprune: error: --time-limit 0: give the seconds a model may take, above 0\n"
+    for jobs in ("0", "-1"):
+        assert main(["zoo", str(_smoke(tmp_path)), "--pipeline", "fold", "--out", str(tmp_path / "out"),
+                     "--jobs", jobs]) == 2
+        assert capsys.readouterr().err == f"fxprune: error: --jobs {jobs}: give the number of models run at once, at least 1\n"
+    for value in ("inf", "1e10"):
+        assert main(["zoo", str(_smoke(tmp_path)), "--pipeline", "fold", "--out", str(tmp_path / "out"),
+                     "--time-limit", value]) == 2
+        assert capsys.readouterr().err == (f"fxprune: error: --time-limit {float(value):g}: give the seconds a model "
+                                           "may take, above 0 and at most 86400 (a day); leave it out for no limit\n")

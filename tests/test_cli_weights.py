@@ -1,6 +1,7 @@
 """Real weights wherever a model is named: --weights, --num-classes, --pretrained, --trust-pickle,
 path/to/file.py:factory models and `python -m fxprune`, through the command line."""
 
+import pickle
 import subprocess
 import sys
 
@@ -115,17 +116,38 @@ def test_a_pickled_module_needs_trust(factory, tmp_path, capsys):
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
     (b"not a checkpoint at all", "not a file torch.save wrote (or a damaged one)"),
+    ("cut", "a zip archive cut short or damaged (its end is missing or unreadable): copy or save the file again"),
+    ("raw pickle", "a raw pickle (pickle.dump), not a file torch.save wrote; it was not loaded, since unpickling it "
+                   "would run any code it holds (--trust-pickle allows only torch.save's files): save it with "
+                   "torch.save(model.state_dict(), PATH)"),
     ({"epoch": 3}, "holds no state_dict (a dict of tensors, or one under a key 'state_dict', 'model', "
                    "'model_state_dict')"),
 ])
 def test_unreadable_weights_files_get_one_line(factory, tmp_path, capsys, content, message):
     path = tmp_path / "w.pt"
-    if isinstance(content, bytes):
+    if content == "cut":  # a checkpoint truncated by a failed copy
+        torch.save(tiny_state(), path)
+        path.write_bytes(path.read_bytes()[:2000])
+    elif content == "raw pickle":  # one that would run a command while it is unpickled
+        path.write_bytes(pickle.dumps({"w": RunsCode(tmp_path / "ran")}))
+    elif isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         torch.save(content, path)
-    code, _, err = run([f"{factory}:tiny", "--weights", str(path)], capsys)
-    assert code == 2 and err == f"fxprune: error: --weights {path}: {message}\n"
+    for trust in ([], ["--trust-pickle"]):
+        code, _, err = run([f"{factory}:tiny", "--weights", str(path), *trust], capsys)
+        assert code == 2 and err == f"fxprune: error: --weights {path}: {message}\n"
+    assert not (tmp_path / "ran").exists()
+
+
+class RunsCode:
+    """Unpickled, it creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
 
 
 def test_pretrained_offline_points_at_weights(tmp_path, monkeypatch, capsys):

@@ -51,6 +51,24 @@ def test_a_pass_that_leaves_a_broken_graph_is_a_pass_error():
         fxprune.prune(model, torch.randn(2, 4), [Breaks()])
 
 
+def test_a_model_that_no_longer_runs_is_never_returned():
+    class Narrows(fxprune.FxPass):
+        name, summary, lossless = "narrows", "cuts a layer's outputs without its consumer's inputs", False
+
+        def run(self, gm, ctx):
+            layer = gm.get_submodule("0")
+            layer.weight = nn.Parameter(layer.weight[:2])
+            layer.bias = nn.Parameter(layer.bias[:2])
+            return fxprune.PassResult(gm, True)
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 3))
+    with pytest.raises(fxprune.PassError) as e:
+        fxprune.prune(model, torch.randn(2, 4), [Narrows()])
+    assert str(e.value) == ("the model 'narrows' returned does not run its example inputs: RuntimeError: mat1 and "
+                            "mat2 shapes cannot be multiplied (2x2 and 4x3) (verify=True names the pass that broke it)")
+    assert model[0].weight.shape == (4, 4)  # the user's model is untouched
+
+
 class Tied(nn.Module):
     def __init__(self):
         super().__init__()

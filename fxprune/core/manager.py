@@ -9,7 +9,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from fxprune.core.errors import FxPruneError, PassError, PipelineError
+from fxprune.core.errors import FxPruneError, PassError, PipelineError, first_line
 from fxprune.core.meta import HISTORY
 from fxprune.core.pass_base import PassContext
 from fxprune.core.pipeline import Pipeline
@@ -71,4 +71,11 @@ class PassManager:
                 reference = verify_after(str(p), gm, ctx.example_inputs, reference, p.lossless)
             done.append(PassRecord(p.name, str(p), seconds, result.modified, dict(result.stats)))
             gm.meta[HISTORY] = [dataclasses.asdict(r) for r in done]
+        if not self.verify:  # verify ran it after every pass; without it, once: no model that cannot run comes back
+            try:
+                run_model(gm, ctx.example_inputs)
+            except Exception as e:  # noqa: BLE001 - named in one line
+                raise PassError(f"the model '{self.pipeline}' returned does not run its example inputs: "
+                                f"{type(e).__name__}: {first_line(e)} (verify=True names the pass that broke "
+                                "it)") from e
         return gm

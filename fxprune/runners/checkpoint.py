@@ -8,6 +8,7 @@ head (`new_head=True`) every weight but the head's is loaded and the head's keys
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ def read_state(path: str | Path, *, trust_pickle: bool = False) -> dict[str, tor
             return _unwrap(load_file(str(path)), path)
         except Exception as e:  # noqa: BLE001 - named in one line
             raise FxPruneError(f"--weights {path}: not a readable safetensors file ({first_line(e)})") from None
+    _check_format(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -44,6 +46,26 @@ def read_state(path: str | Path, *, trust_pickle: bool = False) -> dict[str, tor
     except Exception as e:  # noqa: BLE001 - named in one line
         raise FxPruneError(f"--weights {path}: cannot read it ({type(e).__name__}: {first_line(e)})") from None
     return _unwrap(obj, path)
+
+
+LEGACY = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch.save before 1.6: its magic number
+
+
+def _check_format(path: Path) -> None:
+    """torch.save's zip archive (or its format before torch 1.6), else one line saying what the file is,
+    before anything is unpickled: a raw pickle runs its code while it loads, whatever torch.load is told."""
+    with path.open("rb") as f:
+        head = f.read(len(LEGACY))
+    if zipfile.is_zipfile(path) or head == LEGACY:
+        return
+    if head.startswith(b"PK\x03\x04"):
+        raise FxPruneError(f"--weights {path}: a zip archive cut short or damaged (its end is missing or unreadable): "
+                           "copy or save the file again")
+    if head.startswith(b"\x80"):
+        raise FxPruneError(f"--weights {path}: a raw pickle (pickle.dump), not a file torch.save wrote; it was not "
+                           "loaded, since unpickling it would run any code it holds (--trust-pickle allows only "
+                           "torch.save's files): save it with torch.save(model.state_dict(), PATH)")
+    raise FxPruneError(f"--weights {path}: not a file torch.save wrote (or a damaged one)")
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:

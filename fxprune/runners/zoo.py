@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import tomllib
 from contextlib import contextmanager
@@ -270,11 +271,18 @@ def _measure(entry: ZooEntry, pipeline: str, layers_dir: Path | None, compile: b
         if row["status"] == "ok" and row["compiled_rel_l2_error"] >= entry.rel_l2:
             row["status"] = "compile-mismatch"
     if layers_dir is not None:
-        name = entry.id.replace(":", "_")
+        name = file_name(entry.id)
         atomic_write_text(Path(layers_dir) / f"{name}.md", f"# {entry.id}: `{pipeline}`\n\n"
                           f"{report.to_markdown()}\n")
         report.to_csv(Path(layers_dir) / f"{name}.csv")
     return row
+
+
+def file_name(model_id: str) -> str:
+    """A model id as one safe file name inside the layers folder: every character but letters, digits, '.',
+    '-' and '_' (a path separator, ':') becomes '_', and no name starts with '.' (no '..', no hidden file):
+    'tv:resnet18' -> 'tv_resnet18', '/models/../net.py:tiny' -> '_models_.._net.py_tiny'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model_id).lstrip(".") or "_"
 
 
 def float64_errors(model, x: tuple, reference, rewritten) -> dict:

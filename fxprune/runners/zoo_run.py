@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
 import os
+import signal
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from fxprune.runners.zoo_ray import ray_rows
 
 RESULTS = "results.jsonl"
 LAYERS = "layers"
+MAX_TIME_LIMIT = 86_400  # a day: longer is no limit in practice, and inf overflows the alarm timer (time_t)
 SUMMARY_COLUMNS = ["model", "status", "params_before", "params_after", "params_saved", "macs_before",
                    "macs_after", "macs_saved", "rel_l2_error", "max_abs_error", "seconds", "reason"]
 COMPILE_COLUMNS = ["compiled_rel_l2_error", "compile_seconds"]
@@ -54,8 +57,11 @@ def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, re
         raise ValueError(f"--executor {executor!r}: write local or ray")
     if executor == "local" and (address or task_memory_gb):
         raise ValueError("--address and --task-memory are for --executor ray")
-    if time_limit is not None and not time_limit > 0:
-        raise ValueError(f"--time-limit {time_limit:g}: give the seconds a model may take, above 0")
+    if not jobs >= 1:
+        raise ValueError(f"--jobs {jobs}: give the number of models run at once, at least 1")
+    if time_limit is not None and not 0 < time_limit <= MAX_TIME_LIMIT:
+        raise ValueError(f"--time-limit {time_limit:g}: give the seconds a model may take, above 0"
+                         + (f" and at most {MAX_TIME_LIMIT} (a day); leave it out for no limit" if time_limit > 0 else ""))
     out_dir = _out_dir(out)
     path = out_dir / RESULTS
     with _locked(out_dir):
@@ -64,7 +70,7 @@ def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, re
             path.unlink(missing_ok=True)
         todo = [e for e in entries if e.id not in done]
         finished = len(entries) - len(todo)
-        _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:max(jobs, 1)])}")
+        _progress(f"[{finished}/{len(entries)}] running {', '.join(e.id for e in todo[:jobs])}")
         job = partial(check, pipeline=pipeline, layers_dir=out_dir / LAYERS, compile=compile, time_limit=time_limit)
         with open(path, "a") as log:
             rows = (_rows(todo, pipeline, jobs, job) if executor == "local" else
@@ -148,7 +154,8 @@ def _pool_rows(queue: deque, jobs: int, work):
     # At most `jobs` models are submitted at a time, so every pending future is really running
     # (the pool would otherwise mark queued ones as running too).
     pending: dict = {}
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
 
         def fill() -> None:
             while queue and len(pending) < jobs:
@@ -176,6 +183,18 @@ def _pool_rows(queue: deque, jobs: int, work):
             return []
         except BrokenProcessPool:  # raised by submit once the pool is broken
             return list(pending.values())
+
+
+def die_with_parent(parent: int) -> None:
+    """In a pool worker: ask Linux to kill this process when its parent dies (prctl PR_SET_PDEATHSIG), so a
+    killed zoo run leaves no worker behind; exit at once if the parent is already gone."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _read_rows(path: Path, entries: list[ZooEntry], pipeline: str) -> dict[str, dict]:
