@@ -36,27 +36,17 @@ def start(device: torch.device) -> None:
 
 
 def mean(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    """Each tensor averaged over the ranks (every rank gets the same values); None stays None on every rank
-    (a tensor unused on one rank is unused on all: they run the same graph)."""
-    if not active():
+    """Each tensor averaged over the ranks (every rank gets the same values), in one all_reduce of them
+    flattened together (the importance loops call this once per batch); None stays None on every rank (a
+    tensor unused on one rank is unused on all: they run the same graph)."""
+    present = [t for t in tensors if t is not None]
+    if not active() or not present:
         return tensors
-    out = []
-    for t in tensors:
-        if t is not None:
-            t = t.clone()
-            dist.all_reduce(t)
-            t /= world()
-        out.append(t)
-    return out
-
-
-def gather(values: list) -> list:
-    """The lists of every rank, concatenated in rank order."""
-    if not active():
-        return values
-    parts = [None] * world()
-    dist.all_gather_object(parts, values)
-    return [v for part in parts for v in part]
+    flat = torch.cat([t.reshape(-1).to(present[0].dtype) for t in present])
+    dist.all_reduce(flat)
+    flat /= world()
+    parts = iter(flat.split([t.numel() for t in present]))
+    return [None if t is None else next(parts).view_as(t).to(t.dtype) for t in tensors]
 
 
 def from_rank0(value):

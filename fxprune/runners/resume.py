@@ -14,7 +14,6 @@ from fxprune.core.errors import FxPruneError
 from fxprune.core.io import atomic_write
 
 
-
 def write_checkpoint(path: Path, settings: dict, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save({"settings": settings, "state": _pack(state)}, tmp))
 
