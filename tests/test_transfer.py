@@ -175,12 +175,16 @@ def test_prune_iteratively_reaches_the_budget_step_by_step(tiny):
     before = state_copy(tiny)
     gm = fxprune.prune(tiny, X, "decompose-conv,insert-scaling")
     data = batches()
-    small, hist = fxprune.prune_iteratively(gm, X, data=data, val_data=data, criterion="taylor", step=0.15,
-                                            until="params=0.6", lr=0.05, progress=False)
-    kept = [h["params_kept"] for h in hist]
+    search = fxprune.prune_iteratively(gm, X, data=data, val_data=data, criterion="taylor", step=0.15,
+                                       until="params=0.6", lr=0.05, progress=False)
+    hist = search.history
+    kept = [h["params_kept"] for h in hist if h["phase"] != "settle"]
     assert kept[0] == pytest.approx(1.0, abs=0.01) and kept[-1] <= 0.6
-    assert all(a > b for a, b in zip(kept, kept[1:])) and len(hist) >= 3
-    assert all("val_accuracy" in h for h in hist)
+    assert all(a > b for a, b in zip(kept, kept[1:])) and len(kept) >= 3
+    assert all("val_accuracy" in h for h in hist) and search.stop == "params=0.6 reached"
+    # one settling try of the last step, no decision: it is the model returned
+    assert [h["phase"] for h in hist][-2:] == ["descent", "settle"] and search.chosen is hist[-1]
+    assert hist[-1]["step"] == hist[-2]["step"] and all(h["kept"] for h in hist)
     assert_same_state(tiny, before)
     with pytest.raises(ValueError, match="until='size=0.5': write params=F, macs=F or latency=F"):
         fxprune.prune_iteratively(gm, X, data=data, until="size=0.5")
@@ -203,8 +207,9 @@ def test_prune_iteratively_prunes_channels_or_both(prune_what, key):
     model = randomize_bn(Plain()).eval()
     gm = fxprune.prune(model, X, "decompose-conv,insert-scaling")
     data = batches()
-    small, hist = fxprune.prune_iteratively(gm, X, data=data, val_data=data, prune_what=prune_what, step=0.2,
-                                            until=f"{key}=0.7", lr=0.05, progress=False)
+    search = fxprune.prune_iteratively(gm, X, data=data, val_data=data, prune_what=prune_what, step=0.2,
+                                       until=f"{key}=0.7", lr=0.05, progress=False)
+    small, hist = search.model, [h for h in search.history if h["phase"] != "settle"]
     kept = [h[f"{key}_kept"] for h in hist]
     assert kept[-1] <= 0.7 and all(a > b for a, b in zip(kept, kept[1:]))
     bases = [h["bases"] for h in hist]
@@ -238,15 +243,15 @@ def test_transfer_with_data_bases_joint_pruning_and_momentum():
 
 
 def test_transfer_keeps_the_head_as_transferred_unless_told(tiny):
-    """By default the retraining after each step leaves the head bit for bit as the transfer made it
-    (basis pruning does not reshape it); retrain_head_lr=None retrains it with the scales."""
+    """retrain_head_lr=0 leaves the head bit for bit as the transfer made it while pruning (basis pruning
+    does not reshape it); by default it is retrained at a tenth of the scales' lr."""
     heads = {}
-    for name, kwargs in (("default", {}), ("retrained", {"retrain_head_lr": None})):
+    for name, kwargs in (("kept", {"retrain_head_lr": 0.0}), ("retrained", {})):
         result = fxprune.transfer(tiny, X, train=batches(), val=batches(), epochs=1, lr=0.05, prune_what="bases",
                                   step=0.2, until="params=0.9", progress=False, **kwargs)
         assert result.params[1] <= 0.9 * result.params[0]
         heads[name] = (result.transferred.head.weight, result.model.head.weight)
-    assert torch.equal(*heads["default"])
+    assert torch.equal(*heads["kept"])
     assert not torch.equal(*heads["retrained"])
 
 
@@ -275,13 +280,12 @@ def test_a_student_equal_to_its_teacher_has_nothing_to_learn():
         fxprune.train_scaling(gm, batches(), teacher=teacher, distill=1.5, progress=False)
 
 
-def test_schedule_backs_off_by_halves_and_grows_back_by_half(monkeypatch):
-    """Scripted val accuracies (floor 0.9): step 1 holds; step 2 (0.2) falls, is retrained, still falls:
-    undone and tried at 0.1, which holds; the step grows back to 0.15, then falls at 0.15, 0.075,
-    0.0375 and 0.01875: the fourth miss in a row (backoffs=3) ends the run."""
+def scripted_search(monkeypatch, accuracies, **options):
+    """prune_iteratively on Plain with val accuracies (of 20 examples: the first k right) taken in order from
+    `accuracies`, training skipped; returns (search, the pruning pipelines run)."""
     from fxprune.training import search
 
-    accuracies = iter([0.95, 0.95, 0.85, 0.85, 0.95] + [0.85] * 8)  # of 20 val examples: the first k right
+    script = iter(accuracies)
     tried = []
     real_prune = search.prune
 
@@ -291,16 +295,46 @@ def test_schedule_backs_off_by_halves_and_grows_back_by_half(monkeypatch):
         return real_prune(gm, inputs, pipeline, **context)
 
     monkeypatch.setattr(search, "prune", prune)
-    monkeypatch.setattr(search, "hits", lambda *a, **k: torch.arange(20) < round(20 * next(accuracies)))
+    monkeypatch.setattr(search, "hits", lambda *a, **k: torch.arange(20) < round(20 * next(script)))
     monkeypatch.setattr(search, "train_scaling", lambda *a, **k: [])
     gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
-    _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
-                                        criterion="l2", step=0.2, until="accuracy=0.9", margin=0, progress=False)
-    assert [h["step_size"] for h in hist] == [0.0, 0.2, 0.1]
-    assert tried == [f"prune-channels{{criterion=l2 target-params={k}}}"
-                     for k in (0.8, 0.8, 0.9, 0.85, 0.925, 0.9625, 0.98125)]
-    assert hist[1]["params_kept"] <= 0.8 and hist[2]["params"] <= 0.9 * hist[1]["params"]
-    assert next(accuracies, None) is None  # every scripted evaluation was used: none skipped, none extra
+    result = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
+                                       criterion="l2", progress=False, **options)
+    assert next(script, None) is None  # every scripted evaluation was used: none skipped, none extra
+    return result, tried
+
+
+def test_the_descent_pauses_after_patience_misses_settles_goes_on_and_bisects_below_a_failed_settle(monkeypatch):
+    """Floor 0.9. Descent: steps 1-3 hold, 4 misses, 5 holds, 6 and 7 miss (patience 2): settle 7, which
+    holds, so the descent goes on from it: 8 and 9 miss; settle 9 fails; bisect between 7 and 9: settle 8
+    holds and is chosen (3 settling tries, the default). Its path: the descent to 8 through settled 7."""
+    search, tried = scripted_search(monkeypatch, [0.95, 0.95, 0.9, 0.9, 0.85, 0.9, 0.8, 0.85, 0.9, 0.85, 0.85, 0.85,
+                                                  0.9], step=0.2, until="accuracy=0.9")
+    assert tried == ["prune-channels{criterion=l2 target-params=0.8}"] * 9
+    assert [(h["phase"], h["step"], h["holds"]) for h in search.history] == [
+        ("start", 0, True), ("descent", 1, True), ("descent", 2, True), ("descent", 3, True), ("descent", 4, False),
+        ("descent", 5, True), ("descent", 6, False), ("descent", 7, False), ("settle", 7, True), ("descent", 8, False),
+        ("descent", 9, False), ("settle", 9, False), ("settle", 8, True)]
+    assert search.stop == "step 9 stayed below the floor after settling"
+    assert [h["try"] for h in search.history if h["kept"]] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12]
+    assert search.chosen["try"] == 12 and search.chosen["params"] == search.history[9]["params"]
+    assert search.summary() == ("12 tries (9 descent steps, 3 settling); the descent stopped: step 9 stayed below "
+                                "the floor after settling")
+
+
+def test_settling_bisects_down_where_the_deepest_step_fails_and_returns_the_start_where_none_holds(monkeypatch):
+    """Descent: 1 holds, 2 and 3 miss; settling 3 fails, then 1 (the bisection's middle): the start is returned."""
+    search, _ = scripted_search(monkeypatch, [0.95, 0.9, 0.85, 0.85, 0.85, 0.85], step=0.2, until="accuracy=0.9")
+    assert [(h["phase"], h["step"]) for h in search.history][-1] == ("settle", 1)
+    assert [(h["phase"], h["step"]) for h in search.history][-2] == ("settle", 3)
+    assert search.chosen["try"] == 0 and [h["kept"] for h in search.history] == [True] + [False] * 5
+    assert search.model.get_submodule("b.coef").weight.shape[0] == 16  # nothing cut
+
+
+def test_the_descent_stops_when_its_steps_run_out(monkeypatch):
+    search, _ = scripted_search(monkeypatch, [0.95] * 5, step=0.2, until="accuracy=0.9", max_steps=3, probes=1)
+    assert search.stop == "3 descent steps used (max_steps)" and search.chosen == search.history[-1]
+    assert search.history[-1]["phase"] == "settle" and search.history[-1]["step"] == 3
 
 
 def test_paired_standard_error_counts_the_examples_that_changed():
@@ -311,30 +345,22 @@ def test_paired_standard_error_counts_the_examples_that_changed():
     assert fxprune.training.scales.paired_se(before, before) == 0.0
 
 
-@pytest.mark.parametrize("margin, kept", [(0.0, 3), (1.0, 1)])
-def test_a_step_holds_by_its_accuracy_less_margin_standard_errors(monkeypatch, margin, kept):
-    """Floor 0.9 on 20 val examples, the start getting the first 19 right. Every step loses one: 0.9
-    with se sqrt(1 - 1/20) / 20 = 0.049, which holds with margin 0 (both tries kept) and not with
-    margin 1 (each try missed, retrained, missed again: nothing kept)."""
-    from fxprune.training import search
-
-    script = iter([torch.arange(20) < 19] + [torch.arange(20) < 18] * (2 if margin == 0 else 4))
-    monkeypatch.setattr(search, "hits", lambda *a, **k: next(script))
-    monkeypatch.setattr(search, "train_scaling", lambda *a, **k: [])
-    gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
-    _, hist = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
-                                        criterion="l2", step=0.2, until="accuracy=0.9", margin=margin,
-                                        max_steps=2, progress=False)
-    assert len(hist) == kept and next(script, None) is None
-    assert [h["val_accuracy"] for h in hist] == [0.95, 0.9, 0.9][:kept]
-    assert [h["val_se"] for h in hist] == pytest.approx([0.0] + [0.95 ** 0.5 / 20] * (kept - 1), rel=1e-12)
+@pytest.mark.parametrize("margin, holds", [(0.0, True), (1.0, False)])
+def test_a_try_holds_by_its_accuracy_less_margin_standard_errors(monkeypatch, margin, holds):
+    """Floor 0.9 on 20 val examples, the start getting the first 19 right, the step the first 18: 0.9 with
+    se sqrt(1 - 1/20) / 20 = 0.049, which holds with margin 0 and not with margin 1."""
+    search, _ = scripted_search(monkeypatch, [0.95, 0.9, 0.9], step=0.2, until="accuracy=0.9", margin=margin,
+                                max_steps=1, probes=1)
+    assert [h["holds"] for h in search.history] == [True, holds, holds]
+    assert [h["val_se"] for h in search.history] == pytest.approx([0.0] + [0.95 ** 0.5 / 20] * 2, rel=1e-12)
+    assert search.chosen["try"] == (2 if holds else 0)
 
 
 def test_the_val_change_names_its_error_and_a_floor_it_cannot_resolve():
     from fxprune.training.recipe import TransferResult, resolution_note, val_change
 
     def result(until, se):
-        return TransferResult(None, None, (10, 5), (10, 5), (0.94, 0.93), until, steps=[{"val_se": se}])
+        return TransferResult(None, None, (10, 5), (10, 5), (0.94, 0.93), until, steps=[{"val_se": se, "kept": True}])
 
     assert val_change(result("accuracy=0.930000", 0.014)) == "-1.0 ± 1.4 points (1 standard error)"
     assert resolution_note(result("accuracy=0.930000", 0.008)) is None

@@ -11,7 +11,6 @@ from PIL import Image
 
 from fxprune.runners.cli import main
 from fxprune.training.data import LoaderOptions, load_image_folder, normalization
-from fxprune.runners.transfer_report import head_text
 
 from .test_cli_weights import FACTORY
 
@@ -58,28 +57,34 @@ def test_transfer_end_to_end(factory, tmp_path, capsys):
     out = tmp_path / "out" / "small.pt2"
     assert transfer(factory, data, out) == 0
     text = capsys.readouterr().out
-    assert "data: " + str(data) + ": 3 classes, 30 train / 6 val images at 16x16" in text
-    assert ("training the basis scales and the head: 3 epochs, lr 0.05 (cosine); then pruning channels (taylor, "
-            "0.25 of the params per step, an epoch at lr 0.015 (the head kept as transferred) after each) until "
-            "params=0.6") in text
+    assert "data: " + str(data) + ": 3 classes, 30 train / 3 + 3 held out val images at 16x16" in text
+    search = ("descent steps of 0.25 of what is left, each retrained 2 epochs at lr 0.05 (constant; the head at "
+              "0.005), at most 30, stopping after 2 in a row below the floor; then at most 3 settling tries of 3 "
+              "epochs (lr decaying to 0) bisecting for the deepest step that holds")
+    assert ("training the basis scales and the head: 3 epochs, lr 0.05 (cosine); then pruning channels (taylor) "
+            f"until params=0.6: {search}\n") in text
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["settings"]["classes"] == ["circle", "cross", "stripes"]
     before, after = record["params"]
     assert after <= 0.6 * before and record["steps"][-1]["params"] == after
     report = out.with_suffix(".md").read_text()
     assert "3 epochs of Adam (lr 0.05, cosine schedule)" in report
-    assert "retrained one epoch at lr 0.015 (the head kept as transferred) after" in report
-    assert record["settings"]["retrain_lr"] == pytest.approx(0.015) and record["settings"]["retrain_head_lr"] == 0
-    assert f"Params {before:,} -> {after:,}" in report and "![val accuracy against params](small.png)" in report
+    assert f"until params=0.6 (params=0.6): {search}." in report
+    assert record["settings"]["retrain_lr"] == 0.05 and record["settings"]["retrain_head_lr"] == pytest.approx(0.005)
+    assert f"Params {before:,} -> {after:,}" in report and "![accuracy against params kept](small.png)" in report
     (a0, a1), se = record["accuracy"], record["steps"][-1]["val_se"]
-    assert f"val accuracy {a0:.3f} -> {a1:.3f} ({100 * (a1 - a0):+.1f} ± {100 * se:.1f} points (1 standard error))\n" \
-        in text
+    assert f"val accuracy {a0:.3f} -> {a1:.3f} ({100 * (a1 - a0):+.1f} ± {100 * se:.1f} points (1 standard error); " \
+           "it took the decisions)\n" in text
+    (c0, c1), cse = record["check_accuracy"], record["check_se"]
+    assert record["check_images"] == 3 and f"check accuracy (3 val images no decision saw) {c0:.3f} -> {c1:.3f} (" \
+        f"{100 * (c1 - c0):+.1f} ± {100 * cse:.1f} points)\n" in text
+    assert f"search: {record['search']}\n" in text and record["search"].endswith("the descent stopped: params=0.6 reached")
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in out.parent.iterdir()) == ["small.json", "small.md", "small.png", "small.pt2"]
 
     # the model loads with torch alone, in a process that never imports fxprune, and gives the reported accuracy
     norm = normalization(torch.nn.Identity(), 16)
-    val = load_image_folder(data, norm, LoaderOptions(batch_size=100)).val
+    val = load_image_folder(data, norm, LoaderOptions(batch_size=100), holdout=0.5).val
     x, y = next(iter(val))
     torch.save({"x": x, "y": y}, tmp_path / "val.pt")
     code = ("import sys, torch; m = torch.export.load(sys.argv[1]).module(); d = torch.load(sys.argv[2]); "
@@ -156,9 +161,3 @@ def test_the_margin_is_named_once_for_banner_and_report():
     assert margin_text(1.0, "accuracy-drop=0.01") == ", judged on val accuracy less 1 standard error of its change"
     assert margin_text(0.5, "accuracy=0.918000") == ", judged on val accuracy less 0.5 standard errors of its change"
     assert margin_text(0.0, "accuracy=0.918000") == "" and margin_text(1.0, "params=0.5") == ""
-
-
-def test_the_heads_retraining_lr_is_named_where_it_differs():
-    assert head_text(None) == ""
-    assert head_text(0.0) == " (the head kept as transferred)"
-    assert head_text(0.001) == " (the head at lr 0.001)"

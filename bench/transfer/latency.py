@@ -59,9 +59,10 @@ def main(argv=None) -> None:
     rows = [row("transferred", transferred)]
     for budget in args.budgets:
         torch.manual_seed(0)
-        pruned, steps = fxprune.prune_iteratively(gm, x, data=train, val_data=val, prune_what="channels",
+        search = fxprune.prune_iteratively(gm, x, data=train, val_data=val, prune_what="channels",
                                                   criterion="taylor", step=args.step, until=budget,
                                                   importance_data=train[:8], schedule=SCHEDULE, progress=False)
+        pruned, steps = search.model, search.history
         rows.append({**row(f"until {budget}", fxprune.prune(pruned, x, "fold")), "steps": len(steps) - 1,
                      "history": steps})
     first = rows[0]

@@ -68,9 +68,9 @@ def one_shot(gm, x, test, reference, taylor_data, budgets, energies) -> list[dic
 def iterative(gm, x, train, test, reference, prune_what: str, step: float, until: float, taylor_data,
               label: str = "") -> list[dict]:
     """Prune `step` of the params, retrain the scales one epoch, repeat (Taylor importance)."""
-    _, history = fxprune.prune_iteratively(gm, x, data=train, val_data=test, criterion="taylor",
+    history = fxprune.prune_iteratively(gm, x, data=train, val_data=test, criterion="taylor",
                                            prune_what=prune_what, step=step, until=f"params={until}", epochs=1,
-                                           importance_data=taylor_data, schedule=SCHEDULE, progress=False)
+                                           importance_data=taylor_data, schedule=SCHEDULE, progress=False).history
     return [show(dict(method=f"fxprune iterative {prune_what}{label} taylor", setting=f"step {h['step']}",
                       test_accuracy=h["val_accuracy"], params=h["params"], macs=h["macs"],
                       params_kept=h["params"] / reference["params"], macs_kept=h["macs"] / reference["macs"]))

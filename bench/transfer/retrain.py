@@ -66,10 +66,10 @@ def run(label: str, gm, x, data, test) -> dict:
     epochs, lr, schedule, optimizer, *head = RECIPES[label]
     start = time.perf_counter()
     torch.manual_seed(0)
-    _, steps = prune_iteratively(gm, x, data=data.train, val_data=data.val, test_data=test, prune_what="channels",
+    steps = prune_iteratively(gm, x, data=data.train, val_data=data.val, test_data=test, prune_what="channels",
                                  criterion="taylor", step=STEP, until=UNTIL, epochs=epochs, lr=lr, schedule=schedule,
                                  optimizer=optimizer, head_lr=head[0] if head else None,
-                                 importance_data=list(itertools.islice(iter(data.train), 8)), progress=False)
+                                 importance_data=list(itertools.islice(iter(data.train), 8)), progress=False).history
     return {"recipe": label, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "seconds": round(time.perf_counter() - start), "steps": [
                 {k: s[k] for k in ("params", "params_kept", "val_accuracy", "test_accuracy")} for s in steps]}

@@ -61,10 +61,10 @@ def main(variants: list[str]) -> None:
         joint.taylor = channel_taylor_normalised if normalised else channel_taylor
         joint.taylor_scores = taylor_scores_normalised if normalised else taylor_scores
         start = time.time()
-        _, history = fxprune.prune_iteratively(gm, x, data=train, val_data=val, prune_what=what, step=0.15,
+        history = fxprune.prune_iteratively(gm, x, data=train, val_data=val, prune_what=what, step=0.15,
                                                until="params=0.1", importance_data=train[:8],
                                                momentum=0.9 if option == "mom" else None, schedule=SCHEDULE,
-                                               progress=False)
+                                               progress=False).history
         print(variant, round(time.time() - start),
               " ".join(f"{h['params_kept']:.3f}:{h['val_accuracy']:.3f}" for h in history[1:]), flush=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fxprune.core.api import DEFAULT_PIPELINE
-from fxprune.training.options import RETRAIN_HEAD_LR
+from fxprune.training.options import RETRAIN_HEAD_SHARE
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -44,11 +44,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                                                                         "when DIR has no train/ and val/ (0.2)")
     transfer.add_argument("--epochs", type=int, default=5, help="epochs of training the scales and head (5)")
     transfer.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (0.01)")
-    transfer.add_argument("--retrain-lr", type=float, help="lr of the epoch retraining the scales after each "
-                                                         "pruning step (default: 0.3 x --lr)")
-    transfer.add_argument("--retrain-head-lr", type=float, default=RETRAIN_HEAD_LR,
-                          help="lr of the head in that epoch (default: 0, the head kept as transferred; "
-                               "--retrain-lr's value retrains it with the scales)")
+    transfer.add_argument("--retrain-lr", type=float, help="lr of the scales while pruning (default: --lr)")
+    transfer.add_argument("--retrain-head-lr", type=float,
+                          help=f"lr of the head while pruning (default: {RETRAIN_HEAD_SHARE:g} x the retraining lr; "
+                               "0 keeps the head as transferred)")
     transfer.add_argument("--schedule", default="cosine", choices=["cosine", "constant"],
                           help="lr over each training run: cosine decays it to 0 (default), constant keeps it")
     transfer.add_argument("--batch-size", type=int, default=32, help="batch size per process (32)")
@@ -62,8 +61,22 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                           help="with an accuracy stop rule, a step holds while val accuracy less this many standard "
                                "errors of its change (paired, over the val images that changed) meets the floor "
                                "(default 0: val accuracy itself)")
-    transfer.add_argument("--step", type=float, default=0.05, help="share of the params pruned per step (0.05)")
-    transfer.add_argument("--max-steps", type=int, default=50, help="at most this many pruning steps (50)")
+    transfer.add_argument("--holdout", type=float, default=0.5,
+                          help="share of each val class that no decision sees: the pruned model's accuracy on it "
+                               "is the claim the report makes (0.5; 0: none)")
+    search = transfer.add_argument_group("the search: descend, then settle")
+    search.add_argument("--step", type=float, default=0.15, help="share of what is left that each descent step "
+                                                                 "prunes (0.15)")
+    search.add_argument("--max-steps", type=int, default=30, help="descent steps at most (30)")
+    search.add_argument("--retrain-epochs", type=int, default=2, help="epochs retraining the scales after each "
+                                                                      "descent step (2)")
+    search.add_argument("--retrain-schedule", default="constant", choices=["cosine", "constant"],
+                        help="lr over each descent step's retraining (constant)")
+    search.add_argument("--patience", type=int, default=2,
+                        help="descent steps in a row below the floor before the descent stops (2)")
+    search.add_argument("--probes", type=int, default=3, help="settling tries at most: a longer retraining with "
+                                                              "the lr decaying, bisecting the descent's steps (3)")
+    search.add_argument("--settle-epochs", type=int, default=3, help="epochs of each settling try (3)")
     transfer.add_argument("--importance-batches", type=int, default=8,
                           help="train batches that taylor importance is measured on per step (8)")
     transfer.add_argument("--momentum", type=float, help="average taylor importance across steps: momentum * "

@@ -12,7 +12,7 @@ import torch
 from fxprune.core.errors import FxPruneError
 from fxprune.core.io import atomic_write
 
-TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 50
+TRAIN_PER_CLASS, VAL_PER_CLASS = 100, 100
 
 
 def lite0_state_dict() -> dict[str, torch.Tensor]:

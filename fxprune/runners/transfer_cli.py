@@ -24,7 +24,7 @@ from fxprune.training.options import TransferOptions
 from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
 from fxprune.training.runtime import Runtime
 from fxprune.training.scales import evaluate
-from fxprune.runners.transfer_report import head_text, margin_text, report_markdown, write_plot
+from fxprune.runners.transfer_report import check_change, margin_text, report_markdown, search_text, write_plot
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -51,7 +51,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     _seed(args.seed)
     model, notes = load_model_args(args)
     norm = normalization(model, args.image_size)
-    data = load_image_folder(args.data, norm, loading, val_split=args.val_split, num_classes=args.num_classes)
+    data = load_image_folder(args.data, norm, loading, val_split=args.val_split, holdout=args.holdout,
+                             num_classes=args.num_classes)
     test = load_test_folder(args.test, data.classes, norm, loading) if args.test else None
     x = next(iter(data.val))[0][:1]
     with torch.no_grad():
@@ -63,13 +64,13 @@ def run_transfer(args: argparse.Namespace) -> int:
     resume = read_checkpoint(checkpoint, settings, runtime.device) if args.resume else None
     say(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
     ranks = f" x {distributed.world()} processes" if distributed.world() > 1 else ""
-    say(f"data: {args.data}: {len(data.classes)} classes, {data.train.images} train / {data.val.images} "
+    held = f" + {data.check.images} held out" if data.check is not None else ""
+    say(f"data: {args.data}: {len(data.classes)} classes, {data.train.images} train / {data.val.images}{held} "
         f"val images at {norm.size}x{norm.size}; augment {args.augment}; batch {args.batch_size}{ranks}; "
         f"{runtime.text()}; threads {torch.get_num_threads()}; workers {args.workers}", flush=True)
     say(f"training the basis scales and the head: {args.epochs} epochs, lr {args.lr:g} ({args.schedule}); then "
-        f"pruning {args.prune} ({args.criterion}, {args.step:g} of the params per step, an epoch at lr "
-        f"{options.retrain_lr_value:g}{head_text(args.retrain_head_lr)} after each) until "
-        f"{args.until}{margin_text(args.margin, args.until)}", flush=True)
+        f"pruning {args.prune} ({args.criterion}) until {args.until}{margin_text(args.margin, args.until)}: "
+        f"{search_text(options)}", flush=True)
     if resume is not None:
         say(f"resuming from {checkpoint}: {len(resume['search']['history']) - 1} kept steps, "
             f"{resume['search']['tries']} tries", flush=True)
@@ -78,7 +79,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         if lead:
             write_checkpoint(checkpoint, settings, state)
 
-    result = transfer(model, x, options, train=data.train, val=data.val, device=runtime,
+    result = transfer(model, x, options, train=data.train, val=data.val, check=data.check, device=runtime,
                       checkpoint=save_checkpoint, resume=resume, progress=lead)
     if not lead:
         return 0
@@ -87,20 +88,23 @@ def run_transfer(args: argparse.Namespace) -> int:
                                      for m in (result.transferred, result.model))
         result.test_images = test.images
     save_exported(result.model, (x,), out)
-    settings.update(retrain_lr=options.retrain_lr_value, classes=data.classes, train_images=data.train.images,
-                    val_images=data.val.images, image_size=norm.size, mean=norm.mean, std=norm.std,
+    settings.update(retrain_lr=options.retrain_lr_value, retrain_head_lr=options.retrain_head_lr_value,
+                    classes=data.classes, train_images=data.train.images, val_images=data.val.images, image_size=norm.size, mean=norm.mean, std=norm.std,
                     threads=torch.get_num_threads(), device=str(runtime.device), amp=runtime.amp,
                     channels_last=runtime.channels_last, processes=distributed.world(),
                     weights_note="; ".join(notes))
-    write_outputs(out, result, settings)
+    write_outputs(out, result, settings, options)
     checkpoint.unlink(missing_ok=True)  # the run is whole: nothing is left to resume
     print()
     print(tabulate(steps_table(result), headers="keys", tablefmt="simple"))
     p, a = result.params, result.accuracy
-    if args.test:
+    print(f"\nsearch: {result.search}")
+    if result.test_accuracy is not None:
         t = result.test_accuracy
-        print(f"\ntest accuracy ({result.test_images} held-out images) {t[0]:.3f} -> {t[1]:.3f}", end="")
-    print(f"\nval accuracy {a[0]:.3f} -> {a[1]:.3f} ({val_change(result)})")
+        print(f"test accuracy ({result.test_images} held-out images) {t[0]:.3f} -> {t[1]:.3f}")
+    if result.check_accuracy is not None:
+        print(f"check accuracy ({result.check_images} val images no decision saw) {check_change(result)}")
+    print(f"val accuracy {a[0]:.3f} -> {a[1]:.3f} ({val_change(result)}; it took the decisions)")
     note = resolution_note(result)
     if note:
         print(f"note: {note}")
@@ -115,6 +119,8 @@ def transfer_options(args: argparse.Namespace) -> TransferOptions:
     """The TransferOptions the command line gives, checked."""
     options = TransferOptions(epochs=args.epochs, lr=args.lr, schedule=args.schedule, prune_what=args.prune,
                               criterion=args.criterion, until=args.until, step=args.step, max_steps=args.max_steps,
+                              patience=args.patience, probes=args.probes, retrain_epochs=args.retrain_epochs,
+                              settle_epochs=args.settle_epochs, retrain_schedule=args.retrain_schedule,
                               importance_batches=args.importance_batches, momentum=args.momentum, basis=args.basis,
                               distill=args.distill, retrain_lr=args.retrain_lr, retrain_head_lr=args.retrain_head_lr,
                               margin=args.margin)
@@ -151,22 +157,30 @@ def _silent(*args, **kwargs) -> None:
 
 
 def steps_table(result: TransferResult) -> list[dict]:
-    first = result.steps[0]
-    return [{"step": s["step"], "params": f"{s['params']:,}", "params kept": f"{s['params'] / first['params']:.3f}",
-             "MACs": f"{s['macs']:,}", "MACs kept": f"{s['macs'] / first['macs']:.3f}",
+    """One row per try: the start, the descent steps, the settling tries; "kept" marks the path to the model
+    returned ("chosen" its own row), "holds" whether the try met the stop rule."""
+    first, chosen = result.steps[0], result.chosen
+    return [{"try": s["try"], "phase": s["phase"], "step": s["step"], "params": f"{s['params']:,}",
+             "params kept": f"{s['params'] / first['params']:.3f}", "MACs kept": f"{s['macs'] / first['macs']:.3f}",
              **({"latency ms": f"{s['latency_ms']:.2f}"} if "latency_ms" in s else {}),
-             "val accuracy": f"{s['val_accuracy']:.3f}"} for s in result.steps]
+             "val accuracy": f"{s['val_accuracy']:.3f}", "holds": "yes" if s["holds"] else "no",
+             "kept": "chosen" if s is chosen else "yes" if s["kept"] else ""} for s in result.steps]
 
 
-def write_outputs(out: Path, result: TransferResult, settings: dict) -> None:
+
+def write_outputs(out: Path, result: TransferResult, settings: dict, options: TransferOptions) -> None:
     record = {"settings": settings, "until": result.until, "accuracy": list(result.accuracy),
               "params": list(result.params), "macs": list(result.macs), "epochs": result.epochs,
-              "steps": result.steps, "seconds": result.seconds}
+              "steps": result.steps, "search": result.search, "seconds": result.seconds}
     if result.test_accuracy is not None:
         record.update(test_accuracy=list(result.test_accuracy), test_images=result.test_images)
+    if result.check_accuracy is not None:
+        record.update(check_accuracy=list(result.check_accuracy), check_se=result.check_se,
+                      check_images=result.check_images)
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=1) + "\n")
     plotted = write_plot(out.with_suffix(".png"), result, settings)
-    atomic_write_text(out.with_suffix(".md"), report_markdown(out, result, settings, steps_table(result), plotted))
+    atomic_write_text(out.with_suffix(".md"), report_markdown(out, result, settings, steps_table(result), plotted,
+                                                                      options))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -176,7 +190,6 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     weights, data, test = prepare(out)
     argv = ["transfer", "timm:efficientnet_lite0", "--weights", str(weights), "--num-classes", "10", "--data", str(data),
-            "--test", str(test), "--image-size", "64", "--epochs", "10", "--step", "0.1", "--max-steps", "30",
-            "--augment", "none", "--device", "cpu", "--out", str(out / "small.pt2")]
+            "--test", str(test), "--image-size", "64", "--epochs", "10", "--augment", "none", "--device", "cpu", "--out", str(out / "small.pt2")]
     print("fxprune " + " ".join(argv), flush=True)
     return run_transfer(build_parser().parse_args(argv))

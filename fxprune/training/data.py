@@ -160,12 +160,14 @@ class ImageFolderData:
     classes: list[str]
     train: Loader
     val: Loader
+    check: Loader | None = None
 
 
 def load_image_folder(root: str | Path, norm: Normalization, options: LoaderOptions | None = None, *,
-                      val_split: float = 0.2, num_classes: int | None = None) -> ImageFolderData:
+                      val_split: float = 0.2, holdout: float = 0.0, num_classes: int | None = None) -> ImageFolderData:
     """Train (augmented, shuffled, split across torchrun's ranks) and val (eval transform, in order)
-    loaders over DIR; every image checked first."""
+    loaders over DIR, and a `holdout` share of each val class (seeded) as a check set that no decision
+    sees; every image checked first."""
     options = options or LoaderOptions()
     options.check()
     root = Path(root)
@@ -192,14 +194,22 @@ def load_image_folder(root: str | Path, norm: Normalization, options: LoaderOpti
     if not train:
         raise FxPruneError(f"--val-split {val_split} leaves no image of --data {root} for training: give a smaller "
                            "share")
+    if not 0 <= holdout < 1:
+        raise FxPruneError(f"--holdout {holdout}: the share of each val class kept from every decision must be in "
+                           "[0, 1)")
+    val, check = _split(val, holdout, options.seed + 1) if holdout else (val, [])
+    if holdout and not check:
+        raise FxPruneError(f"--holdout {holdout}: --data {root} has too few val images to hold any out (a class "
+                           "needs 2): add val images, or give --holdout 0")
     try:
         augment = norm.transform(options.augment, options.auto_augment)
     except (AssertionError, ValueError, KeyError) as e:
         raise FxPruneError(f"--aa {options.auto_augment}: not a RandAugment policy timm reads ({first_line(e)}); "
                            f"e.g. {AUTO_AUGMENT}") from None
-    check_images(train + val, "--data", options.workers)
+    check_images(train + val + check, "--data", options.workers)
+    held = Loader(Images(check, norm.transform()), options, shuffle=False, shard=False) if check else None
     return ImageFolderData(names, Loader(Images(train, augment), options, shuffle=True, shard=True),
-                           Loader(Images(val, norm.transform()), options, shuffle=False, shard=False))
+                           Loader(Images(val, norm.transform()), options, shuffle=False, shard=False), held)
 
 
 def load_test_folder(root: str | Path, classes: list[str], norm: Normalization,

@@ -79,23 +79,26 @@ class TrainOptions:
 
 @dataclass(frozen=True)
 class PruneOptions:
-    """The iterative prune/retrain search (prune_iteratively): what to prune, by which importance, in steps
-    of which size, until which rule; each retraining is `epochs` of TrainOptions with these lr settings."""
+    """The prune/retrain search (prune_iteratively): what to prune, by which importance, in descent steps of
+    `step` of what is left, each retrained `epochs` at `lr` (`schedule`); then at most `probes` settling
+    retrainings of `settle_epochs` with the lr decaying along a cosine; until `until`."""
 
     prune_what: str = "bases"  # bases, channels, joint or double
     criterion: str = "taylor"
-    step: float = 0.05  # share of the params (MACs, latency) pruned per step
+    step: float = 0.15  # share of the params (MACs, latency) left that each descent step prunes
     until: str = "params=0.5"
-    max_steps: int = 50  # tries, kept or not
-    backoffs: int = 3  # missed steps in a row before the run ends
+    max_steps: int = 30  # descent steps at most
+    patience: int = 2  # descent steps in a row below an accuracy floor before the descent stops
+    probes: int = 3  # settling tries at most (bisection over the descent's models)
+    settle_epochs: int = 3
     momentum: float | None = None  # taylor importance averaged across steps
-    margin: float = 0.0  # standard errors a step must clear an accuracy floor by
+    margin: float = 0.0  # standard errors a try must clear an accuracy floor by
     distill: float = 0.0  # > 0: the retraining distils from the unpruned model with this weight
-    epochs: int = 1
+    epochs: int = 2
     lr: float = 1e-2
     head_lr: float | None = None
     optimizer: str = "adam"
-    schedule: str = "cosine"
+    schedule: str = "constant"  # of each descent step's retraining (settling always decays)
     l1: float = 0.0
 
     def check(self, where: str = "prune_iteratively") -> None:
@@ -103,32 +106,34 @@ class PruneOptions:
             raise ValueError(f"step={self.step}: the share of the model pruned per step must be in (0, 1)")
         if not self.margin >= 0:
             raise ValueError(f"{where}: margin={self.margin}: give a number of standard errors >= 0")
-        if not self.max_steps >= 1:
-            raise ValueError(f"{where}: max_steps={self.max_steps}: give at least 1 try")
+        for name in ("max_steps", "patience", "probes"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{where}: {name}={getattr(self, name)}: give at least 1")
+        if not self.settle_epochs >= 0:
+            raise ValueError(f"{where}: settle_epochs={self.settle_epochs}: give a number of epochs >= 0")
         parse_until(self.until, True)
         self.retraining().check(where)
 
     def retraining(self) -> TrainOptions:
-        """The training run after each step."""
+        """The training run after each descent step."""
         return TrainOptions(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer, schedule=self.schedule,
                             head_lr=self.head_lr, l1=self.l1, distill=self.distill)
 
+    def settling(self) -> TrainOptions:
+        """The training run of a settling try: longer, the lr decaying to 0."""
+        return dataclasses.replace(self.retraining(), epochs=self.settle_epochs, schedule="cosine")
 
-RETRAIN_LR_SHARE = 0.3
-"""The retraining after each pruning step runs at this share of the transfer's lr by default: a whole lr
-costs a converged model accuracy by itself, a tenth recovers too little from a step
-(bench/transfer/results/retrain.md)."""
 
-RETRAIN_HEAD_LR = 0.0
-"""The head's lr in that retraining by default: kept as transferred, so only the scales repair a step and
-the head's moves do not spend the floor on val noise (bench/transfer/results/floor_lr.md)."""
+RETRAIN_HEAD_SHARE = 0.1
+"""The head's lr while pruning, as a share of the scales': enough to follow the pruned features, small
+enough not to re-fit the head to each step (bench/transfer/results/depth.md)."""
 
 
 @dataclass(frozen=True)
 class TransferOptions:
-    """transfer(): `epochs` of training the scales and head at `lr`, then the search of PruneOptions with
-    the retraining at `retrain_lr` (None: RETRAIN_LR_SHARE * lr) and the head at `retrain_head_lr`
-    (None: retrained at `retrain_lr` too); `until` may also be accuracy-drop=D."""
+    """transfer(): `epochs` of training the scales and head at `lr` (`schedule`), then the search of
+    PruneOptions, retrained at `retrain_lr` (None: lr), the head at `retrain_head_lr` (None:
+    RETRAIN_HEAD_SHARE x that); `until` may also be accuracy-drop=D."""
 
     epochs: int = 5
     lr: float = 1e-2
@@ -136,19 +141,28 @@ class TransferOptions:
     prune_what: str = "channels"
     criterion: str = "taylor"
     until: str = "accuracy-drop=0.01"
-    step: float = 0.05
-    max_steps: int = 50
+    step: float = 0.15
+    max_steps: int = 30
+    patience: int = 2
+    probes: int = 3
+    retrain_epochs: int = 2
+    settle_epochs: int = 3
     importance_batches: int | None = 8  # train batches taylor importance is measured on per step (None: all)
     momentum: float | None = None
     basis: str = "svd"  # svd, or data: bases fitted to the responses on the importance batches
     distill: float = 0.0
     retrain_lr: float | None = None
-    retrain_head_lr: float | None = RETRAIN_HEAD_LR
+    retrain_head_lr: float | None = None
+    retrain_schedule: str = "constant"
     margin: float = 0.0
 
     @property
     def retrain_lr_value(self) -> float:
-        return RETRAIN_LR_SHARE * self.lr if self.retrain_lr is None else self.retrain_lr
+        return self.lr if self.retrain_lr is None else self.retrain_lr
+
+    @property
+    def retrain_head_lr_value(self) -> float:
+        return RETRAIN_HEAD_SHARE * self.retrain_lr_value if self.retrain_head_lr is None else self.retrain_head_lr
 
     def training(self) -> TrainOptions:
         return TrainOptions(epochs=self.epochs, lr=self.lr, schedule=self.schedule)
@@ -156,9 +170,10 @@ class TransferOptions:
     def pruning(self, until: str) -> PruneOptions:
         """The search, with the stop rule resolved (`until`: accuracy-drop=D as accuracy=A)."""
         return PruneOptions(prune_what=self.prune_what, criterion=self.criterion, step=self.step, until=until,
-                            max_steps=self.max_steps, momentum=self.momentum, margin=self.margin,
-                            distill=self.distill, epochs=1, lr=self.retrain_lr_value, head_lr=self.retrain_head_lr,
-                            schedule=self.schedule)
+                            max_steps=self.max_steps, patience=self.patience, probes=self.probes,
+                            settle_epochs=self.settle_epochs, momentum=self.momentum, margin=self.margin,
+                            distill=self.distill, epochs=self.retrain_epochs, lr=self.retrain_lr_value,
+                            head_lr=self.retrain_head_lr_value, schedule=self.retrain_schedule)
 
     def check(self, where: str = "transfer") -> None:
         if self.basis not in ("svd", "data"):

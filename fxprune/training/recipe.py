@@ -22,7 +22,7 @@ from fxprune.core.api import as_inputs, prune
 from fxprune.analysis.importance import split_batch
 from fxprune.training.options import TransferOptions, stop_rule, with_changes
 from fxprune.training.runtime import Runtime, as_runtime
-from fxprune.training.scales import evaluate, train_scaling
+from fxprune.training.scales import evaluate, hits, paired_se, train_scaling
 from fxprune.training.search import prune_iteratively
 
 
@@ -35,14 +35,23 @@ class TransferResult:
     accuracy: tuple[float, float]  # val accuracy (transferred, pruned)
     until: str  # the stop rule as applied (accuracy-drop resolved to accuracy=A)
     epochs: list[dict] = field(default_factory=list)  # train_scaling's per-epoch history
-    steps: list[dict] = field(default_factory=list)  # prune_iteratively's per-step history
+    steps: list[dict] = field(default_factory=list)  # prune_iteratively's rows, one per try ("kept": the path)
+    search: str = ""  # the search's tries and why its descent stopped
     seconds: dict[str, float] = field(default_factory=dict)
     test_accuracy: tuple[float, float] | None = None  # on a held-out set, where one was given (transferred, pruned)
     test_images: int = 0
+    check_accuracy: tuple[float, float] | None = None  # on `check`: images no decision saw (transferred, pruned)
+    check_se: float = 0.0  # paired standard error of the check change
+    check_images: int = 0
+
+    @property
+    def chosen(self) -> dict:
+        """The returned model's row of `steps`."""
+        return next(s for s in reversed(self.steps) if s["kept"])
 
 
 def transfer(model: nn.Module, example_inputs, options: TransferOptions | None = None, *, train: Iterable,
-             val: Iterable, test: Iterable | None = None, device: str | Runtime = "cpu",
+             val: Iterable, check: Iterable | None = None, test: Iterable | None = None, device: str | Runtime = "cpu",
              checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
              progress: bool = True, **changes) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
@@ -50,8 +59,10 @@ def transfer(model: nn.Module, example_inputs, options: TransferOptions | None =
     then prune iteratively until the stop rule (default: the smallest model whose val accuracy stays
     within 1 point of the transferred one), and fold. `options` is a TransferOptions (or its fields as
     keywords): see it for what each does and why its default is what it is. Taylor importance is
-    measured on the first `importance_batches` batches of `train`. `test`, where given, is evaluated
-    at every kept step and at the end, for the record: it decides nothing.
+    measured on the first `importance_batches` batches of `train`. Every decision is taken on `val`;
+    `check` (images no decision saw, e.g. a held-out share of val) is scored at the end, with the paired
+    standard error of its change: the claim a decision did not fit. `test`, where given, is scored at every
+    try for the record: it decides nothing.
 
     Training, importance and evaluation run on `device` (a name, or a Runtime with autocast and memory
     format); the models returned are on the CPU. `model` is neither modified nor moved. After the
@@ -92,17 +103,21 @@ def transfer(model: nn.Module, example_inputs, options: TransferOptions | None =
             clock["prune"] = time.perf_counter() - start
             checkpoint({**stage, "search": search, "train_epoch": _epoch(train), "rng": _rng()})
 
-    pruned, steps = prune_iteratively(gm, inputs, o.pruning(stage["until"]), data=train, val_data=val,
-                                      importance_data=runtime.batches(some), test_data=test, device=runtime,
-                                      resume=stage.get("search"), on_keep=on_keep, progress=progress)
-    small = prune(pruned, runtime.inputs(inputs), "fold")
+    search = prune_iteratively(gm, inputs, o.pruning(stage["until"]), data=train, val_data=val,
+                               importance_data=runtime.batches(some), test_data=test, device=runtime,
+                               resume=stage.get("search"), on_keep=on_keep, progress=progress)
+    small = prune(search.model, runtime.inputs(inputs), "fold")
     clock["prune"] = time.perf_counter() - start
     accuracy = evaluate(small, val, device=runtime)["accuracy"]
     tested = tuple(evaluate(m, test, device=runtime)["accuracy"] for m in (base, small)) if test is not None else None
+    checked = [hits(m, check, runtime) for m in (base, small)] if check is not None else None
     small, base = _on_cpu(small), _on_cpu(base)
     result = TransferResult(small, base, (total_params(base), total_params(small)),
                             (total_macs(base, inputs), total_macs(small, inputs)), (a0, accuracy), stage["until"],
-                            stage["epochs"], steps, clock)
+                            stage["epochs"], search.history, search.summary(), clock)
+    if checked is not None:
+        result.check_accuracy = tuple(right.float().mean().item() for right in checked)
+        result.check_se, result.check_images = paired_se(*checked), len(checked[0])
     if test is not None:
         result.test_accuracy = tested
         result.test_images = sum(len(split_batch(batch)[1]) for batch in test)
@@ -137,15 +152,15 @@ def _set_rng(states: dict) -> None:
 
 def val_change(result: TransferResult) -> str:
     """The pruned model's val accuracy change from the transferred model's, in points, with its paired
-    standard error (prune_iteratively's val_se at the last kept step)."""
+    standard error (prune_iteratively's val_se of the chosen try)."""
     a0, a1 = result.accuracy
-    return f"{100 * (a1 - a0):+.1f} ± {100 * result.steps[-1]['val_se']:.1f} points (1 standard error)"
+    return f"{100 * (a1 - a0):+.1f} ± {100 * result.chosen['val_se']:.1f} points (1 standard error)"
 
 
 def resolution_note(result: TransferResult) -> str | None:
     """Where the val change's standard error is wider than the drop an accuracy floor allowed, a note
     saying so (the drop on new data can differ from val's by that much); else None."""
-    a0, se = result.accuracy[0], result.steps[-1]["val_se"]
+    a0, se = result.accuracy[0], result.chosen["val_se"]
     key, _, floor = result.until.partition("=")
     if key != "accuracy" or not se > a0 - float(floor) > 0:
         return None

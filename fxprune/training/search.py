@@ -1,13 +1,18 @@
-"""The iterative prune/retrain search: prune a step of the model, retrain its scales, keep the step
-while the stop rule allows; resumable from the state it hands to `on_keep` after every kept step.
+"""The prune/retrain search. Descend: cut `step` of what is left along the importance ranking and retrain the
+scales briefly at a high lr (it repairs a deep cut, and leaves the model wherever the last batches put it),
+until `patience` steps in a row miss the stop rule, the size goal is met or the steps run out. Then settle
+the deepest step: a longer retraining with the lr decaying to 0. Where it holds, descend on from it (after
+a miss) or stop; where it does not, bisect the steps below it with the probes left. At most `max_steps` +
+`probes` tries, each one decision on val.
 
 Under torchrun every rank runs the same search on the same model: importance is averaged across ranks
-inside the passes, and rank 0's verdict on each step is broadcast, so every rank cuts the same channels.
+inside the passes, and rank 0's verdict on every try is broadcast, so every rank cuts the same channels.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch.fx as fx
@@ -23,6 +28,23 @@ from fxprune.core.progress import bar as progress_bar
 from fxprune.training.options import PruneOptions, parse_until, with_changes
 from fxprune.training.runtime import Runtime, as_runtime
 from fxprune.training.scales import hits, paired_se, train_scaling
+
+
+@dataclass
+class Search:
+    model: fx.GraphModule  # the chosen model, not yet folded
+    history: list[dict]  # one row per try in order (the start, descent steps, settle probes); "kept" marks the path
+    stop: str  # why the descent ended
+
+    @property
+    def chosen(self) -> dict:
+        """The returned model's row."""
+        return next(r for r in reversed(self.history) if r["kept"])
+
+    def summary(self) -> str:
+        tries = sum(r["phase"] != "start" for r in self.history)
+        probes = sum(r["phase"] == "settle" for r in self.history)
+        return f"{tries} tries ({tries - probes} descent steps, {probes} settling); the descent stopped: {self.stop}"
 
 
 def _step_pipeline(prune_what: str, criterion: str, budget: str, step: float, momentum: float | None = None) -> str:
@@ -54,31 +76,19 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
                       val_data: Iterable | None = None, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, latency: LatencyTable | None = None,
                       test_data: Iterable | None = None, device: str | Runtime = "cpu", resume: dict | None = None,
-                      on_keep: Callable[[dict], None] | None = None, progress: bool = True, **changes):
-    """Repeat: prune `step` of the model's params (or MACs, or latency), retrain the scales; until `until`.
-    `options` is a PruneOptions (or its fields as keywords).
+                      on_keep: Callable[[dict], None] | None = None, progress: bool = True, **changes) -> Search:
+    """Descend, then settle (the module docstring), by `options` (a PruneOptions, or its fields as keywords).
 
     `gm` comes from a pipeline that ran decompose-conv and insert-scaling (it is not modified).
-    `prune_what`: "bases" (prune-basis), "channels" (prune-channels), "joint" (prune-joint: bases
-    and channels in one ranking, taylor only) or "double" (both, each taking half the step). `criterion`
-    is the importance of both (taylor, or for bases energy/scale, for channels l1/l2/bn); taylor is
-    computed on `importance_data` (default: `data`) and, with `momentum`, averaged across steps. With
-    `distill` > 0 the retraining distils from the unpruned model. Each retraining is train_scaling with
-    the options' epochs, lr, head_lr, optimizer, schedule and l1.
-    With until='accuracy=A', a step holds where its val accuracy, less `margin` standard errors of its
-    change from the start (paired_se), is at least A: many tries against one small val set otherwise
-    keep the steps that pass by luck. A step that does not hold is retrained once more; if it is still
-    below, it is undone and tried again at half the step, at most `backoffs` times in a row (then the
-    run ends). After a step that holds, the step grows back by 1.5x up to `step`. `max_steps` counts tries.
-    With until='latency=F' each step keeps 1 - `step` of the folded model's time measured with `latency`
-    (a LatencyTable; by default the one cached for this device) until it takes at most F of the start's.
-    `gm`, `example_inputs` and the batches run on `device` (a name or a Runtime).
-    After each kept step (and the start) `on_keep(state)` gets the search's state; `resume=` that state
-    continues the search from there, exactly as it would have gone on.
-    Returns (pruned GraphModule, not yet folded; history: one dict per kept step with bases kept,
-    params, MACs as fold will leave them (and latency_ms with until='latency=F'), the step size, val
-    accuracy and its paired standard error `val_se`, and the accuracy on `test_data` where given:
-    recorded, never used to decide). With until='accuracy=A' the last step that held is returned.
+    `prune_what`: "bases", "channels", "joint" (bases and channels in one Taylor ranking) or "double"
+    (both, each half the step); `criterion` ranks them (taylor on `importance_data`, default `data`).
+    until='accuracy=A': a try holds where its val accuracy, less `margin` paired standard errors of its
+    change from the start, is at least A; params=F, macs=F, latency=F (timed with `latency`, by default
+    this device's table): the descent stops at that size and its last model is settled, no decision taken.
+    `test_data` is scored at every try for the record and decides nothing. After every try
+    `on_keep(state)` gets the search's state; `resume=` that state goes on exactly as this run would.
+    Returns a Search: the chosen model (the start where no try held) and every try's row: params, MACs
+    (and latency_ms) as fold leaves them, val accuracy and its paired standard error `val_se`.
     """
     o = with_changes(options or PruneOptions(), changes, "prune_iteratively")
     runtime = as_runtime(device)
@@ -89,78 +99,107 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
               if key == "latency" else {})
     step_text = lambda size: _step_pipeline(o.prune_what, o.criterion, budget, size, o.momentum)  # noqa: E731
     Pipeline.parse(step_text(o.step))  # a bad criterion fails here, before any work
-    retraining = o.retraining()
 
-    def record(i: int, model: fx.GraphModule, size: float) -> dict:
+    def record(model: fx.GraphModule, phase: str, step: int) -> dict:
         params, macs = folded_size(model, inputs)
         first = state["history"][0] if state["history"] else {"params": params, "macs": macs}
-        row = {"step": i, "step_size": size, "bases": sum(p.rank * p.groups for p in find_pairs(model)),
-               "params": params, "macs": macs, "params_kept": params / first["params"],
-               "macs_kept": macs / first["macs"]}
+        row = {"try": len(state["history"]), "phase": phase, "step": step,
+               "bases": sum(p.rank * p.groups for p in find_pairs(model)), "params": params, "macs": macs,
+               "params_kept": params / first["params"], "macs_kept": macs / first["macs"], "kept": phase == "start"}
         if timing:  # the step's pass has just timed this architecture, folded; scales do not change it
-            timed = history_of(model)[-1].stats.get("latency-ms-after") if i else None
+            timed = history_of(model)[-1].stats.get("latency-ms-after") if phase == "descent" else None
             row["latency_ms"] = timed if timed is not None else folded_seconds(timing["latency"], model, inputs) * 1e3
             row["latency_kept"] = row["latency_ms"] / (state["history"][0] if state["history"] else row)["latency_ms"]
         if val_data is not None:
             right = hits(model, val_data, runtime)
-            if state["start_hits"] is None:  # the starting model's: each step's change is paired with them
+            if state["start_hits"] is None:  # the starting model's: each try's change is paired with them
                 state["start_hits"] = right
             row.update(val_accuracy=right.sum().item() / len(right), val_se=paired_se(state["start_hits"], right))
-        return row
-
-    def keep(row: dict, model: fx.GraphModule) -> None:
         if test_data is not None:
             right = hits(model, test_data, runtime)
             row["test_accuracy"] = right.sum().item() / len(right)
-        state["gm"] = model
+        row["holds"] = distributed.from_rank0(
+            key != "accuracy" or row["val_accuracy"] - o.margin * row["val_se"] >= goal)
+        return row
+
+    def retrain(model: fx.GraphModule, settling: bool) -> None:
+        train_scaling(model, data, o.settling() if settling else o.retraining(), loss_fn=loss_fn,
+                      teacher=state["teacher"], device=runtime, progress=False)
+
+    def saved(row: dict, model: fx.GraphModule) -> None:
         state["history"].append(row)
         if on_keep is not None:
             on_keep(state)
 
-    def holds(row: dict) -> bool:
-        return distributed.from_rank0(key != "accuracy" or row["val_accuracy"] - o.margin * row["val_se"] >= goal)
-
-    def retrain(model: fx.GraphModule) -> None:
-        train_scaling(model, data, retraining, loss_fn=loss_fn, teacher=state["teacher"], device=runtime,
-                      progress=False)
+    def settle(k: int, descends: bool = False) -> bool:
+        """Settle step k; where it holds it is the best so far (and, with `descends`, where the descent goes on)."""
+        model = runtime.model(copy.deepcopy(state["models"][k]))
+        retrain(model, settling=True)
+        row = record(model, "settle", k)
+        row["descended"] = row["holds"] and descends
+        if row["holds"]:
+            state["lo"], state["best"], state["models"][k], state["misses"] = k, row["try"], model, 0
+        else:
+            state["hi"] = k
+        bar.update()
+        saved(row, model)
+        return row["holds"]
 
     if resume is None:
         gm = runtime.model(copy.deepcopy(gm))
-        state = {"history": [], "size": o.step, "missed": 0, "tries": 0, "start_hits": None,
-                 "teacher": prune(gm, inputs, "fold") if o.distill else None}
-        keep(record(0, gm, 0.0), gm)
+        state = {"history": [], "models": [gm], "misses": 0, "stop": None, "start_hits": None, "best": 0,
+                 "lo": 0, "hi": None, "teacher": prune(gm, inputs, "fold") if o.distill else None}
+        saved(record(gm, "start", 0), gm)
     else:
-        state = dict(resume)
-        state["history"] = list(state["history"])
-        gm = state["gm"]
-    bar = progress_bar(range(state["tries"] + 1, o.max_steps + 1), desc="prune", show=progress,
-                       initial=state["tries"], total=o.max_steps)
-    for tries in bar:
-        last = state["history"][-1]
-        if key != "accuracy" and last[f"{key}_kept"] <= goal:
-            break
-        state["tries"] = tries
-        candidate = runtime.model(prune(gm, inputs, step_text(state["size"]),
+        state = {**resume, "history": list(resume["history"]), "models": list(resume["models"])}
+    bar = progress_bar(None, total=o.max_steps + o.probes, desc="prune", show=progress,
+                       initial=len(state["history"]) - 1)
+    while state["hi"] is None:  # descend; where the descent pauses, settle its deepest step
+        deepest = len(state["models"]) - 1
+        last = state["history"][_row_of(state, deepest)]
+        probes = sum(r["phase"] == "settle" for r in state["history"])
+        pause = (f"{o.until} reached" if key != "accuracy" and last[f"{key}_kept"] <= goal * (1 + 1e-9) else
+                 f"{o.max_steps} descent steps used (max_steps)" if deepest >= o.max_steps else
+                 f"{o.patience} steps in a row below the floor" if state["misses"] >= o.patience else
+                 "nothing left to cut" if state.get("empty") else None)
+        if pause is not None:
+            if deepest == state["lo"] or probes >= o.probes:
+                state["stop"] = pause if deepest == state["lo"] else f"{o.probes} settling tries used (probes)"
+                break
+            descends = key == "accuracy" and pause.endswith("below the floor")
+            if not settle(deepest, descends):
+                state["stop"] = f"step {deepest} stayed below the floor after settling"
+            elif not descends:
+                state["stop"] = pause
+                break
+            continue
+        size = o.step if key == "accuracy" else min(o.step, 1 - goal / last[f"{key}_kept"])
+        candidate = runtime.model(prune(state["models"][-1], inputs, step_text(size),
                                         data=data if importance_data is None else importance_data,
                                         **({"loss_fn": loss_fn} if loss_fn else {}), **timing))
-        retrain(candidate)
-        row = record(len(state["history"]), candidate, state["size"])
+        retrain(candidate, settling=False)
+        row = record(candidate, "descent", deepest + 1)
+        bar.update()
         if row["bases"] == last["bases"] and row["params"] == last["params"]:
-            break  # nothing left to prune
-        if not holds(row):
-            retrain(candidate)  # more retraining where accuracy dropped
-            row = record(len(state["history"]), candidate, state["size"])
-        if not holds(row):
-            state["missed"] += 1
-            if state["missed"] > o.backoffs:
-                break
-            state["size"] /= 2  # undo the step; try again with half of it
-            bar.set_postfix(params=f"{last['params_kept']:.3f}", backoff=f"step {state['size']:.3g}")
+            state["empty"] = True
             continue
-        state["missed"] = 0
-        state["size"] = min(o.step, state["size"] * 1.5)  # a step that held grows back towards `step`
-        gm = candidate
-        keep(row, gm)
-        bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}")
+        state["misses"] = 0 if row["holds"] else state["misses"] + 1
+        state["models"].append(candidate)
+        bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}",
+                        refresh=False)
+        saved(row, candidate)
+    while state["hi"] is not None and state["hi"] - state["lo"] > 1 and \
+            sum(r["phase"] == "settle" for r in state["history"]) < o.probes:  # bisect below a step that failed
+        settle((state["lo"] + state["hi"]) // 2)
     bar.close()
-    return gm, state["history"]
+    best = state["history"][state["best"]]
+    for row in state["history"]:  # the path to the chosen model
+        row["kept"] = row is best or row["phase"] == "start" or row["step"] <= best["step"] and (
+            row["phase"] == "descent" or row["descended"])
+    model = state["models"][best["step"]]
+    return Search(model, state["history"], state["stop"])
+
+
+def _row_of(state: dict, step: int) -> int:
+    """The history index of descent step `step` (0: the start)."""
+    return next(i for i, r in enumerate(state["history"]) if r["step"] == step and r["phase"] in ("start", "descent"))
