@@ -307,7 +307,7 @@ def scripted_search(monkeypatch, accuracies, **options):
 def test_the_descent_pauses_after_patience_misses_settles_goes_on_and_bisects_below_a_failed_settle(monkeypatch):
     """Floor 0.9. Descent: steps 1-3 hold, 4 misses, 5 holds, 6 and 7 miss (patience 2): settle 7, which
     holds, so the descent goes on from it: 8 and 9 miss; settle 9 fails; bisect between 7 and 9: settle 8
-    holds and is chosen (3 settling tries, the default). Its path: the descent to 8 through settled 7."""
+    holds and is chosen (3 settling tries). Its path: the descent to 8 through settled 7."""
     search, tried = scripted_search(monkeypatch, [0.95, 0.95, 0.9, 0.9, 0.85, 0.9, 0.8, 0.85, 0.9, 0.85, 0.85, 0.85,
                                                   0.9], step=0.2, until="accuracy=0.9")
     assert tried == ["prune-channels{criterion=l2 target-params=0.8}"] * 9

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fxprune.core.errors import FxPruneError
 from fxprune.runners.cli import main
 from fxprune.training.data import LoaderOptions, load_image_folder, normalization
 
@@ -59,7 +60,7 @@ def test_transfer_end_to_end(factory, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "data: " + str(data) + ": 3 classes, 30 train / 3 + 3 held out val images at 16x16" in text
     search = ("descent steps of 0.25 of what is left, each retrained 2 epochs at lr 0.05 (constant; the head at "
-              "0.005), at most 30, stopping after 2 in a row below the floor; then at most 3 settling tries of 3 "
+              "0.005), at most 30, stopping after 2 in a row below the floor; then at most 4 settling tries of 5 "
               "epochs (lr decaying to 0) bisecting for the deepest step that holds")
     assert ("training the basis scales and the head: 3 epochs, lr 0.05 (cosine); then pruning channels (taylor) "
             f"until params=0.6: {search}\n") in text
@@ -161,3 +162,22 @@ def test_the_margin_is_named_once_for_banner_and_report():
     assert margin_text(1.0, "accuracy-drop=0.01") == ", judged on val accuracy less 1 standard error of its change"
     assert margin_text(0.5, "accuracy=0.918000") == ", judged on val accuracy less 0.5 standard errors of its change"
     assert margin_text(0.0, "accuracy=0.918000") == "" and margin_text(1.0, "params=0.5") == ""
+
+
+def test_holdout_keeps_a_share_of_each_val_class_from_every_decision(tmp_path):
+    """--holdout 0.5 of 6 val images per class (val-split 0.5 of 12): 3 per class checked, 3 decide, disjoint;
+    0 gives no check set; a share that leaves no image to hold out is one line naming the option."""
+    data = write_folder(tmp_path / "shapes")
+    norm = normalization(torch.nn.Identity(), 16)
+    split = load_image_folder(data, norm, val_split=0.5, holdout=0.5)
+    val, check = split.val.loader.dataset.samples, split.check.loader.dataset.samples
+    assert [sum(label == c for _, label in val) for c in range(3)] == [3, 3, 3]
+    assert [sum(label == c for _, label in check) for c in range(3)] == [3, 3, 3]
+    assert not set(val) & set(check) and len(split.train.loader.dataset.samples) == 18
+    assert load_image_folder(data, norm, val_split=0.5).check is None
+    with pytest.raises(FxPruneError, match=r"^--holdout 1.0: the share of each val class kept from every decision "
+                                           r"must be in \[0, 1\)$"):
+        load_image_folder(data, norm, holdout=1.0)
+    with pytest.raises(FxPruneError, match=r"^--holdout 0.5: --data .* has too few val images to hold any out \(a "
+                                           r"class needs 2\): add val images, or give --holdout 0$"):
+        load_image_folder(data, norm, val_split=0.05, holdout=0.5)

@@ -158,7 +158,7 @@ def write(path, fn):
     done = real(path, fn)
     if str(path).endswith('.ckpt'):
         kept.append(path)
-        if len(kept) == 3:  # the transferred model, then two kept steps
+        if len(kept) == 3:  # the transferred model, then two tries
             os.kill(os.getpid(), signal.SIGKILL)
     return done
 cli.atomic_write = write
@@ -167,20 +167,20 @@ sys.exit(run(sys.argv[1:]))
 """
 
 
-def test_a_run_killed_after_its_second_kept_step_resumes_to_the_same_model(factory, tmp_path):
+def test_a_run_killed_after_its_second_try_resumes_to_the_same_model(factory, tmp_path):
     data = write_folder(tmp_path / "data")
     command = ["transfer", f"{factory}:tiny", "--num-classes", "3", "--data", str(data), "--image-size", "16", *FLAGS]
     whole, cut = tmp_path / "whole" / "small.pt2", tmp_path / "cut" / "small.pt2"
     done = _run([sys.executable, "-m", "fxprune", *command, "--out", str(whole)])
     assert done.returncode == 0, done.stderr
-    assert len(record(whole)["steps"]) >= 4  # a start and three kept steps: the kill leaves work to resume
+    assert len(record(whole)["steps"]) >= 4  # a start and three tries: the kill leaves work to resume
     killed = _run([sys.executable, "-c", KILLER, *command, "--out", str(cut)])
     assert killed.returncode == -9
     assert sorted(p.name for p in cut.parent.iterdir()) == ["small.ckpt"]
     assert len(torch.load(cut.with_suffix(".ckpt"), weights_only=False)["state"]["search"]["history"]) == 3
     resumed = _run([sys.executable, "-m", "fxprune", *command, "--out", str(cut), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from " + str(cut.with_suffix(".ckpt")) + ": 2 kept steps" in resumed.stdout
+    assert "resuming from " + str(cut.with_suffix(".ckpt")) + ": 2 tries done" in resumed.stdout
     assert sorted(p.name for p in cut.parent.iterdir()) == ["small.json", "small.md", "small.png", "small.pt2"]
     assert_same_model(whole, cut)
 

@@ -74,9 +74,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="lr over each descent step's retraining (constant)")
     search.add_argument("--patience", type=int, default=2,
                         help="descent steps in a row below the floor before the descent stops (2)")
-    search.add_argument("--probes", type=int, default=3, help="settling tries at most: a longer retraining with "
-                                                              "the lr decaying, bisecting the descent's steps (3)")
-    search.add_argument("--settle-epochs", type=int, default=3, help="epochs of each settling try (3)")
+    search.add_argument("--probes", type=int, default=4, help="settling tries at most: a longer retraining with "
+                                                              "the lr decaying, bisecting the descent's steps (4)")
+    search.add_argument("--settle-epochs", type=int, default=5, help="epochs of each settling try (5)")
     transfer.add_argument("--importance-batches", type=int, default=8,
                           help="train batches that taylor importance is measured on per step (8)")
     transfer.add_argument("--momentum", type=float, help="average taylor importance across steps: momentum * "

@@ -72,8 +72,7 @@ def run_transfer(args: argparse.Namespace) -> int:
         f"pruning {args.prune} ({args.criterion}) until {args.until}{margin_text(args.margin, args.until)}: "
         f"{search_text(options)}", flush=True)
     if resume is not None:
-        say(f"resuming from {checkpoint}: {len(resume['search']['history']) - 1} kept steps, "
-            f"{resume['search']['tries']} tries", flush=True)
+        say(f"resuming from {checkpoint}: {len(resume['search']['history']) - 1} tries done", flush=True)
 
     def save_checkpoint(state: dict) -> None:
         if lead:

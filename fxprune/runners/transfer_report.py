@@ -23,7 +23,7 @@ def write_plot(path: Path, result: TransferResult, settings: dict) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for phase, marker in (("descent", "o"), ("settle", "s")):
-        rows = [s for s in result.steps if s["phase"] in (phase, "start")]
+        rows = [s for s in result.steps if s["phase"] == phase or phase == "descent" and s["phase"] == "start"]
         kept = [100 * s["params_kept"] for s in rows]
         ax.plot(kept, [s["val_accuracy"] for s in rows], marker=marker, ms=4, ls="-" if phase == "descent" else "",
                 label=f"val, {phase} tries" if phase == "descent" else "val, settling tries")

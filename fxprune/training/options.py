@@ -89,8 +89,8 @@ class PruneOptions:
     until: str = "params=0.5"
     max_steps: int = 30  # descent steps at most
     patience: int = 2  # descent steps in a row below an accuracy floor before the descent stops
-    probes: int = 3  # settling tries at most (bisection over the descent's models)
-    settle_epochs: int = 3
+    probes: int = 4  # settling tries at most
+    settle_epochs: int = 5
     momentum: float | None = None  # taylor importance averaged across steps
     margin: float = 0.0  # standard errors a try must clear an accuracy floor by
     distill: float = 0.0  # > 0: the retraining distils from the unpruned model with this weight
@@ -144,9 +144,9 @@ class TransferOptions:
     step: float = 0.15
     max_steps: int = 30
     patience: int = 2
-    probes: int = 3
+    probes: int = 4
     retrain_epochs: int = 2
-    settle_epochs: int = 3
+    settle_epochs: int = 5
     importance_batches: int | None = 8  # train batches taylor importance is measured on per step (None: all)
     momentum: float | None = None
     basis: str = "svd"  # svd, or data: bases fitted to the responses on the importance batches

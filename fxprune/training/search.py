@@ -126,7 +126,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         train_scaling(model, data, o.settling() if settling else o.retraining(), loss_fn=loss_fn,
                       teacher=state["teacher"], device=runtime, progress=False)
 
-    def saved(row: dict, model: fx.GraphModule) -> None:
+    def saved(row: dict) -> None:
         state["history"].append(row)
         if on_keep is not None:
             on_keep(state)
@@ -139,17 +139,18 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         row["descended"] = row["holds"] and descends
         if row["holds"]:
             state["lo"], state["best"], state["models"][k], state["misses"] = k, row["try"], model, 0
+            state["models"][:k] = [None] * k  # never tried again: the bisection stays above lo
         else:
             state["hi"] = k
         bar.update()
-        saved(row, model)
+        saved(row)
         return row["holds"]
 
     if resume is None:
         gm = runtime.model(copy.deepcopy(gm))
         state = {"history": [], "models": [gm], "misses": 0, "stop": None, "start_hits": None, "best": 0,
                  "lo": 0, "hi": None, "teacher": prune(gm, inputs, "fold") if o.distill else None}
-        saved(record(gm, "start", 0), gm)
+        saved(record(gm, "start", 0))
     else:
         state = {**resume, "history": list(resume["history"]), "models": list(resume["models"])}
     bar = progress_bar(None, total=o.max_steps + o.probes, desc="prune", show=progress,
@@ -187,7 +188,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         state["models"].append(candidate)
         bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}",
                         refresh=False)
-        saved(row, candidate)
+        saved(row)
     while state["hi"] is not None and state["hi"] - state["lo"] > 1 and \
             sum(r["phase"] == "settle" for r in state["history"]) < o.probes:  # bisect below a step that failed
         settle((state["lo"] + state["hi"]) // 2)
