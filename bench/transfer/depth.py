@@ -35,7 +35,7 @@ from .digits import digits, optdigits
 from .lite0 import load_lite0
 
 OUT = Path(__file__).resolve().parent / "results" / "depth"
-RUNS = [("mnist", s) for s in (0, 1, 2)] + [("optdigits", s) for s in (0, 1, 2, 3)]
+RUNS = [("optdigits", s) for s in (0, 1, 2, 3)] + [("mnist", s) for s in (0, 1, 2)]
 SIZES = {"mnist": (1000, 1000, 10), "optdigits": (1000, 300, 15)}  # train, val (half held out), transfer epochs
 BEFORE = {"mnist": "70.4% (the demo, 2026-12-04)", "optdigits": "54.8% (floor_lr.md's default, mean of 4)"}
 

@@ -88,10 +88,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                                                                      "model while retraining after each step (0)")
     transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
                                                             "history (.json) are written beside it, and while it "
-                                                            "runs a checkpoint (.ckpt) after every kept step")
+                                                            "runs a checkpoint (.ckpt) after every try")
     transfer.add_argument("--resume", action="store_true",
                           help="continue the run whose checkpoint is beside --out (same arguments), from its last "
-                               "kept step")
+                               "try")
     transfer.add_argument("--seed", type=int, default=0, help="seed of every RNG: the train/val split, the order "
                                                                "of the batches, augmentation, torch's (0)")
     scale = transfer.add_argument_group("device and data loading (timm train.py's flags)")

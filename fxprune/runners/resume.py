@@ -1,4 +1,4 @@
-"""The checkpoint `fxprune transfer` keeps beside --out: written atomically after every kept step, read
+"""The checkpoint `fxprune transfer` keeps beside --out: written atomically after every try, read
 back by --resume. GraphModules are pickled with their nodes' metadata, which fx's own pickling drops
 (it regenerates the graph from code) and the passes read (which layer a node came from, its role)."""
 

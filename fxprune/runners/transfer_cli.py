@@ -82,7 +82,7 @@ def run_transfer(args: argparse.Namespace) -> int:
                       checkpoint=save_checkpoint, resume=resume, progress=lead)
     if not lead:
         return 0
-    if test is not None:  # at the end only (checked before training): transfer(test=) evaluates it every kept step
+    if test is not None:  # at the end only (checked before training): transfer(test=) scores it at every try
         result.test_accuracy = tuple(evaluate(runtime.model(copy.deepcopy(m)), test, device=runtime)["accuracy"]
                                      for m in (result.transferred, result.model))
         result.test_images = test.images

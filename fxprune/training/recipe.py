@@ -66,7 +66,7 @@ def transfer(model: nn.Module, example_inputs, options: TransferOptions | None =
 
     Training, importance and evaluation run on `device` (a name, or a Runtime with autocast and memory
     format); the models returned are on the CPU. `model` is neither modified nor moved. After the
-    transferred model and after every kept step `checkpoint(state)` gets what `resume=state` needs to
+    transferred model and after every try `checkpoint(state)` gets what `resume=state` needs to
     go on exactly as this run would have.
     """
     o = with_changes(options or TransferOptions(), changes, "transfer")
