@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+
 from typing import Sequence
 
 import torch
@@ -10,6 +10,7 @@ import torch.fx as fx
 from torch import nn
 
 from fxprune.core.freeze import freeze_computed_weights
+from fxprune.core.parametrized import freeze_parametrizations, owned_copy, refuse_hooks
 from fxprune.core.manager import PassManager
 from fxprune.core.pass_base import FxPass, PassContext
 from fxprune.core.pipeline import Pipeline
@@ -36,8 +37,9 @@ def prune(
     **context,
 ) -> fx.GraphModule:
     """Trace a copy of `model` in eval mode and run `pipeline` on it; `model` is never modified.
-    Conv/linear weights the model computes from its parameters alone (weight standardisation) are
-    first frozen into plain layers (`fxprune.core.freeze`): the same outputs, bit for bit.
+    Conv/linear weights the model computes from its parameters alone (weight standardisation,
+    parametrize, spectral_norm, weight_norm) are first frozen into plain layers (`fxprune.core.freeze`,
+    `fxprune.core.parametrized`): the same outputs, bit for bit. A forward hook on a layer is refused.
 
     `verify=True` lints and shape-checks the graph after every pass and checks that passes meant
     to be lossless kept the outputs (raises VerificationError naming the pass). The passes applied,
@@ -53,6 +55,9 @@ def traced_for_passes(model: nn.Module) -> fx.GraphModule:
     branches into the graph), traced, its weights computed from parameters alone frozen into plain
     layers (weight standardisation; the same outputs bit for bit). What `fxprune groups` and the
     zeroed-channel checks analyse, so they see the groups prune-channels will."""
-    gm = trace_copy(copy.deepcopy(model).eval())
+    owned = owned_copy(model).eval()
+    freeze_parametrizations(owned)
+    gm = trace_copy(owned)
+    refuse_hooks(gm)
     freeze_computed_weights(gm)
     return gm
