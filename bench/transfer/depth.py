@@ -31,7 +31,7 @@ import fxprune
 from fxprune.core.io import atomic_write, atomic_write_text
 from fxprune.training import search as search_module
 
-from .digits import digits, optdigits
+from .digits import batches, digits, optdigits
 from .lite0 import load_lite0
 
 OUT = Path(__file__).resolve().parent / "results" / "depth"
@@ -56,16 +56,12 @@ class Shuffled:
                      for i in range(0, len(self.y), self.size)])
 
 
-def batches(x, y, size=250):
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
-
-
 def one(dataset: str, seed: int, prune: str) -> dict:
     n_train, n_val, epochs = SIZES[dataset]
     (x, y), (x_test, y_test) = (digits if dataset == "mnist" else optdigits)(64, n_train=n_train + n_val, seed=seed)
     train = Shuffled(x[:n_train], y[:n_train], 32, seed)
-    decide, check = batches(x[n_train::2], y[n_train::2]), batches(x[n_train + 1::2], y[n_train + 1::2])
-    test = batches(x_test, y_test)
+    decide, check = batches(x[n_train::2], y[n_train::2], 250), batches(x[n_train + 1::2], y[n_train + 1::2], 250)
+    test = batches(x_test, y_test, 250)
     torch.manual_seed(seed)
     model = load_lite0(10)
     fxprune.zero_head(model)

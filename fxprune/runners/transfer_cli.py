@@ -88,7 +88,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         result.test_images = test.images
     save_exported(result.model, (x,), out)
     settings.update(retrain_lr=options.retrain_lr_value, retrain_head_lr=options.retrain_head_lr_value,
-                    classes=data.classes, train_images=data.train.images, val_images=data.val.images, image_size=norm.size, mean=norm.mean, std=norm.std,
+                    classes=data.classes, train_images=data.train.images, val_images=data.val.images,
+                    image_size=norm.size, mean=norm.mean, std=norm.std,
                     threads=torch.get_num_threads(), device=str(runtime.device), amp=runtime.amp,
                     channels_last=runtime.channels_last, processes=distributed.world(),
                     weights_note="; ".join(notes))
@@ -189,6 +190,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     weights, data, test = prepare(out)
     argv = ["transfer", "timm:efficientnet_lite0", "--weights", str(weights), "--num-classes", "10", "--data", str(data),
-            "--test", str(test), "--image-size", "64", "--epochs", "10", "--augment", "none", "--device", "cpu", "--out", str(out / "small.pt2")]
+            "--test", str(test), "--image-size", "64", "--epochs", "10", "--augment", "none", "--device", "cpu",
+            "--out", str(out / "small.pt2")]
     print("fxprune " + " ".join(argv), flush=True)
     return run_transfer(build_parser().parse_args(argv))

@@ -23,7 +23,7 @@ from fxprune.analysis.importance import split_batch
 from fxprune.training.options import TransferOptions, stop_rule, with_changes
 from fxprune.training.runtime import Runtime, as_runtime
 from fxprune.training.scales import evaluate, hits, paired_se, train_scaling
-from fxprune.training.search import prune_iteratively
+from fxprune.training.search import chosen_row, prune_iteratively
 
 
 @dataclass
@@ -46,8 +46,7 @@ class TransferResult:
 
     @property
     def chosen(self) -> dict:
-        """The returned model's row of `steps`."""
-        return next(s for s in reversed(self.steps) if s["kept"])
+        return chosen_row(self.steps)
 
 
 def transfer(model: nn.Module, example_inputs, options: TransferOptions | None = None, *, train: Iterable,

@@ -30,6 +30,11 @@ from fxprune.training.runtime import Runtime, as_runtime
 from fxprune.training.scales import hits, paired_se, train_scaling
 
 
+def chosen_row(history: list[dict]) -> dict:
+    """The row of the model a search returned: the last one on its path."""
+    return next(r for r in reversed(history) if r["kept"])
+
+
 @dataclass
 class Search:
     model: fx.GraphModule  # the chosen model, not yet folded
@@ -38,8 +43,7 @@ class Search:
 
     @property
     def chosen(self) -> dict:
-        """The returned model's row."""
-        return next(r for r in reversed(self.history) if r["kept"])
+        return chosen_row(self.history)
 
     def summary(self) -> str:
         tries = sum(r["phase"] != "start" for r in self.history)
