@@ -21,7 +21,7 @@ d=/tmp/fxprune-demo-data
 $py -c "from pathlib import Path; from fxprune.runners.demo import prepare; prepare(Path('$d'))"
 timer=""; [ -x /usr/bin/time ] && timer="/usr/bin/time -v"  # peak memory where GNU time is installed
 $timer $py -m fxprune transfer timm:efficientnet_lite0 --weights $d/efficientnet_lite0_imagenet.pt \
-  --num-classes 10 --data $d/digits --test $d/digits-test --image-size 64 --epochs 10 --step 0.1 --max-steps 30 \
+  --num-classes 10 --data $d/digits --test $d/digits-test --image-size 64 --epochs 10 \
   --augment none --device cuda --amp bf16 --workers 4 --out "$out/demo/small.pt2" > "$out/demo.txt" 2>&1
 echo "demo: $(grep -E 'params .* fewer' "$out/demo.txt")"
 $py -m bench.gpu.speed > "$out/speed.md" 2>&1
