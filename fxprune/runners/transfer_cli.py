@@ -78,7 +78,8 @@ def run_transfer(args: argparse.Namespace) -> int:
         if lead:
             write_checkpoint(checkpoint, settings, state)
 
-    result = transfer(model, x, options, train=data.train, val=data.val, check=data.check, device=runtime,
+    result = transfer(model, x, options, train=data.train, val=data.val, check=data.check,
+                      agreement_data=data.agreement, device=runtime,
                       checkpoint=save_checkpoint, resume=resume, progress=lead)
     if not lead:
         return 0
@@ -123,7 +124,7 @@ def transfer_options(args: argparse.Namespace) -> TransferOptions:
                               settle_epochs=args.settle_epochs, retrain_schedule=args.retrain_schedule,
                               importance_batches=args.importance_batches, momentum=args.momentum, basis=args.basis,
                               distill=args.distill, retrain_lr=args.retrain_lr, retrain_head_lr=args.retrain_head_lr,
-                              margin=args.margin)
+                              margin=args.margin, agreement=args.agreement)
     options.check("fxprune transfer")
     return options
 
@@ -163,7 +164,10 @@ def steps_table(result: TransferResult) -> list[dict]:
     return [{"try": s["try"], "phase": s["phase"], "step": s["step"], "params": f"{s['params']:,}",
              "params kept": f"{s['params'] / first['params']:.3f}", "MACs kept": f"{s['macs'] / first['macs']:.3f}",
              **({"latency ms": f"{s['latency_ms']:.2f}"} if "latency_ms" in s else {}),
-             "val accuracy": f"{s['val_accuracy']:.3f}", "holds": "yes" if s["holds"] else "no",
+             "val accuracy": f"{s['val_accuracy']:.3f}",
+             **({"agreement": f"{s['agreement']:.3f}" if "agreement" in s else ""}
+                if any("agreement" in r for r in result.steps) else {}),
+             "holds": "yes" if s["holds"] else "no",
              "kept": "chosen" if s is chosen else "yes" if s["kept"] else ""} for s in result.steps]
 
 

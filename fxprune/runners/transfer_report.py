@@ -54,7 +54,9 @@ def search_text(options: TransferOptions) -> str:
             f"{options.retrain_lr_value:g} ({options.retrain_schedule}; the head at "
             f"{options.retrain_head_lr_value:g}), at most {options.max_steps}, stopping after {options.patience} in a "
             f"row below the floor; then at most {options.probes} settling tries of {options.settle_epochs} epochs "
-            "(lr decaying to 0) bisecting for the deepest step that holds")
+            "(lr decaying to 0) bisecting for the deepest step that holds"
+            + (f", each also keeping {options.agreement:.0%} of the transferred model's predictions on the train "
+               "images" if options.agreement and options.until.startswith("accuracy") else ""))
 
 
 def check_change(result: TransferResult) -> str:

@@ -89,10 +89,11 @@ class PruneOptions:
     until: str = "params=0.5"
     max_steps: int = 30  # descent steps at most
     patience: int = 2  # descent steps in a row below an accuracy floor before the descent stops
-    probes: int = 4  # settling tries at most
+    probes: int = 6  # settling tries at most
     settle_epochs: int = 5
     momentum: float | None = None  # taylor importance averaged across steps
     margin: float = 0.0  # standard errors a try must clear an accuracy floor by
+    agreement: float = 0.98  # with agreement_data: the share of its predictions a settled try must keep (0: off)
     distill: float = 0.0  # > 0: the retraining distils from the unpruned model with this weight
     epochs: int = 2
     lr: float = 1e-2
@@ -106,6 +107,9 @@ class PruneOptions:
             raise ValueError(f"step={self.step}: the share of the model pruned per step must be in (0, 1)")
         if not self.margin >= 0:
             raise ValueError(f"{where}: margin={self.margin}: give a number of standard errors >= 0")
+        if not 0 <= self.agreement <= 1:
+            raise ValueError(f"{where}: agreement={self.agreement}: give the share of predictions to keep, in [0, 1] "
+                             "(0: off)")
         for name in ("max_steps", "patience", "probes"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{where}: {name}={getattr(self, name)}: give at least 1")
@@ -144,7 +148,7 @@ class TransferOptions:
     step: float = 0.15
     max_steps: int = 30
     patience: int = 2
-    probes: int = 4
+    probes: int = 6
     retrain_epochs: int = 2
     settle_epochs: int = 5
     importance_batches: int | None = 8  # train batches taylor importance is measured on per step (None: all)
@@ -155,6 +159,7 @@ class TransferOptions:
     retrain_head_lr: float | None = None
     retrain_schedule: str = "constant"
     margin: float = 0.0
+    agreement: float = 0.98
 
     @property
     def retrain_lr_value(self) -> float:
@@ -172,8 +177,9 @@ class TransferOptions:
         return PruneOptions(prune_what=self.prune_what, criterion=self.criterion, step=self.step, until=until,
                             max_steps=self.max_steps, patience=self.patience, probes=self.probes,
                             settle_epochs=self.settle_epochs, momentum=self.momentum, margin=self.margin,
-                            distill=self.distill, epochs=self.retrain_epochs, lr=self.retrain_lr_value,
-                            head_lr=self.retrain_head_lr_value, schedule=self.retrain_schedule)
+                            agreement=self.agreement, distill=self.distill, epochs=self.retrain_epochs,
+                            lr=self.retrain_lr_value, head_lr=self.retrain_head_lr_value,
+                            schedule=self.retrain_schedule)
 
     def check(self, where: str = "transfer") -> None:
         if self.basis not in ("svd", "data"):

@@ -50,7 +50,8 @@ class TransferResult:
 
 
 def transfer(model: nn.Module, example_inputs, options: TransferOptions | None = None, *, train: Iterable,
-             val: Iterable, check: Iterable | None = None, test: Iterable | None = None, device: str | Runtime = "cpu",
+             val: Iterable, check: Iterable | None = None, test: Iterable | None = None,
+             agreement_data: Iterable | None = None, device: str | Runtime = "cpu",
              checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
              progress: bool = True, **changes) -> TransferResult:
     """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
@@ -61,7 +62,9 @@ def transfer(model: nn.Module, example_inputs, options: TransferOptions | None =
     measured on the first `importance_batches` batches of `train`. Every decision is taken on `val`;
     `check` (images no decision saw, e.g. a held-out share of val) is scored at the end, with the paired
     standard error of its change: the claim a decision did not fit. `test`, where given, is scored at every
-    try for the record: it decides nothing.
+    try for the record: it decides nothing. `agreement_data` (the train images un-augmented, in a fixed
+    order) gives a settled try its second test: it must keep `agreement` of the transferred model's
+    predictions on them.
 
     Training, importance and evaluation run on `device` (a name, or a Runtime with autocast and memory
     format); the models returned are on the CPU. `model` is neither modified nor moved. After the
@@ -103,7 +106,8 @@ def transfer(model: nn.Module, example_inputs, options: TransferOptions | None =
             checkpoint({**stage, "search": search, "train_epoch": _epoch(train), "rng": _rng()})
 
     search = prune_iteratively(gm, inputs, o.pruning(stage["until"]), data=train, val_data=val,
-                               importance_data=runtime.batches(some), test_data=test, device=runtime,
+                               importance_data=runtime.batches(some), test_data=test,
+                               agreement_data=agreement_data, device=runtime,
                                resume=stage.get("search"), on_keep=on_keep, progress=progress)
     small = prune(search.model, runtime.inputs(inputs), "fold")
     clock["prune"] = time.perf_counter() - start

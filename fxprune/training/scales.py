@@ -47,6 +47,13 @@ def hits(gm: torch.nn.Module, data: Iterable, device: str | Runtime = "cpu") -> 
         return torch.cat([(gm(x).argmax(1) == y).cpu() for x, y in map(runtime.batch, data)])
 
 
+def top1(gm: torch.nn.Module, data: Iterable, device: str | Runtime = "cpu") -> torch.Tensor:
+    """Per example of `data` (batches of (inputs, targets); the targets are not read), in order: `gm`'s top-1 class."""
+    runtime = as_runtime(device)
+    with torch.no_grad(), runtime.autocast():
+        return torch.cat([gm(x).argmax(1).cpu() for x, _ in map(runtime.batch, data)])
+
+
 def paired_se(before: torch.Tensor, after: torch.Tensor) -> float:
     """Standard error of the change in accuracy from `before` to `after` (hits of two models on the same
     examples): sqrt(discordant - (gained - lost)^2 / n) / n, the examples that changed carrying all of it."""

@@ -1,9 +1,15 @@
 """The prune/retrain search. Descend: cut `step` of what is left along the importance ranking and retrain the
 scales briefly at a high lr (it repairs a deep cut, and leaves the model wherever the last batches put it),
-until `patience` steps in a row miss the stop rule, the size goal is met or the steps run out. Then settle
+until `patience` steps in a row miss the val floor, the size goal is met or the steps run out. Then settle
 the deepest step: a longer retraining with the lr decaying to 0. Where it holds, descend on from it (after
-a miss) or stop; where it does not, bisect the steps below it with the probes left. At most `max_steps` +
-`probes` tries, each one decision on val.
+a miss) or stop; where it does not, bisect with the probes left: the descent steps between the deepest
+try that held and it, then cuts halfway (in params) from that try, down to a quarter of a step. At most
+`max_steps` + `probes` tries.
+
+A descent step is judged on val alone (it only steers the descent); a settled try, which is what the
+search returns, must also keep `agreement` of the transferred model's predictions on `agreement_data`
+(the train images: many more than val, and the statistic that best predicts the change on new data,
+bench/transfer/results/depth.md); with that evidence the val floor is a guard loosened by one standard error.
 
 Under torchrun every rank runs the same search on the same model: importance is averaged across ranks
 inside the passes, and rank 0's verdict on every try is broadcast, so every rank cuts the same channels.
@@ -27,7 +33,12 @@ from fxprune.core.pipeline import Pipeline
 from fxprune.core.progress import bar as progress_bar
 from fxprune.training.options import PruneOptions, parse_until, with_changes
 from fxprune.training.runtime import Runtime, as_runtime
-from fxprune.training.scales import hits, paired_se, train_scaling
+from fxprune.training.scales import hits, paired_se, top1, train_scaling
+
+
+MIN_REFINEMENT = 0.25
+"""The finest cut the bisection tries between two settled tries, as a share of `step`: finer cuts change
+too few params to move the decision statistics."""
 
 
 def chosen_row(history: list[dict]) -> dict:
@@ -79,7 +90,7 @@ def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:
 def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions | None = None, *, data: Iterable,
                       val_data: Iterable | None = None, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, latency: LatencyTable | None = None,
-                      test_data: Iterable | None = None, device: str | Runtime = "cpu", resume: dict | None = None,
+                      test_data: Iterable | None = None, agreement_data: Iterable | None = None, device: str | Runtime = "cpu", resume: dict | None = None,
                       on_keep: Callable[[dict], None] | None = None, progress: bool = True, **changes) -> Search:
     """Descend, then settle (the module docstring), by `options` (a PruneOptions, or its fields as keywords).
 
@@ -87,7 +98,9 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
     `prune_what`: "bases", "channels", "joint" (bases and channels in one Taylor ranking) or "double"
     (both, each half the step); `criterion` ranks them (taylor on `importance_data`, default `data`).
     until='accuracy=A': a try holds where its val accuracy, less `margin` paired standard errors of its
-    change from the start, is at least A; params=F, macs=F, latency=F (timed with `latency`, by default
+    change from the start, is at least A; a settled try, where `agreement_data` is given (batches in a fixed
+    order, labels unread) and `agreement` > 0, where it keeps at least `agreement` of the start's top-1
+    classes on them and its val accuracy is at least A less one standard error; params=F, macs=F, latency=F (timed with `latency`, by default
     this device's table): the descent stops at that size and its last model is settled, no decision taken.
     `test_data` is scored at every try for the record and decides nothing. After every try
     `on_keep(state)` gets the search's state; `resume=` that state goes on exactly as this run would.
@@ -103,6 +116,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
               if key == "latency" else {})
     step_text = lambda size: _step_pipeline(o.prune_what, o.criterion, budget, size, o.momentum)  # noqa: E731
     Pipeline.parse(step_text(o.step))  # a bad criterion fails here, before any work
+    agreeing = agreement_data is not None and o.agreement > 0 and key == "accuracy"
 
     def record(model: fx.GraphModule, phase: str, step: int) -> dict:
         params, macs = folded_size(model, inputs)
@@ -122,8 +136,14 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         if test_data is not None:
             right = hits(model, test_data, runtime)
             row["test_accuracy"] = right.sum().item() / len(right)
-        row["holds"] = distributed.from_rank0(
-            key != "accuracy" or row["val_accuracy"] - o.margin * row["val_se"] >= goal)
+        if agreeing and phase != "descent":
+            classes = top1(model, agreement_data, runtime)
+            if state.get("start_top1") is None:
+                state["start_top1"] = classes
+            row["agreement"] = (classes == state["start_top1"]).sum().item() / len(classes)
+        row["holds"] = distributed.from_rank0(key != "accuracy" or (
+            row["val_accuracy"] - (o.margin - 1) * row["val_se"] >= goal and row["agreement"] >= o.agreement
+            if phase == "settle" and agreeing else row["val_accuracy"] - o.margin * row["val_se"] >= goal))
         return row
 
     def retrain(model: fx.GraphModule, settling: bool) -> None:
@@ -135,32 +155,41 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         if on_keep is not None:
             on_keep(state)
 
-    def settle(k: int, descends: bool = False) -> bool:
+    def settle(k: float, descends: bool = False) -> bool:
         """Settle step k; where it holds it is the best so far (and, with `descends`, where the descent goes on)."""
         model = runtime.model(copy.deepcopy(state["models"][k]))
         retrain(model, settling=True)
         row = record(model, "settle", k)
         row["descended"] = row["holds"] and descends
         if row["holds"]:
+            if k != int(k):  # a refinement: cut from the model at lo, which the path now goes through
+                state["history"][state["best"]]["descended"] = True
             state["lo"], state["best"], state["models"][k], state["misses"] = k, row["try"], model, 0
-            state["models"][:k] = [None] * k  # never tried again: the bisection stays above lo
+            for j in state["models"]:
+                if j < k:  # never tried again: the bisection stays above lo
+                    state["models"][j] = None
         else:
             state["hi"] = k
         bar.update()
         saved(row)
         return row["holds"]
 
+    def cut(model: fx.GraphModule, size: float) -> fx.GraphModule:
+        return runtime.model(prune(model, inputs, step_text(size),
+                                   data=data if importance_data is None else importance_data,
+                                   **({"loss_fn": loss_fn} if loss_fn else {}), **timing))
+
     if resume is None:
         gm = runtime.model(copy.deepcopy(gm))
-        state = {"history": [], "models": [gm], "misses": 0, "stop": None, "start_hits": None, "best": 0,
-                 "lo": 0, "hi": None, "teacher": prune(gm, inputs, "fold") if o.distill else None}
+        state = {"history": [], "models": {0: gm}, "misses": 0, "stop": None, "start_hits": None, "start_top1": None,
+                 "best": 0, "lo": 0, "hi": None, "teacher": prune(gm, inputs, "fold") if o.distill else None}
         saved(record(gm, "start", 0))
     else:
-        state = {**resume, "history": list(resume["history"]), "models": list(resume["models"])}
+        state = {**resume, "history": list(resume["history"]), "models": dict(resume["models"])}
     bar = progress_bar(None, total=o.max_steps + o.probes, desc="prune", show=progress,
                        initial=len(state["history"]) - 1)
     while state["hi"] is None:  # descend; where the descent pauses, settle its deepest step
-        deepest = len(state["models"]) - 1
+        deepest = max(state["models"])
         last = state["history"][_row_of(state, deepest)]
         probes = sum(r["phase"] == "settle" for r in state["history"])
         pause = (f"{o.until} reached" if key != "accuracy" and last[f"{key}_kept"] <= goal * (1 + 1e-9) else
@@ -179,9 +208,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
                 break
             continue
         size = o.step if key == "accuracy" else min(o.step, 1 - goal / last[f"{key}_kept"])
-        candidate = runtime.model(prune(state["models"][-1], inputs, step_text(size),
-                                        data=data if importance_data is None else importance_data,
-                                        **({"loss_fn": loss_fn} if loss_fn else {}), **timing))
+        candidate = cut(state["models"][deepest], size)
         retrain(candidate, settling=False)
         row = record(candidate, "descent", deepest + 1)
         bar.update()
@@ -189,13 +216,23 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
             state["empty"] = True
             continue
         state["misses"] = 0 if row["holds"] else state["misses"] + 1
-        state["models"].append(candidate)
+        state["models"][deepest + 1] = candidate
         bar.set_postfix(params=f"{row['params_kept']:.3f}", acc=f"{row.get('val_accuracy', float('nan')):.3f}",
                         refresh=False)
         saved(row)
-    while state["hi"] is not None and state["hi"] - state["lo"] > 1 and \
-            sum(r["phase"] == "settle" for r in state["history"]) < o.probes:  # bisect below a step that failed
-        settle((state["lo"] + state["hi"]) // 2)
+    while state["hi"] is not None and sum(r["phase"] == "settle" for r in state["history"]) < o.probes:
+        lo, hi = state["lo"], state["hi"]  # bisect below a step that failed: first its descent steps,
+        inner = sorted(k for k in state["models"] if lo < k < hi)
+        if inner:
+            settle(inner[(len(inner) - 1) // 2])
+            continue
+        params = {r["step"]: r["params"] for r in state["history"] if r["phase"] != "descent"}
+        size = 1 - (params[hi] / params[lo]) ** 0.5  # then cuts from lo to halfway to hi in params
+        candidate = cut(state["models"][lo], size) if size >= o.step * MIN_REFINEMENT else None
+        if candidate is None or not params[hi] < folded_size(candidate, inputs)[0] < params[lo]:
+            break  # too fine a cut to move the statistics, or one the layers' widths cannot make
+        state["models"][(lo + hi) / 2] = candidate
+        settle((lo + hi) / 2)
     bar.close()
     best = state["history"][state["best"]]
     for row in state["history"]:  # the path to the chosen model
