@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +30,7 @@ def _cell(text: str) -> str:
 def cli_page() -> str:
     from fxprune.runners.arguments import build_parser
 
+    os.environ["COLUMNS"] = "100"  # argparse wraps usage at the terminal's width: the same page everywhere
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.dest: a.help for a in sub._choices_actions}

@@ -23,28 +23,19 @@ DEFAULT_RATIO = 0.3
 @register
 @dataclass(frozen=True)
 class PruneChannels(FxPass):
-    """Channels are analysed on the graph (fxprune.analysis.channels): a residual add, a concat, a depthwise
-    conv, BatchNorm, an SE gate or a flatten couples channels of several layers into one group,
-    removed together. Any op the analysis does not understand keeps its group whole
-    (`fxprune groups MODEL` prints every group and why it is kept). The model's outputs keep their size.
+    """Remove whole channels. The analysis (fxprune.analysis.channels) couples the channels of layers joined
+    by a residual add, a concat, a depthwise conv, a norm, an SE gate or a flatten into one group, removed
+    together; any op it does not understand keeps its group whole (`fxprune groups MODEL` says why).
+    The model's outputs keep their size.
 
-    Importance of a channel, summed over the layers it touches: l1/l2, the norm of its weight slices
-    (each layer's norms divided by their mean); bn, |gamma| of its BatchNorms (groups without one
-    are kept); scale, |s| of its trained channel scales (insert-channel-scaling; groups without one
-    are kept); taylor, (sum of w*dL/dw over its weights, channel scales included)^2 averaged over
-    the batches of `data=`.
-    Per group (`ratio`): keep floor((1 - ratio) * n) of its n channels (Torch-Pruning's rounding: at
-    least that share removed). Global (`target-params` /
-    `target-macs` / `target-latency`): remove the least important channels of the whole model
-    (importance divided by its group's mean) until the model has at most that fraction of its params /
-    MACs / latency, decomposed pairs counted as `fold` will leave them. Latency is the time of the
-    model, folded, on the example inputs (their batch size, this device and thread count), as
-    measured: a prediction from a table of layer times on this machine (`latency=` a
-    fxprune.LatencyTable; by default one cached under ~/.cache/fxprune) bounds a bisection over the
-    ranking on folded copies. A group always keeps at least one channel,
-    and with `round-to=N` a multiple of N (or all of them). Attention (`heads`): whole heads go, their
-    q, k, v and output-projection rows together, or (dim) every head keeps its place and loses the same
-    positions of its head_dim (q's and k's together, v's with the projection's inputs).
+    Importance of a channel, summed over its layers: l1/l2 (weight norms, each layer's divided by their
+    mean), bn (|gamma|), scale (|s| of insert-channel-scaling's scales), taylor ((sum of w*dL/dw)^2 over
+    `data=`). `ratio`: each group keeps floor((1 - ratio) * n) of its n channels (Torch-Pruning's
+    rounding). `target-params` / `target-macs` / `target-latency`: the least important channels of the
+    whole model go until that fraction is left, counted as `fold` will leave the model; latency is
+    measured on the example inputs (a LatencyTable's prediction bounds a bisection on folded copies). A
+    group keeps at least one channel, with `round-to=N` a multiple of N. Attention (`heads`): whole heads
+    go, or (dim) every head loses the same positions of its head_dim.
     """
 
     name = "prune-channels"

@@ -1,7 +1,7 @@
 """prune-channels{heads=dim} against heads=whole on every zoo model with attention heads.
 
     .venv/bin/python -m bench.channels.heads_dim zoo_configs/timm.toml zoo_configs/torchvision.toml \
-        zoo_configs/transformers.toml --out bench/channels/heads_dim.jsonl
+        zoo_configs/transformers.toml --out bench/channels/results/heads_dim.jsonl
 
 A model is listed where heads=dim finds a head_dim group (a reshape into (..., heads, head_dim)). Per
 model: head_dim groups (prunable / all), params kept at ratio 0.3 with whole heads and with head_dim

@@ -1,5 +1,5 @@
-"""bench/channels/*.jsonl (zoo_peer runs) -> bench/channels/README.md: how many models each tool
-prunes at the same channel ratio, its time, and every failure with its reason.
+"""bench/channels/results/*.jsonl (zoo_peer runs) -> bench/channels/README.md and results/coverage.png:
+how many models each tool prunes at the same channel ratio, its time, and every failure with its reason.
 
     .venv/bin/python -m bench.channels.summarize
 """
@@ -22,13 +22,13 @@ TOOLS = {"fxprune": "fxprune `prune-channels`", "torch_pruning": "Torch-Pruning 
 
 
 def rows_of(name: str) -> list[dict]:
-    path = HERE / name
+    path = HERE / "results" / name
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def main() -> None:
     root = HERE.parent.parent
-    summary, failures, lossless, versus, named = [], [], [], [], []
+    summary, failures, lossless, versus, named, coverage = [], [], [], [], [], {}
     ratio = next((r["ratio"] for z in ZOOS.values() for r in rows_of(z[0])), "?")
     for zoo, (results, config) in ZOOS.items():
         rows = rows_of(results)
@@ -40,6 +40,7 @@ def main() -> None:
             runs = [r for r in rows if tool in r]
             ok = [r for r in runs if r[tool]["status"] == "ok"]
             kept = [r[tool]["params_after"] / r["params_before"] for r in ok]
+            coverage.setdefault(zoo, {})[tool] = (len(ok), listed)
             summary.append([zoo, label, f"{len(ok)} / {listed}", f"{len(ok) / listed:.1%}",
                             f"{statistics.median(kept):.3f}" if kept else "",
                             f"{statistics.median(r[tool]['seconds'] for r in runs):.2f}" if runs else "",
@@ -71,7 +72,7 @@ def main() -> None:
     text = f"""# Channel pruning across the zoo: fxprune against Torch-Pruning
 
 Reproduce (1 thread, random weights with `fxprune.runners.zoo.wake`):
-`.venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl`
+`.venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/results/tv.jsonl`
 (and `timm.toml` -> `timm.jsonl`, `transformers.toml` -> `transformers.jsonl`), then
 `.venv/bin/python -m bench.channels.summarize`; `--peer-from OLD.jsonl` reuses Torch-Pruning's rows of an
 earlier run (same models, ratio and version). tv.jsonl and timm.jsonl: fxprune's rows measured 2026-11-24 (after
@@ -91,6 +92,8 @@ skips (with the reason in the config) are counted as not pruned.
 
 {tabulate(summary, ["zoo", "tool", "pruned", "share", "median params kept", "median s", "total s"],
           tablefmt="github", disable_numparse=True)}
+
+![models pruned by each tool, per zoo](results/coverage.png)
 
 ## Transformers and ConvNeXt (issue 17's goal: at most 0.6 of the params kept at ratio {ratio})
 
@@ -119,7 +122,33 @@ reference is the zeroed model with those channels masked out of the norms' stati
 {tabulate(failures, ["zoo", "model", "tool", "status", "reason"], tablefmt="github", disable_numparse=True)}
 """
     atomic_write_text(HERE / "README.md", text)
+    plot({z: c for z, c in coverage.items() if z != "transformers"}, HERE / "results" / "coverage.png")
     print(text)
+
+
+def plot(coverage: dict, path: Path) -> None:
+    """Share of each zoo's models that each tool prunes, as grouped bars labelled with the counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fxprune.core.io import atomic_write
+
+    zoos = list(coverage)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for i, (tool, label) in enumerate({"fxprune": "fxprune", "torch_pruning": "Torch-Pruning 1.6"}.items()):
+        counts = [coverage[z][tool] for z in zoos]
+        bars = ax.bar([j + 0.38 * (i - 0.5) for j in range(len(zoos))], [100 * a / b for a, b in counts], 0.36,
+                      label=label)
+        ax.bar_label(bars, [f"{a}/{b}" for a, b in counts], fontsize=8)
+    ax.set_xticks(range(len(zoos)), [{"torchvision": "torchvision classification",
+                                      "timm": "timm, one model per family"}.get(z, z) for z in zoos])
+    ax.set(ylabel="models channel-pruned (%)", ylim=(0, 112), title="Channel pruning at ratio 0.3, random weights")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
 
 
 if __name__ == "__main__":

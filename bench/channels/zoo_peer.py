@@ -1,6 +1,6 @@
 """prune-channels{ratio=R} against Torch-Pruning's MetaPruner at the same ratio, model by model.
 
-    .venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/tv.jsonl
+    .venv/bin/python -m bench.channels.zoo_peer zoo_configs/torchvision.toml --out bench/channels/results/tv.jsonl
 
 Per model and tool: status (ok: runs, output shape kept, params fell; otherwise the error), params
 after, and the wall time of the pruning call alone (1 thread; a call is stopped after LIMIT_S; the

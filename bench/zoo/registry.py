@@ -1,10 +1,10 @@
 """The whole timm registry by family: traced, lossless, prunable, errors with their reasons.
 
 Runs (2 workers, 1 thread each; resumable with --resume, so the run can be spread over sessions):
-    fxprune zoo zoo_configs/timm_all.toml --pipeline decompose-conv,fold --out bench/zoo/lossless-timm-all --jobs 2 --resume
+    fxprune zoo zoo_configs/timm_all.toml --pipeline decompose-conv,fold --out bench/zoo/results/lossless-timm-all --jobs 2 --resume
     fxprune zoo zoo_configs/timm_all.toml --pipeline "prune-channels{ratio=0.3},fold" \\
-        --out bench/zoo/channels-timm-all --jobs 2 --resume
-Then: .venv/bin/python -m bench.zoo.registry   (writes bench/zoo/registry.md and registry.png)
+        --out bench/zoo/results/channels-timm-all --jobs 2 --resume
+Then: .venv/bin/python -m bench.zoo.registry   (writes bench/zoo/results/registry.md and registry.png)
 
 A model is *traced* when its row is not a TraceError; *lossless* when decompose-conv,fold kept its
 outputs within 1e-5 (relative L2); *prunable* when prune-channels{ratio=0.3},fold kept every output
@@ -34,7 +34,7 @@ COLUMNS = ["family", "models", "skipped", "not run yet", "run", "traced", "lossl
 
 
 def read(folder: str) -> dict[str, dict]:
-    path = HERE / folder / "results.jsonl"
+    path = HERE / "results" / folder / "results.jsonl"
     return {r["model"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
 
 
@@ -122,9 +122,9 @@ def main() -> None:
         lines.append(f"| {family} | " + " | ".join(str(row[c]) for c in COLUMNS[1:]) + " |")
     lines.append("| **total** | " + " | ".join(f"**{total[c]}**" for c in COLUMNS[1:]) + " |")
     lines += ["", "## Failures by reason", ""] + reasons(lossless, "decompose-conv,fold") + reasons(channels, "prune-channels")
-    (HERE / "registry.md").write_text("\n".join(lines) + "\n")
-    plot(total, HERE / "registry.png")
-    print(f"wrote {HERE / 'registry.md'}: {Counter(r['status'] for r in lossless.values())}")
+    (HERE / "results" / "registry.md").write_text("\n".join(lines) + "\n")
+    plot(total, HERE / "results" / "registry.png")
+    print(f"wrote {HERE / 'results' / 'registry.md'}: {Counter(r['status'] for r in lossless.values())}")
 
 
 if __name__ == "__main__":

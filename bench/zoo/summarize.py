@@ -20,7 +20,7 @@ DEFAULT_RUNS = [("torchvision", "default-torchvision", "torchvision.toml"), ("ti
 
 
 def read(folder: str) -> dict[str, dict]:
-    path = HERE / folder / "results.jsonl"
+    path = HERE / "results" / folder / "results.jsonl"
     return {r["model"]: r for r in map(json.loads, path.read_text().splitlines())} if path.exists() else {}
 
 
@@ -42,7 +42,7 @@ def default_section() -> list[str]:
     from fxprune import DEFAULT_PIPELINE
 
     lines = ["", "## The default pipeline", "",
-             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/default-NAME --jobs 2`, 1 torch",
+             f"`{DEFAULT_PIPELINE}` (`fxprune zoo CONFIG --out bench/zoo/results/default-NAME --jobs 2`, 1 torch",
              "thread per worker). On random weights the singular values are flat, so a 95% energy threshold",
              "keeps most of each layer and `fold` merges most pairs back: the savings below are a floor, not",
              "what pretrained weights give. Status `ok`: output shapes kept and params fell; `no-gain`: nothing",
@@ -58,7 +58,7 @@ def default_section() -> list[str]:
         macs = [1 - r["macs_after"] / r["macs_before"] for r in sized]
         best = max(saved, key=saved.get, default=None)
         lines.append(
-            f"| {f'[{name}]({folder}/summary.md)' if (HERE / folder / 'summary.md').exists() else name} | {len(ids)} | {count['ok']} | {count['no-gain']} | {count['error']} | "
+            f"| {f'[{name}](results/{folder}/summary.md)' if (HERE / 'results' / folder / 'summary.md').exists() else name} | {len(ids)} | {count['ok']} | {count['no-gain']} | {count['error']} | "
             f"{count['skipped']} | {sum(i not in rows for i in ids)} | "
             + (f"{statistics.median(saved.values()):.1%}, {saved[best]:.1%} ({best}) | {statistics.median(macs):.1%} | "
                if sized else "- | - | ")
@@ -73,7 +73,7 @@ def channels_section() -> list[str]:
     """prune-channels beyond classification: shapes kept (every output leaf), params fallen."""
     lines = ["", "## Channels beyond classification", "",
              "`prune-channels{ratio=0.3},fold` (`fxprune zoo CONFIG --pipeline \"prune-channels{ratio=0.3},fold\" --out",
-             "bench/zoo/channels-NAME --jobs 2`). Status `ok`: every output leaf keeps its shape (segmentation's",
+             "bench/zoo/results/channels-NAME --jobs 2`). Status `ok`: every output leaf keeps its shape (segmentation's",
              "`out` and `aux`; a detector's backbone feature maps, with the whole detector then run) and params fell.", "",
              "| zoo | models | ok | no-gain | shape-changed | error | params kept (median) | MACs kept (median) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -83,7 +83,7 @@ def channels_section() -> list[str]:
         sized = [r for r in rows.values() if r["status"] == "ok"]
         kept = [r["params_after"] / r["params_before"] for r in sized]
         macs = [r["macs_after"] / r["macs_before"] for r in sized]
-        lines.append(f"| {f'[{name}]({folder}/summary.md)' if (HERE / folder / 'summary.md').exists() else name} | "
+        lines.append(f"| {f'[{name}](results/{folder}/summary.md)' if (HERE / 'results' / folder / 'summary.md').exists() else name} | "
                      f"{len(ids)} | {count['ok']} | {count['no-gain']} | {count['shape-changed']} | {count['error']} | "
                      + (f"{statistics.median(kept):.2f} | {statistics.median(macs):.2f} |" if sized else "- | - |"))
         notes += [f"- {r['model']}: {r['status']}: {r.get('reason', '')}" for r in rows.values()
@@ -113,7 +113,7 @@ def main() -> None:
              "relative L2 error below 1e-5. Random weights, with zero-initialised parameters given small random",
              "values and BatchNorm given random statistics (`fxprune.runners.zoo.wake`) so that every layer matters.",
              "`fold` must never grow a model. Produced by `fxprune zoo CONFIG --pipeline decompose-conv,fold",
-             "--out bench/zoo/lossless-NAME --jobs 2` (1 thread per worker; `--resume` continues a run). Time: the",
+             "--out bench/zoo/results/lossless-NAME --jobs 2` (1 thread per worker; `--resume` continues a run). Time: the",
              "seconds each model's run took, summed (CPU time of one thread).", "",
              "| zoo | models | ok | mismatch | vacuous | error | skipped | not run yet | worst rel. L2 error | grew "
              "| time, summed over models |",
@@ -127,7 +127,7 @@ def main() -> None:
                       if worst else "-")
         grew = sum(r["params_after"] > r["params_before"] or r["macs_after"] > r["macs_before"] for r in ok)
         missing = [i for i in ids if i not in rows]
-        lines.append(f"| [{name}]({folder}/summary.md) | {len(ids)} | {count['ok']} | {count['mismatch']} | "
+        lines.append(f"| [{name}](results/{folder}/summary.md) | {len(ids)} | {count['ok']} | {count['mismatch']} | "
                      f"{count['vacuous']} | {count['error']} | {count['skipped']} | {len(missing)} | {worst_text} | "
                      f"{grew} | {sum(r.get('seconds', 0) for r in rows.values()) / 60:.0f} min |")
         for r in rows.values():
@@ -144,7 +144,7 @@ def main() -> None:
         notes += unused_notes(rows)
     registry = ["", "## The whole timm registry", "",
                 "Every model of timm's registry, by family (traced, lossless, prunable, errors with their reasons): "
-                "[registry.md](registry.md), written by `python -m bench.zoo.registry`."]
+                "[registry.md](results/registry.md), written by `python -m bench.zoo.registry`."]
     (HERE / "README.md").write_text("\n".join(lines + [""] + notes + default_section() + channels_section() + registry)
                                     + "\n")
 

@@ -1,29 +1,16 @@
 """Where channels flow in an FX graph: the analysis behind channel groups.
 
 Every output channel of a conv/linear layer is an *element*. Propagating shapes node by node
-(ShapeProp), each tensor that carries channels gets `(axis, ids)`: the element id behind every
-position of its channel axis. Elementwise ops, BatchNorm, pooling, depthwise convs, padding and unsqueeze keep the ids (a slice of
-the channel axis keeps those in its range); a sum or mean over the channel axis is a statistic without them
-(a mean is rescaled once channels go: `ChannelFlow.means`);
-`add`/`mul` of two channel tensors unite the ids position by position (residuals, SE gates);
-`cat` along channels concatenates them (a self-concat repeats them); `chunk` along channels cuts
-them into equal parts and unites position j of every part (so every part loses the same positions
-and the chunks stay aligned: gated MLPs); flatten and permutes move or repeat them; reshapes that keep the channel axis whole move it. Conv/linear layers read
-them (`in`) and start new ones (`out`). Elements united by this make one *class*: channels that must be removed together.
-
-Norms over the channel axis (LayerNorm, RMSNorm, GroupNorm with its groups kept equal; modules or functions) keep the ids
-and slice their affine (`norm`); they then compute their statistics over fewer channels, so removing a
-channel equals masking it out of the statistics (`Norm`, channels.masked_norms), not zeroing it. Tensors
-read directly from the model (`get_attr`: position embeddings, class tokens, layer scales, a functional
-norm's weight) are sliced with the channels they meet (`param`) when every use of them is understood;
-literal sizes in the graph (a reshape to 768, a normalized_shape) are rewritten (`Fixup`).
+(ShapeProp), each tensor that carries channels gets `(axis, ids)`: the element id behind every position
+of its channel axis. Ops that keep positions keep the ids; `add`/`mul` unite them position by position
+(residuals, SE gates), `cat` concatenates them, `chunk` unites position j of every part; conv/linear
+layers read them (`in`) and start new ones (`out`). Elements united make one *class*: channels removed
+together. Norms over the channel axis keep the ids and slice their affine; tensors read directly
+(`get_attr`) are sliced with the channels they meet; literal sizes in the graph are rewritten (`Fixup`).
 
 The rules live by concept: this file (layers, elementwise ops, residuals, concat, reshapes), flow_norms,
-flow_attributes (tensors read directly, channel counts read as numbers, functional layers),
-flow_attention (heads); flow_types holds the data.
-
-Any op these rules do not understand is a *barrier*: every element reaching it is blocked with the
-op's name as the reason, so its class is kept whole. Never guess.
+flow_attributes, flow_attention (heads); flow_types holds the data. Any op they do not understand is a
+*barrier*: every element reaching it is blocked with the op's name as the reason. Never guess.
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
 """Modules the tracer keeps whole, traced as the plain ops they compute, so their layers can be pruned.
 
-torch.fx keeps every torch.nn module whole, and nn.MultiheadAttention's forward (control flow over
-fast paths, masks and flags) does not trace; torchvision's Swin calls `shifted_window_attention`, a
-function the tracer keeps whole (its padding and shift depend on the input size) and that reads the
-channel count off its input; timm's VGG head (ConvMlp) is a leaf because it pools small inputs up to
-its kernel size. As one node each hides its layers from the channel analysis: torchvision's ViTs and
-Swins could not lose a head or an embedding channel, timm's VGGs none of their head's 4096. So they are
-traced as timm writes attention (the input projection, a reshape into heads, scaled dot-product attention
-or softmax of matmuls where the weights are asked for, the output projection) and as ConvMlp's layers;
-what depends on the input size (Swin's windows, shift and mask; ConvMlp's pooling) stays in functions
-kept whole that do not mix channels. In eval mode this is the modules' own computation. Other calls and
-modules stay one node:
-- nn.MultiheadAttention: self-attention (one tensor as query, key and value), no masks, no added
-  key/value biases or zero attention, one input projection, no dropout when training;
-- torchvision's ShiftedWindowAttention and ShiftedWindowAttentionV2 (Swin V1 and V2: cosine attention,
-  its logit scale, the position bias from its MLP, the key third of the qkv bias zeroed by
-  `zeroed_key_bias`), no dropout when training; torchvision's ShiftedWindowAttention3d (Video Swin: its
-  window and shift fitted to the input in `windows_3d`, `window_image_3d`, `shift_mask_3d` and
-  `bias_index_3d`), no dropout when training;
+As one node each such module hides its layers from the channel analysis (torchvision's ViTs and Swins
+could not lose a head or an embedding channel). So they are traced as timm writes attention (the input
+projection, a reshape into heads, attention, the output projection) and as their layers; what depends on
+the input size (Swin's windows, shift and mask; ConvMlp's pooling) stays in functions kept whole that do
+not mix channels. In eval mode this is the modules' own computation. Traced so, and otherwise one node:
+- nn.MultiheadAttention: self-attention, no masks, no added key/value biases or zero attention, one
+  input projection, no dropout when training;
+- torchvision's ShiftedWindowAttention, V2 (cosine attention, its logit scale and position-bias MLP, the
+  key third of the qkv bias zeroed by `zeroed_key_bias`) and 3d (Video Swin), no dropout when training;
 - timm's vgg.ConvMlp, any call with one input;
 - timm's nfnet.NormFreeBlock in eval (its in-place skipinit `mul_` written out of place).
 """

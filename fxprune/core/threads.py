@@ -1,6 +1,6 @@
 """Thread counts that suit a busy machine: OpenMP threads spin-wait for each other, so asking for
-every core while another process holds one made decompose-conv on resnet50 6.9x slower on 2 cores
-(3.7 s -> 25.2 s); with one thread it took 6.0 s, busy or not (bench/results/busy_cpu.md)."""
+every core while another process holds one is many times slower than using the idle cores only
+(bench/results/busy_cpu.md)."""
 
 from __future__ import annotations
 

@@ -54,22 +54,17 @@ def transfer(model: nn.Module, example_inputs, options: TransferOptions | None =
              agreement_data: Iterable | None = None, device: str | Runtime = "cpu",
              checkpoint: Callable[[dict], None] | None = None, resume: dict | None = None,
              progress: bool = True, **changes) -> TransferResult:
-    """Train the basis scales and the head of `model` (pretrained backbone, new head: start it at zero
-    with fxprune.zero_head, as the CLI does, or the scales move under a head still giving noise) on `train`,
-    then prune iteratively until the stop rule (default: the smallest model whose val accuracy stays
-    within 1 point of the transferred one), and fold. `options` is a TransferOptions (or its fields as
-    keywords): see it for what each does and why its default is what it is. Taylor importance is
-    measured on the first `importance_batches` batches of `train`. Every decision is taken on `val`;
-    `check` (images no decision saw, e.g. a held-out share of val) is scored at the end, with the paired
-    standard error of its change: the claim a decision did not fit. `test`, where given, is scored at every
-    try for the record: it decides nothing. `agreement_data` (the train images un-augmented, in a fixed
-    order) gives a settled try its second test: it must keep `agreement` of the transferred model's
-    predictions on them.
+    """Train the basis scales and the head of `model` on `train` (a new head: start it at zero with
+    fxprune.zero_head), prune iteratively until the stop rule (default: the smallest model within 1 point
+    of the transferred one's val accuracy), and fold. `options`: a TransferOptions, or its fields as keywords.
 
-    Training, importance and evaluation run on `device` (a name, or a Runtime with autocast and memory
-    format); the models returned are on the CPU. `model` is neither modified nor moved. After the
-    transferred model and after every try `checkpoint(state)` gets what `resume=state` needs to
-    go on exactly as this run would have.
+    Every decision is taken on `val`; `agreement_data` (train images un-augmented, in a fixed order)
+    gives a settled try its second test: it must keep `agreement` of the transferred model's predictions
+    on them. `check` (images no decision saw) is scored once at the end with the paired standard error of
+    its change: the claim. `test` is scored at every try for the record and decides nothing.
+    Training runs on `device` (a name or a Runtime); the models returned are on the CPU and `model` is
+    neither modified nor moved. After every try `checkpoint(state)` gets what `resume=state` needs to go
+    on exactly as this run would have.
     """
     o = with_changes(options or TransferOptions(), changes, "transfer")
     runtime = as_runtime(device)

@@ -1,18 +1,15 @@
 """The prune/retrain search. Descend: cut `step` of what is left along the importance ranking and retrain the
-scales briefly at a high lr (it repairs a deep cut, and leaves the model wherever the last batches put it),
-until `patience` steps in a row miss the val floor, the size goal is met or the steps run out. Then settle
-the deepest step: a longer retraining with the lr decaying to 0. Where it holds, descend on from it (after
-a miss) or stop; where it does not, bisect with the probes left: the descent steps between the deepest
-try that held and it, then cuts halfway (in params) from that try, down to a quarter of a step. At most
-`max_steps` + `probes` tries.
+scales briefly at a high lr (it repairs a deep cut), until `patience` steps in a row miss the val floor, the
+size goal is met or the steps run out. Then settle the deepest step: a longer retraining with the lr
+decaying to 0. Where it holds, descend on from it (after a miss) or stop; where it does not, bisect with the
+probes left: the descent steps between the deepest try that held and it, then cuts halfway (in params).
 
-A descent step is judged on val alone (it only steers the descent); a settled try, which is what the
-search returns, must also keep `agreement` of the transferred model's predictions on `agreement_data`
-(the train images: many more than val, and the statistic that best predicts the change on new data,
-bench/transfer/results/depth.md); with that evidence the val floor is a guard loosened by one standard error.
-
-Under torchrun every rank runs the same search on the same model: importance is averaged across ranks
-inside the passes, and rank 0's verdict on every try is broadcast, so every rank cuts the same channels.
+A descent step is judged on val alone (it only steers); a settled try, which is what the search returns,
+must also keep `agreement` of the transferred model's predictions on `agreement_data` (the train images:
+many more than val, and the best predictor of the change on new data, bench/transfer/results/depth.md),
+and with that evidence val may sit one standard error under the floor. At most `max_steps` + `probes` tries.
+Under torchrun every rank runs the same search: importance is averaged across ranks inside the passes and
+rank 0's verdict on every try is broadcast, so every rank cuts the same channels.
 """
 
 from __future__ import annotations
