@@ -454,3 +454,13 @@ def test_head_lr_moves_the_head_at_its_own_rate_and_zero_keeps_it(tiny):
                                          r"besides the scales\): give a value >= 0 \(0 keeps the head as it is\) or "
                                          r"None for lr$"):
         fxprune.train_scaling(gm, batches(), head_lr=-0.1, progress=False)
+
+
+def test_transfer_options_name_their_own_fields():
+    """The search's retraining is checked as PruneOptions' epochs and lr; the error names the field that set it."""
+    with pytest.raises(ValueError) as e:
+        fxprune.TransferOptions(retrain_epochs=-1).check("transfer")
+    assert str(e.value) == "transfer: retrain_epochs=-1: give a number of epochs >= 0"
+    with pytest.raises(ValueError) as e:
+        fxprune.TransferOptions(retrain_lr=-0.5).check("transfer")
+    assert str(e.value) == "transfer: retrain_lr=-0.5: give a learning rate above 0"

@@ -87,6 +87,10 @@ def test_bf16_autocast_trains_float32_scales(tiny, device):
     (["--workers", "-1"], "--workers -1: give 0 (read images in this process) or more processes"),
     (["--batch-size", "0"], "--batch-size 0: give at least 1 image per batch"),
     (["--margin", "-1"], "--margin -1: give a number of standard errors >= 0"),
+    (["--retrain-epochs", "-1"], "--retrain-epochs -1: give a number of epochs >= 0"),  # the flag, not the field
+    (["--agreement", "1.5"], "--agreement 1.5: give the share of predictions to keep, in [0, 1] (0: off)"),
+    (["--lr", "0"], "--lr 0.0: give a learning rate above 0"),
+    (["--max-steps", "0"], "--max-steps 0: give at least 1"),
     (["--val-split", "0.99"], "--val-split 0.99 leaves no image of --data {d} for training: give a smaller share"),
     (["--augment", "timm", "--aa", "nonsense"], "--aa nonsense: not a RandAugment policy timm reads (Unknown AA "
                                                 "policy nonsense); e.g. rand-m9-mstd0.5-inc1"),

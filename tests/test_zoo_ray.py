@@ -63,3 +63,14 @@ def test_a_worker_that_always_dies_gives_an_error_row(cluster):
 def test_ray_options_need_the_ray_executor(tmp_path, capsys):
     assert main(["zoo", "tv:resnet18", "--out", str(tmp_path), "--address", "auto"]) == 2
     assert capsys.readouterr().err == "fxprune: error: --address and --task-memory are for --executor ray\n"
+
+
+@pytest.mark.parametrize("address, why", [
+    ("127.0.0.1:1", "no Ray cluster answers there (Connection refused within 10 s)"),
+    ("nohost", "write host:port, ray://host:port or auto")])
+def test_an_address_nothing_answers_at_fails_in_one_line_before_any_work(tmp_path, capsys, address, why):
+    assert main(["zoo", "tv:resnet18", "--out", str(tmp_path / "out"), "--executor", "ray", "--address", address]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fxprune: error: --address {address}: {why}") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+

@@ -20,11 +20,14 @@ from fxprune.runners.commands import load_model_args
 from fxprune.runners.export import save_exported
 from fxprune.runners.resume import read_checkpoint, write_checkpoint
 from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
-from fxprune.training.options import TransferOptions
+from fxprune.training.options import TransferOptions, renamed
 from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
 from fxprune.training.runtime import Runtime
 from fxprune.training.scales import evaluate
 from fxprune.runners.transfer_report import check_change, margin_text, report_markdown, search_text, write_plot
+
+
+FLAGS = {"prune_what": "prune"}  # TransferOptions fields whose flag is not the field's name
 
 
 def run_transfer(args: argparse.Namespace) -> int:
@@ -125,21 +128,25 @@ def transfer_options(args: argparse.Namespace) -> TransferOptions:
                               importance_batches=args.importance_batches, momentum=args.momentum, basis=args.basis,
                               distill=args.distill, retrain_lr=args.retrain_lr, retrain_head_lr=args.retrain_head_lr,
                               margin=args.margin, agreement=args.agreement)
-    options.check("fxprune transfer")
+    try:
+        options.check("fxprune transfer")
+    except ValueError as e:  # named as the flag that set it
+        raise renamed(e, "fxprune transfer", lambda field: f"--{FLAGS.get(field, field.replace('_', '-'))} ") from None
     return options
 
 
 def check_writable(out: Path) -> None:
-    """--out can be written: not a folder, its folder creatable and writable (checked before any work)."""
+    """--out can be written: not a folder, and the nearest folder that exists on its path writable (checked
+    before any work, creating nothing: the files' own writes make the folders)."""
     if out.is_dir():
         raise FxPruneError(f"--out {out}: is a folder; name the .pt2 file to write, e.g. {out / 'small.pt2'}")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out.parent / f".{out.stem}.write-check", "")
-        (out.parent / f".{out.stem}.write-check").unlink()
-    except OSError as e:
-        raise FxPruneError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__}); name a writable "
-                           "place") from None
+    existing = next(p for p in (out.parent.absolute(), *out.parent.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise FxPruneError(f"--out {out}: {existing} is a file, so no folder can be made there; name a writable "
+                           "place")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FxPruneError(f"--out {out}: cannot write in {existing} (permission denied or a read-only file "
+                           "system); name a writable place")
 
 
 def _local(device: str) -> str:

@@ -9,11 +9,29 @@ summary do not depend on the executor.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from fxprune.runners.zoo import ZooEntry, died_row
 
 RETRIES = 1  # re-runs of a model whose worker process died
+CONNECT_SECONDS = 10.0  # how long an --address may take to accept a connection before the run gives up
+
+
+def check_address(address: str | None, timeout: float = CONNECT_SECONDS) -> None:
+    """Fail in one line where `address` (host:port, or ray://host:port) accepts no TCP connection within
+    `timeout`: Ray itself retries such an address for a minute or more, logging all the while."""
+    if address is None or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address}: write host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else e.strerror or type(e).__name__
+        raise ValueError(f"--address {address}: no Ray cluster answers there ({why} within {timeout:g} s); start "
+                         "one with `ray start --head`, or leave --address out to run a local one") from None
 
 
 def ray_rows(todo: list[ZooEntry], work: Callable[[ZooEntry], dict], pipeline: str, *, address: str | None = None,

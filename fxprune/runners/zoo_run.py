@@ -22,7 +22,7 @@ from tabulate import tabulate
 
 from fxprune.core.io import atomic_write_text
 from fxprune.runners.zoo import ZooEntry, check, died_row
-from fxprune.runners.zoo_ray import ray_rows
+from fxprune.runners.zoo_ray import check_address, ray_rows
 
 RESULTS = "results.jsonl"
 LAYERS = "layers"
@@ -57,6 +57,7 @@ def run_zoo(entries: list[ZooEntry], config: str, pipeline: str, out: str, *, re
         raise ValueError(f"--executor {executor!r}: write local or ray")
     if executor == "local" and (address or task_memory_gb):
         raise ValueError("--address and --task-memory are for --executor ray")
+    check_address(address)
     if not jobs >= 1:
         raise ValueError(f"--jobs {jobs}: give the number of models run at once, at least 1")
     if time_limit is not None and not 0 < time_limit <= MAX_TIME_LIMIT:

@@ -6,7 +6,9 @@ before any work and names the bad one in one line.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
+from typing import Callable
 
 
 def with_changes(options, changes: dict, where: str):
@@ -19,6 +21,18 @@ def with_changes(options, changes: dict, where: str):
     options = dataclasses.replace(options, **changes) if changes else options
     options.check(where)
     return options
+
+
+RETRAINING = {"epochs": "retrain_epochs", "lr": "retrain_lr", "head_lr": "retrain_head_lr",
+              "schedule": "retrain_schedule"}  # PruneOptions' field -> the TransferOptions field that sets it
+
+
+def renamed(error: ValueError, where: str, head: Callable[[str], str]) -> ValueError:
+    """`error` ("{where}: field=value: ...", as every check here words it) beginning with `head(field)`
+    instead of "{where}: field=": how the CLI says "--retrain-epochs -1: ..." where the API says
+    "transfer: retrain_epochs=-1: ..."."""
+    found = re.match(rf"{re.escape(where)}: (\w+)=", str(error))
+    return error if found is None else ValueError(head(found.group(1)) + str(error)[found.end():])
 
 
 def parse_until(until: str, has_val: bool) -> tuple[str, float]:
@@ -70,6 +84,8 @@ class TrainOptions:
             raise ValueError(f"{where}: distill={self.distill} is the weight of the teacher's term, in [0, 1]")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"{where}: schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"{where}: lr={self.lr}: give a learning rate above 0")
         if self.head_lr is not None and not self.head_lr >= 0:
             raise ValueError(f"{where}: head_lr={self.head_lr} is the lr of the head (what is trainable besides "
                              "the scales): give a value >= 0 (0 keeps the head as it is) or None for lr")
@@ -104,7 +120,7 @@ class PruneOptions:
 
     def check(self, where: str = "prune_iteratively") -> None:
         if not 0 < self.step < 1:
-            raise ValueError(f"step={self.step}: the share of the model pruned per step must be in (0, 1)")
+            raise ValueError(f"{where}: step={self.step}: the share of the model pruned per step must be in (0, 1)")
         if not self.margin >= 0:
             raise ValueError(f"{where}: margin={self.margin}: give a number of standard errors >= 0")
         if not 0 <= self.agreement <= 1:
@@ -187,4 +203,7 @@ class TransferOptions:
         if self.importance_batches is not None and not self.importance_batches >= 1:
             raise ValueError(f"{where}: importance_batches={self.importance_batches}: give at least 1 (None: all)")
         self.training().check(where)
-        self.pruning(stop_rule(self.until, 1.0)).check(where)
+        try:
+            self.pruning(stop_rule(self.until, 1.0)).check(where)
+        except ValueError as e:  # named as this object's fields: the search retrains at retrain_lr, ...
+            raise renamed(e, where, lambda field: f"{where}: {RETRAINING.get(field, field)}=") from None
