@@ -59,6 +59,7 @@ try:  # torchvision's Swin patch merging: the 2x2 neighbours' channels side by s
 except ImportError:  # a torchvision without it
     TV_PATCH_MERGING = None
 BINARY = {"add", "iadd", "add_", "sub", "sub_", "mul", "imul", "mul_", "truediv", "div", "div_", "maximum", "minimum"}
+TERNARY = {"addcmul", "addcdiv"}  # a + value * b * c (or b / c), elementwise
 
 
 def is_batchnorm(m: nn.Module) -> bool:
@@ -224,14 +225,21 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
                 or not any(a in self.flow.value for a in tensor_args(node))):
             return
         src = node.args[0]
-        if name in ELEMENTWISE and all(a is src or _dtype_or_device(a) for a in tensor_args(node)):
+        if name == "type_as":  # the other tensor gives only its dtype
+            if src in self.flow.value:
+                self.keep(node, src)
+        elif name in ELEMENTWISE and all(a is src or _dtype_or_device(a) for a in tensor_args(node)):
             self.keep(node, src)
-        elif name in BINARY or node.target in (operator.add, operator.mul):
+        elif name in BINARY or name in TERNARY or node.target in (operator.add, operator.mul):
             self.binary(node, name)
         elif name == "cat":
             self.cat(node)
+        elif name == "stack":
+            self.stack(node)
         elif name in ("view", "reshape", "expand"):
             self.reshape(node, name)
+        elif name in ("view_as", "reshape_as"):
+            self.reshape_as(node, name)
         elif name == "flatten":
             self.merge(node, name)
         elif name in ("layer_norm", "rms_norm"):
@@ -242,7 +250,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.permute(node, name)
         elif name == "einsum":
             self.einsum(node)
-        elif name in ("mean", "sum", "amax"):
+        elif name in ("mean", "sum", "amax", "norm"):
             self.reduce(node, name)
         elif name == "chunk":
             self.chunk(node)
@@ -278,8 +286,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         out = tensor_shape(node)
         if out is None:
             return self.barrier(node, f"{name} ({node.name}) without a tensor result")
-        result = None
-        for arg in node.args[:2]:
+        result, operands = None, node.args[:3] if name in TERNARY else node.args[:2]
+        for arg in operands:
             shape = tensor_shape(arg)
             if shape is None:
                 if isinstance(arg, fx.Node):  # a tensor we know nothing about
@@ -301,7 +309,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
                 self.flow.union(result[1], tracked[1])
         if result is None:
             return
-        for arg in node.args[:2]:  # an untracked operand must broadcast along the channel axis
+        for arg in operands:  # an untracked operand must broadcast along the channel axis
             shape = tensor_shape(arg)
             if shape is not None and arg not in self.flow.value:
                 pos = result[0] - len(out) + len(shape)
@@ -333,6 +341,19 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             for t in tracked[1:]:
                 self.flow.union(tracked[0][1], t[1])
             self.flow.value[node] = tracked[0]
+
+    def stack(self, node: fx.Node) -> None:
+        """torch.stack(parts, dim): a new axis; every part's channels on the same axis, which the new one may
+        shift, position j of every part together (rotary embeddings stack q's halves: heads stay heads)."""
+        tensors, out = node.args[0], tensor_shape(node)
+        dim = node_arg(node, 1, "dim", 0) % len(out)
+        tracked = [self.flow.value.get(t) for t in tensors]
+        if any(t is None for t in tracked) or len({t[0] for t in tracked}) != 1 or len({len(t[1]) for t in tracked}) != 1:
+            return self.barrier(node, f"stack ({node.name}) of parts without the same channels")
+        axis, ids = tracked[0]
+        for _, other in tracked[1:]:
+            self.flow.union(ids, other)
+        self.flow.value[node] = (axis + 1 if dim <= axis else axis, ids)
 
     def chunk(self, node: fx.Node) -> None:
         """x.chunk(k, dim) along the channel axis into k equal parts (sizes that do not divide
@@ -370,6 +391,19 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             if k is not None:
                 return self.split(node, j, new[j:j + k], ids)
         self.merge(node, name)
+
+    def reshape_as(self, node: fx.Node, name: str) -> None:
+        """x.reshape_as(y) / view_as: takes y's shape, which pruning changes with y's channels; understood where
+        x's channel axis lands whole on y's and y carries the same channels there (LeViT's BatchNorm over
+        flattened tokens, then back), so no size in the graph needs rewriting."""
+        src, other = node.args[0], node.args[1]
+        axis, ids = self.flow.value[src]
+        old, new = tensor_shape(src), tensor_shape(node)
+        fits = [j for j in range(len(new)) if new[j] == old[axis] and math.prod(new[:j]) == math.prod(old[:axis])]
+        target = self.flow.value.get(other)
+        if not fits or target is None or target[0] != fits[0] or not torch.equal(target[1], ids):
+            return self.barrier(node, f"{name} ({node.name}) onto a tensor without the same channels")
+        self.flow.value[node] = (fits[0], ids)
 
     def literal_size(self, node: fx.Node, dim: int, ids: torch.Tensor, merged: bool = False) -> None:
         """Record the size argument of `dim` (view/reshape/expand) for rewriting: to the kept count
@@ -470,13 +504,14 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         src = node.args[0]
         axis, ids = self.flow.value[src]
         n = len(tensor_shape(src))
-        dims = node_arg(node, 1, "dim", None)
-        keepdim = node_arg(node, 2, "keepdim", False)
+        first = 2 if name == "norm" else 1  # x.norm(p, dim, keepdim)
+        dims = node_arg(node, first, "dim", None)
+        keepdim = node_arg(node, first + 1, "keepdim", False)
         dims = [dims] if isinstance(dims, int) else dims
-        if dims is not None and axis in {d % n for d in dims} and name in ("sum", "mean"):
+        if dims is not None and axis in {d % n for d in dims} and name in ("sum", "mean", "norm"):
             if name == "mean":  # zeroed channels add nothing to a sum: the mean is rescaled to stay that sum / n
                 self.flow.means.append((node.name, ids))
-            return  # a statistic per position, no channels
+            return  # a statistic per position, no channels (zeroed ones add nothing to a sum or a p-norm)
         if dims is None or axis in {d % n for d in dims}:
             return self.barrier(node, f"{name} over the channel axis ({node.name})")
         self.flow.value[node] = (axis if keepdim else axis - sum(1 for d in dims if d % n < axis), ids)

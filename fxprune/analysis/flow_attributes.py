@@ -51,8 +51,9 @@ class AttributeRules:
             mapped = list(dims)
         elif name in TOKENS_ONLY and old[-1] == new[-1]:
             mapped = [None] * (len(new) - 1) + dims[-1:]
-        elif name == "getitem" and isinstance(node.args[1], fx.Node) and tensor_shape(node.args[1]) is not None:
-            mapped = [None] * len(tensor_shape(node.args[1])) + dims[1:]  # table[index]: rows gathered
+        elif name == "getitem" and _gather(node.args[1]) is not None:  # table[index], table[:, index]: gathered
+            k, index = _gather(node.args[1])
+            mapped = dims[:k] + [None] * len(tensor_shape(index)) + dims[k + 1:]
         elif name in ("permute", "transpose"):
             order = list(range(len(old)))
             if name == "transpose":
@@ -181,3 +182,13 @@ class AttributeRules:
         if reason or not self.adopt(weight, node, 0, ids) or bias is not None and not self.adopt(bias, node, 0, ids):
             self.flow.block(ids, reason or f"{name} ({node.name}) whose weight cannot be sliced")
         self.flow.value[node] = (axis, ids)
+
+
+def _gather(key) -> tuple[int, fx.Node] | None:
+    """(k, index) where `key` indexes one dim k with a tensor after k whole dims (`[index]`, `[:, index]`)."""
+    parts = key if isinstance(key, tuple) else (key,)
+    k = next((i for i, p in enumerate(parts) if isinstance(p, fx.Node)), None)
+    if (k is None or k != len(parts) - 1 or tensor_shape(parts[k]) is None
+            or any(p != slice(None) for p in parts[:k])):
+        return None
+    return k, parts[k]
