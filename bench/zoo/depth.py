@@ -1,0 +1,148 @@
+"""How deep channel pruning goes across the timm registry: params kept at `prune-channels{ratio=0.3},fold`
+for every model of the registry's channels run, and, for each model still keeping more than 0.65, the op
+that blocks its largest kept group (the analysis's own barrier name), rerun with today's code.
+
+    .venv/bin/python -m bench.zoo.depth            # reruns the models above 0.65 (resumable), then the page
+    .venv/bin/python -m bench.zoo.depth --report   # the page from what is there
+
+Each rerun is a fresh process (1 thread, at most 600 s) appending to results/registry-depth.jsonl; the page
+is results/registry-depth.md with a histogram, registry-depth.png. "before": the registry run's own rows
+(results/channels-timm-all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUN = HERE / "results" / "channels-timm-all" / "results.jsonl"
+OUT = HERE / "results" / "registry-depth.jsonl"
+LIMIT = 0.65  # issue 35: at most 3% of the models may keep more than this share of their params
+
+
+def before() -> dict[str, float]:
+    """Params kept per model in the registry's channels run (models it pruned or found nothing in)."""
+    rows = [json.loads(line) for line in RUN.read_text().splitlines()]
+    return {r["model"]: r["params_after"] / r["params_before"] for r in rows
+            if r["status"] in ("ok", "no-gain") and r.get("params_before")}
+
+
+def one(model_id: str) -> dict:
+    """Prune one model now; the blocking op of its largest kept group (channels that do not reach the output)."""
+    import torch
+
+    import fxprune
+    from fxprune.analysis.channels import analyse
+    from fxprune.analysis.counting import total_params
+    from fxprune.core.api import traced_for_passes
+    from fxprune.runners import zoo
+    from fxprune.runners.models import create
+
+    torch.set_num_threads(1)
+    entry = next(e for e in zoo.load(HERE.parent.parent / "zoo_configs" / "timm_all.toml") if e.id == model_id)
+    model, inputs = zoo.example(entry, zoo.wake(create(model_id).eval()))
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    small = fxprune.prune(model, inputs, "prune-channels{ratio=0.3},fold")
+    graph = analyse(traced_for_passes(model), inputs)
+    kept = sorted((g for g in graph.groups if g.blocked and g.blocked != "reaches the model output"),
+                  key=lambda g: -g.size)
+    reason = kept[0].blocked if kept else None
+    return {"model": model_id, "kept": total_params(small) / total_params(model), "reason": reason,
+            "blocked_by": None if reason is None else op_of(reason),
+            "blocked_channels": sum(g.size for g in kept), "channels": sum(g.size for g in graph.groups)}
+
+
+def op_of(reason: str) -> str:
+    """The op a barrier names: "module stages.0 (TinyVitBlock)" -> "module TinyVitBlock", "stack (stack_3)" -> "stack"."""
+    head, _, rest = reason.partition(" (")
+    return f"module {rest.split(')')[0]}" if head.startswith("module ") and rest else head
+
+
+def rerun(ids: list[str]) -> None:
+    done = {json.loads(line)["model"] for line in OUT.read_text().splitlines()} if OUT.exists() else set()
+    for i, model_id in enumerate(m for m in ids if m not in done):
+        print(f"[{len(done) + i + 1}/{len(ids)}] {model_id}", flush=True)
+        try:
+            run = subprocess.run([sys.executable, "-m", "bench.zoo.depth", "--one", model_id], capture_output=True,
+                                 text=True, timeout=600, cwd=HERE.parent.parent)
+            row = (json.loads(run.stdout.splitlines()[-1]) if run.returncode == 0 else
+                   {"model": model_id, "error": (run.stderr.strip().splitlines() or ["?"])[-1][:200]})
+        except subprocess.TimeoutExpired:
+            row = {"model": model_id, "error": "over 600 s"}
+        with open(OUT, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def report(old: dict[str, float]) -> str:
+    new = {r["model"]: r for r in map(json.loads, OUT.read_text().splitlines())} if OUT.exists() else {}
+    now = {m: new[m]["kept"] if "kept" in new.get(m, {}) else k for m, k in old.items()}
+    above = sorted(((k, m) for m, k in now.items() if k > LIMIT), reverse=True)
+    ops = Counter(new[m].get("blocked_by") or "-" for _, m in above if m in new)
+    lines = [
+        "# Channel pruning depth across the timm registry", "",
+        f"Params kept at `prune-channels{{ratio=0.3}},fold` for the {len(old)} models of the registry's channels run",
+        "(random weights, each at its own input size). Reproduce: `.venv/bin/python -m bench.zoo.depth` (reruns the",
+        f"models that kept more than {LIMIT} with today's code, 1 thread each, then writes this page).", "",
+        "| | models | median kept | above 0.65 | share above 0.65 |", "| --- | --- | --- | --- | --- |",
+        f"| before (the registry run) | {len(old)} | {statistics.median(old.values()):.3f} | "
+        f"{sum(k > LIMIT for k in old.values())} | {sum(k > LIMIT for k in old.values()) / len(old):.1%} |",
+        f"| now ({len(new)} rerun) | {len(now)} | {statistics.median(now.values()):.3f} | {len(above)} | "
+        f"{len(above) / len(now):.1%} |", "",
+        "![params kept at ratio 0.3, before and now](registry-depth.png)", "",
+        "## What blocks the models still above 0.65, by count", "",
+        "| op blocking the largest kept group | models |", "| --- | --- |",
+        *[f"| {op} | {n} |" for op, n in ops.most_common()], "",
+        "## Every model above 0.65, deepest last", "",
+        "| model | kept before | kept now | blocked by |", "| --- | --- | --- | --- |",
+        *[f"| {m.removeprefix('timm:')} | {old[m]:.3f} | {k:.3f} | "
+          f"{new.get(m, {}).get('blocked_by') or new.get(m, {}).get('error', '-')} |" for k, m in above],
+    ]
+    plot(old, now)
+    return "\n".join(lines) + "\n"
+
+
+def plot(old: dict[str, float], now: dict[str, float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fxprune.core.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = [i / 40 for i in range(41)]
+    ax.hist(list(old.values()), bins, alpha=0.5, label="before")
+    ax.hist(list(now.values()), bins, alpha=0.5, label="now")
+    ax.axvline(LIMIT, color="k", lw=0.8, ls=":")
+    ax.set(xlabel="share of params kept at ratio 0.3", ylabel="models", yscale="log",
+           title="timm registry: channel pruning depth")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(HERE / "results" / "registry-depth.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--one", help="measure one model in this process and print its row")
+    ap.add_argument("--report", action="store_true", help="only write the page")
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(one(args.one)))
+        return
+    old = before()
+    if not args.report:
+        rerun(sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m]))
+    from fxprune.core.io import atomic_write_text
+
+    atomic_write_text(HERE / "results" / "registry-depth.md", report(old))
+
+
+if __name__ == "__main__":
+    main()
