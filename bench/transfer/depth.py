@@ -7,7 +7,7 @@ Every try also records the candidate decision statistics beside the test change 
 val accuracy change (the decision half), val loss change, agreement with the transferred model's
 predictions on the train and decision images, and the KL of its outputs to the transferred model's.
 
-    .venv/bin/python -m bench.transfer.depth                    # about 40 minutes on 2 cores
+    .venv/bin/python -m bench.transfer.depth                    # about an hour on 2 cores
     .venv/bin/python -m bench.transfer.depth --prune joint      # the same with prune-joint
 
 Each run is a fresh process writing results/depth/DATASET-sSEED-PRUNE.json (runs already there are
@@ -176,7 +176,7 @@ def summary(runs: list[dict]) -> str:
                     f"{100 * change:+.1f} | {r['search'].split(';')[0]} | {r['seconds']} |")
     def mean(v):
         return (f"{100 * statistics.mean(a for a, _ in v):.1f}%, {100 * statistics.mean(b for _, b in v):+.1f} "
-                f"(worst {100 * min(b for _, b in v):+.1f}; {len(v)} runs)" if v else "-")
+                f"(worst {100 * min(b for _, b in v):+.1f}; {len(v)} run{'s' * (len(v) > 1)})" if v else "-")
 
     means = [f"| {d} | {p} | {len(v)} | {100 * statistics.mean(a for a, _ in v):.1f}% | "
              f"{100 * statistics.mean(b for _, b in v):+.1f} | {100 * min(b for _, b in v):+.1f} | "
@@ -188,8 +188,8 @@ Reproduce: `.venv/bin/python -m bench.transfer.depth` (and `--prune joint`); {fi
 {first['torch']}. `fxprune.transfer` with its defaults: the scales and a zero-initialised head trained (Adam,
 lr 0.01, cosine; 10 epochs on MNIST, 15 on optdigits), then channels (or joint) pruned: descent steps of 15%
 of what is left, each retrained 2 epochs at lr 0.01 (constant, the head at 0.001), until 2 steps in a row fall
-under the 1-point floor; then up to 4 settling tries (5 epochs, lr decaying to 0) bisecting for the deepest
-step that holds. A settled try holds where it keeps 98% of the transferred model's predictions on the 1,000
+under the 1-point floor; then up to 6 settling tries (5 epochs, lr decaying to 0): descending on from a step
+that holds, bisecting below one that does not, then cutting halfway between. A settled try holds where it keeps 98% of the transferred model's predictions on the 1,000
 train images and its val accuracy is at most one paired standard error under the floor (the rule the
 candidate statistics of [depth-valonly.md](depth-valonly.md) chose; there val alone decided). Decisions on
 half of val; the other half (check) and test chose nothing.
