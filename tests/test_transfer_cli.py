@@ -181,3 +181,6 @@ def test_holdout_keeps_a_share_of_each_val_class_from_every_decision(tmp_path):
     with pytest.raises(FxPruneError, match=r"^--holdout 0.5: --data .* has too few val images to hold any out \(a "
                                            r"class needs 2\): add val images, or give --holdout 0$"):
         load_image_folder(data, norm, val_split=0.05, holdout=0.5)
+    with pytest.raises(FxPruneError) as e:  # 2 val images per class, both held out: none left to decide on
+        load_image_folder(data, norm, val_split=0.2, holdout=0.99)
+    assert str(e.value) == f"--holdout 0.99 leaves no val image of --data {data} to take the decisions: give a smaller share"

@@ -207,6 +207,9 @@ def load_image_folder(root: str | Path, norm: Normalization, options: LoaderOpti
     if holdout and not check:
         raise FxPruneError(f"--holdout {holdout}: --data {root} has too few val images to hold any out (a class "
                            "needs 2): add val images, or give --holdout 0")
+    if not val:
+        raise FxPruneError(f"--holdout {holdout} leaves no val image of --data {root} to take the decisions: give a "
+                           "smaller share")
     try:
         augment = norm.transform(options.augment, options.auto_augment)
     except (AssertionError, ValueError, KeyError) as e:
