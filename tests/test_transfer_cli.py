@@ -60,7 +60,7 @@ def test_transfer_end_to_end(factory, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "data: " + str(data) + ": 3 classes, 30 train / 3 + 3 held out val images at 16x16" in text
     search = ("descent steps of 0.25 of what is left, each retrained 2 epochs at lr 0.05 (constant; the head at "
-              "0.005), at most 30, stopping after 2 in a row below the floor; then at most 4 settling tries of 5 "
+              "0.005), at most 30, stopping after 2 in a row below the floor; then at most 6 settling tries of 5 "
               "epochs (lr decaying to 0) bisecting for the deepest step that holds")
     assert ("training the basis scales and the head: 3 epochs, lr 0.05 (cosine); then pruning channels (taylor) "
             f"until params=0.6: {search}\n") in text
