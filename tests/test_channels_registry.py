@@ -82,7 +82,8 @@ class GlobalResponse(nn.Module):
     def forward(self, x):
         x = self.fc1(x.permute(0, 2, 3, 1))
         g = x.norm(p=2, dim=(1, 2), keepdim=True)
-        x = x + torch.addcmul(self.bias.view(1, 1, 1, -1), self.weight.view(1, 1, 1, -1), x * g / (g.mean(-1, keepdim=True) + 1e-6))
+        response = x * g / (g.mean(-1, keepdim=True) + 1e-6)
+        x = x + torch.addcmul(self.bias.view(1, 1, 1, -1), self.weight.view(1, 1, 1, -1), response)
         return self.fc2(x).mean((1, 2))
 
 

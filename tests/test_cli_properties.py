@@ -98,7 +98,7 @@ def test_every_outcome_is_training_or_one_line_naming_the_cause(data_kind, test_
         mp.setattr(transfer_cli, "transfer", lambda *a, **k: (_ for _ in ()).throw(Reached()))
         before = sorted(p for p in root.rglob("*"))
         errors = []
-        mp.setattr("sys.stderr", type("Err", (), {"write": lambda self, s: errors.append(s), "flush": lambda self: 0})())
+        mp.setattr("sys.stderr", type("Err", (), {"write": lambda _, s: errors.append(s), "flush": lambda _: 0})())
         try:
             rc = main(argv)
         except Reached:

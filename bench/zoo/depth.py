@@ -59,7 +59,7 @@ def one(model_id: str) -> dict:
 
 
 def op_of(reason: str) -> str:
-    """The op a barrier names: "module stages.0 (TinyVitBlock)" -> "module TinyVitBlock", "stack (stack_3)" -> "stack"."""
+    """The op a barrier names: "module stages.0 (TinyVitBlock)" -> "module TinyVitBlock", "stack (s_3)" -> "stack"."""
     head, _, rest = reason.partition(" (")
     return f"module {rest.split(')')[0]}" if head.startswith("module ") and rest else head
 

@@ -348,7 +348,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         tensors, out = node.args[0], tensor_shape(node)
         dim = node_arg(node, 1, "dim", 0) % len(out)
         tracked = [self.flow.value.get(t) for t in tensors]
-        if any(t is None for t in tracked) or len({t[0] for t in tracked}) != 1 or len({len(t[1]) for t in tracked}) != 1:
+        if any(t is None for t in tracked) or len({(t[0], len(t[1])) for t in tracked}) != 1:
             return self.barrier(node, f"stack ({node.name}) of parts without the same channels")
         axis, ids = tracked[0]
         for _, other in tracked[1:]:

@@ -87,7 +87,8 @@ def folded_size(gm: fx.GraphModule, inputs: tuple) -> tuple[int, int]:
 def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions | None = None, *, data: Iterable,
                       val_data: Iterable | None = None, importance_data: Iterable | None = None,
                       loss_fn: Callable | None = None, latency: LatencyTable | None = None,
-                      test_data: Iterable | None = None, agreement_data: Iterable | None = None, device: str | Runtime = "cpu", resume: dict | None = None,
+                      test_data: Iterable | None = None, agreement_data: Iterable | None = None,
+                      device: str | Runtime = "cpu", resume: dict | None = None,
                       on_keep: Callable[[dict], None] | None = None, progress: bool = True, **changes) -> Search:
     """Descend, then settle (the module docstring), by `options` (a PruneOptions, or its fields as keywords).
 
@@ -95,14 +96,12 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
     `prune_what`: "bases", "channels", "joint" (bases and channels in one Taylor ranking) or "double"
     (both, each half the step); `criterion` ranks them (taylor on `importance_data`, default `data`).
     until='accuracy=A': a try holds where its val accuracy, less `margin` paired standard errors of its
-    change from the start, is at least A; a settled try, where `agreement_data` is given (batches in a fixed
-    order, labels unread) and `agreement` > 0, where it keeps at least `agreement` of the start's top-1
-    classes on them and its val accuracy is at least A less one standard error; params=F, macs=F, latency=F (timed with `latency`, by default
-    this device's table): the descent stops at that size and its last model is settled, no decision taken.
-    `test_data` is scored at every try for the record and decides nothing. After every try
-    `on_keep(state)` gets the search's state; `resume=` that state goes on exactly as this run would.
-    Returns a Search: the chosen model (the start where no try held) and every try's row: params, MACs
-    (and latency_ms) as fold leaves them, val accuracy and its paired standard error `val_se`.
+    change, is at least A; a settled try with `agreement_data` (batches in a fixed order, labels unread)
+    also keeps `agreement` of the start's top-1 classes on them, and its val guard is one standard error
+    looser. params=F, macs=F, latency=F (timed with `latency`, by default this device's table): the
+    descent stops at that size and its last model is settled, no decision taken. `test_data` is scored at
+    every try and decides nothing. After every try `on_keep(state)` gets the state that `resume=` goes on
+    from. Returns a Search: the chosen model (the start where no try held) and every try's row.
     """
     o = with_changes(options or PruneOptions(), changes, "prune_iteratively")
     runtime = as_runtime(device)
