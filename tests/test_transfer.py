@@ -288,7 +288,7 @@ def scripted_search(monkeypatch, accuracies, agreements=None, width=16, **option
 
     script = iter(accuracies)
     agreeing = iter(agreements or [])
-    monkeypatch.setattr(search, "top1", lambda *a, **k: (torch.arange(20) >= next(agreeing)).long())
+    monkeypatch.setattr(search, "top1", lambda *a, **k: ((torch.arange(20) >= next(agreeing)).long(), None))
     tried = []
     real_prune = search.prune
 

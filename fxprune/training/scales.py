@@ -40,18 +40,18 @@ def evaluate(gm: torch.nn.Module, data: Iterable, loss_fn: Callable | None = Non
     return {"loss": loss / max(total, 1), "accuracy": correct / max(total, 1)}
 
 
+def top1(gm: torch.nn.Module, data: Iterable, device: str | Runtime = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example of `data` (batches of (inputs, targets)), in order: (`gm`'s top-1 class, the target)."""
+    runtime = as_runtime(device)
+    with torch.no_grad(), runtime.autocast():
+        pairs = [(gm(x).argmax(1).cpu(), y.cpu()) for x, y in map(runtime.batch, data)]
+    return torch.cat([c for c, _ in pairs]), torch.cat([y for _, y in pairs])
+
+
 def hits(gm: torch.nn.Module, data: Iterable, device: str | Runtime = "cpu") -> torch.Tensor:
-    """Per example of `data` (batches of (inputs, targets)), in order: whether `gm`'s top-1 class is the target."""
-    runtime = as_runtime(device)
-    with torch.no_grad(), runtime.autocast():
-        return torch.cat([(gm(x).argmax(1) == y).cpu() for x, y in map(runtime.batch, data)])
-
-
-def top1(gm: torch.nn.Module, data: Iterable, device: str | Runtime = "cpu") -> torch.Tensor:
-    """Per example of `data` (batches of (inputs, targets); the targets are not read), in order: `gm`'s top-1 class."""
-    runtime = as_runtime(device)
-    with torch.no_grad(), runtime.autocast():
-        return torch.cat([gm(x).argmax(1).cpu() for x, _ in map(runtime.batch, data)])
+    """Per example of `data`, in order: whether `gm`'s top-1 class is the target."""
+    classes, targets = top1(gm, data, device)
+    return classes == targets
 
 
 def paired_se(before: torch.Tensor, after: torch.Tensor) -> float:

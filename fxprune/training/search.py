@@ -133,7 +133,7 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
             right = hits(model, test_data, runtime)
             row["test_accuracy"] = right.sum().item() / len(right)
         if agreeing and phase != "descent":
-            classes = top1(model, agreement_data, runtime)
+            classes = top1(model, agreement_data, runtime)[0]
             if state.get("start_top1") is None:
                 state["start_top1"] = classes
             row["agreement"] = (classes == state["start_top1"]).sum().item() / len(classes)
