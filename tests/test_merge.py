@@ -50,3 +50,15 @@ def test_a_cut_pair_merges_into_its_product_unless_the_cut_is_below_the_limit(la
         assert torch.equal(merged.bias, layer.bias)
         error = (merged.weight - layer.weight).norm() / layer.weight.norm()
         assert error.item() == pytest.approx(1e-3 / 31 ** 0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_the_layer_merged_back_follows_the_model_where_it_moved(device):
+    # the layer a pair was made from is kept beside it, not as a submodule, so .to() leaves it behind
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64, device=device)
+    gm = fxprune.prune(model, x.float().cpu(), "decompose-conv").to(device=device, dtype=torch.float64)
+    folded = fxprune.prune(gm, x, "fold")
+    weights = {(p.device.type, p.dtype) for p in folded.parameters()}
+    assert weights == {(torch.device(device).type, torch.float64)}
+    torch.testing.assert_close(folded(x), model.to(device=device, dtype=torch.float64)(x), rtol=0, atol=1e-12)

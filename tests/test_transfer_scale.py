@@ -160,7 +160,7 @@ import fxprune.runners.resume as cli
 real, kept = cli.atomic_write, []
 def write(path, fn):
     done = real(path, fn)
-    if str(path).endswith('.ckpt'):
+    if str(path).endswith('.ckpt/state.pt'):
         kept.append(path)
         if len(kept) == 3:  # the transferred model, then two tries
             os.kill(os.getpid(), signal.SIGKILL)
@@ -181,7 +181,7 @@ def test_a_run_killed_after_its_second_try_resumes_to_the_same_model(factory, tm
     killed = _run([sys.executable, "-c", KILLER, *command, "--out", str(cut)])
     assert killed.returncode == -9
     assert sorted(p.name for p in cut.parent.iterdir()) == ["small.ckpt"]
-    assert len(torch.load(cut.with_suffix(".ckpt"), weights_only=False)["state"]["search"]["history"]) == 3
+    assert len(torch.load(cut.with_suffix(".ckpt") / "state.pt", weights_only=False)["state"]["search"]["history"]) == 3
     resumed = _run([sys.executable, "-m", "fxprune", *command, "--out", str(cut), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from " + str(cut.with_suffix(".ckpt")) + ": 2 tries done" in resumed.stdout
@@ -193,7 +193,8 @@ def test_resume_refuses_other_arguments(factory, tmp_path, capsys):
     data = write_folder(tmp_path / "data")
     out = tmp_path / "small.pt2"
     settings = {"lr": 0.05}
-    torch.save({"settings": settings, "state": {}}, out.with_suffix(".ckpt"))
+    out.with_suffix(".ckpt").mkdir()
+    torch.save({"settings": settings, "state": {}}, out.with_suffix(".ckpt") / "state.pt")
     assert transfer(factory, data, out, "--resume") == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith(
         f"fxprune: error: --resume: {out.with_suffix('.ckpt')} was written with --model None, not ")

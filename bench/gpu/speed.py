@@ -1,5 +1,6 @@
 """On a CUDA machine: one epoch's training images/s of fxprune's transfer loop (scales + head) against a
-plain fine-tuning loop (every weight), Lite0 at 224 px, bf16 autocast, channels-last, 4 workers.
+plain fine-tuning loop (every weight), Lite0 at 224 px, bf16 autocast, channels-last, 4 and 12 loader
+workers (the machine lent has 16 cores: does JPEG decoding bound either loop at 4?).
 
     .venv/bin/python -m bench.gpu.speed     (bench/gpu/check.sh runs it)
 """
@@ -12,8 +13,9 @@ from bench.transfer.scale import speed
 
 
 def main() -> None:
-    for row in speed(Path("/tmp/fxprune-scale"), images=4000, batch=128, device="cuda", workers=4):
-        print(row)
+    for workers in (4, 12):
+        for row in speed(Path("/tmp/fxprune-scale"), images=4000, batch=128, device="cuda", workers=workers):
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ def _slice_attribute(gm: fx.GraphModule, name: str, keep: torch.Tensor, axis: in
         set_module(gm, path, fresh)
         owner = fresh
     t = getattr(owner, attr)
-    data = t.detach().index_select(axis, keep.nonzero().flatten()).contiguous()
+    data = t.detach().index_select(axis, keep.nonzero().flatten().to(t.device)).contiguous()
     if isinstance(t, nn.Parameter):
         setattr(owner, attr, nn.Parameter(data, requires_grad=t.requires_grad))
     elif attr in owner._buffers:
@@ -408,7 +408,7 @@ def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
 def _masked_norm(x, mask, weight, bias, eps, axis: int, dims: tuple[int, ...], rms: bool, groups: int):
     shape = [1] * x.dim()
     shape[axis] = -1
-    m = mask.view(shape).to(x.dtype).expand_as(x)
+    m = mask.view(shape).to(device=x.device, dtype=x.dtype).expand_as(x)
     xs, ms = x.unflatten(axis, (groups, -1)), m.unflatten(axis, (groups, -1))  # statistics per group
     dims = tuple(d + (d > axis) for d in dims if d != axis) + (axis + 1,)
     count = ms.sum(dims, keepdim=True)
@@ -426,7 +426,7 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
         t = getattr(new, name, None)
         if t is None:
             return
-        data = same_format(t.detach().index_select(dim, mask.nonzero().flatten()), t)
+        data = same_format(t.detach().index_select(dim, mask.nonzero().flatten().to(t.device)), t)
         if isinstance(t, nn.Parameter):
             setattr(new, name, nn.Parameter(data, requires_grad=t.requires_grad))
         else:

@@ -193,7 +193,8 @@ def rebuild_pair(pair: Pair, keep: torch.Tensor) -> nn.Module:
                                     requires_grad=pair.coef.scale.requires_grad)
         history = stored(pair.coef, BASES)
         if history is not None:  # the running importance follows its bases
-            scaled.__dict__[BASES] = torch.gather(history.view(pair.groups, pair.rank), 1, idx).reshape(-1)
+            scaled.__dict__[BASES] = torch.gather(history.view(pair.groups, pair.rank).to(idx.device), 1,
+                                                     idx).reshape(-1)
         container.coef = scaled
     return container
 
@@ -223,6 +224,8 @@ def merge_pair(pair: Pair, original: nn.Module | None = None) -> nn.Module:
     if pair.scale is not None:
         coef = coef * pair.scale.double()[:, None, :]
     bias = pair.coef.bias
+    if original is not None:  # the stash is no submodule: it stayed where the pair was made
+        original.to(device=pair.basis.weight.device, dtype=pair.basis.weight.dtype)
     if original is not None and _equals(original, coef, basis, bias, pair.groups):
         original.weight.requires_grad_(pair.coef.weight.requires_grad)
         if bias is not None:

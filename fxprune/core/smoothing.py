@@ -23,7 +23,7 @@ def smoothed(module: nn.Module, key: str, new: torch.Tensor, momentum: float | N
     if momentum is None:
         return new
     old = module.__dict__.get(key)
-    value = new if old is None or old.shape != new.shape else momentum * old + (1 - momentum) * new
+    value = new if old is None or old.shape != new.shape else momentum * old.to(new.device) + (1 - momentum) * new
     module.__dict__[key] = value
     return value
 

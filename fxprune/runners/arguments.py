@@ -93,7 +93,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                                                                      "model while retraining after each step (0)")
     transfer.add_argument("--out", default="small.pt2", help="the pruned model (.pt2); its report (.md, .png) and "
                                                             "history (.json) are written beside it, and while it "
-                                                            "runs a checkpoint (.ckpt) after every try")
+                                                            "runs a checkpoint folder (.ckpt) after every try")
     transfer.add_argument("--resume", action="store_true",
                           help="continue the run whose checkpoint is beside --out (same arguments), from its last "
                                "try")

@@ -18,7 +18,7 @@ from fxprune.core.errors import FxPruneError
 from fxprune.core.io import atomic_write_text
 from fxprune.runners.commands import load_model_args
 from fxprune.runners.export import save_exported
-from fxprune.runners.resume import read_checkpoint, write_checkpoint
+from fxprune.runners.resume import Checkpoint
 from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
 from fxprune.training.options import TransferOptions, renamed
 from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
@@ -42,9 +42,10 @@ def run_transfer(args: argparse.Namespace) -> int:
                             auto_augment=args.aa,
                             pin_memory=runtime.device.type == "cuda" if args.pin_mem is None else args.pin_mem)
     loading.check()
-    checkpoint = out.with_suffix(".ckpt")
-    if args.resume and not checkpoint.is_file():
-        raise FxPruneError(f"--resume: no checkpoint {checkpoint} beside --out (a run writes one after every kept "
+    settings = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
+    checkpoint = Checkpoint(out.with_suffix(".ckpt"), settings)
+    if args.resume and not checkpoint.exists():
+        raise FxPruneError(f"--resume: no checkpoint {checkpoint.path} beside --out (a run writes one after every kept "
                            "step, and removes it when it finishes)")
     distributed.start(runtime.device)
     lead = distributed.rank() == 0
@@ -63,8 +64,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     if outputs != len(data.classes):
         raise FxPruneError(f"{args.model} outputs {outputs} classes but --data {args.data} has {len(data.classes)} "
                            f"class folders: pass --num-classes {len(data.classes)} for a new head")
-    settings = {k: v for k, v in vars(args).items() if k not in ("command", "resume")}
-    resume = read_checkpoint(checkpoint, settings, runtime.device) if args.resume else None
+    resume = checkpoint.read(runtime.device) if args.resume else None
     say(f"{args.model}: {'; '.join(notes)}", flush=True)  # notes say "weights: ..."
     ranks = f" x {distributed.world()} processes" if distributed.world() > 1 else ""
     held = f" + {data.check.images} held out" if data.check is not None else ""
@@ -75,11 +75,11 @@ def run_transfer(args: argparse.Namespace) -> int:
         f"pruning {args.prune} ({args.criterion}) until {args.until}{margin_text(args.margin, args.until)}: "
         f"{search_text(options)}", flush=True)
     if resume is not None:
-        say(f"resuming from {checkpoint}: {len(resume['search']['history']) - 1} tries done", flush=True)
+        say(f"resuming from {checkpoint.path}: {len(resume['search']['history']) - 1} tries done", flush=True)
 
     def save_checkpoint(state: dict) -> None:
         if lead:
-            write_checkpoint(checkpoint, settings, state)
+            checkpoint.write(state)
 
     result = transfer(model, x, options, train=data.train, val=data.val, check=data.check,
                       agreement_data=data.agreement, device=runtime,
@@ -98,7 +98,7 @@ def run_transfer(args: argparse.Namespace) -> int:
                     channels_last=runtime.channels_last, processes=distributed.world(),
                     weights_note="; ".join(notes))
     write_outputs(out, result, settings, options)
-    checkpoint.unlink(missing_ok=True)  # the run is whole: nothing is left to resume
+    checkpoint.remove()  # the run is whole: nothing is left to resume
     print()
     print(tabulate(steps_table(result), headers="keys", tablefmt="simple"))
     p, a = result.params, result.accuracy
