@@ -271,9 +271,44 @@ class Shared(nn.Module):
 
 
 def test_shared_modules_and_weights_read_directly_are_kept():
-    got = groups_of(Shared())
-    assert got[frozenset({("a", "out")})] == (4, "module twice is called 2 times")
-    assert got[frozenset({("fc", "out")})][1] == "the graph reads the weights of fc directly"
+    # twice's input and output channels are one class (call 2 reads what call 1 wrote): fc's input blocks it
+    reason = "the graph reads the weights of fc directly"
+    assert groups_of(Shared()) == {frozenset({("a", "out"), ("twice", "in"), ("twice", "out")}): (4, reason),
+                                   frozenset({("fc", "out")}): (4, reason)}
+
+
+class SharedBranches(nn.Module):
+    """CoaT's shared MLP: one conv (and BN) applied to two branches, whose channels become one class."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 3, padding=1)
+        self.shared, self.bn, self.head = nn.Conv2d(6, 5, 1), nn.BatchNorm2d(5), nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.head((self.bn(self.shared(self.a(x))) + self.bn(self.shared(self.b(x)))).mean((2, 3)))
+
+
+class SharedOnTheImage(nn.Module):
+    """A conv applied to the image and to a layer's output: the layer's channels cannot go."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.shared, self.head = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head((self.shared(x) + self.shared(self.a(x))).mean((2, 3)))
+
+
+def test_a_module_called_on_several_branches_unites_their_channels_and_prunes_losslessly():
+    x = torch.randn(2, 3, 5, 5)
+    assert groups_of(SharedBranches(), x) == {
+        frozenset({("a", "out"), ("b", "out"), ("shared", "in")}): (6, None),
+        frozenset({("shared", "out"), ("bn", "bn"), ("head", "in")}): (5, None),
+        frozenset({("head", "out")}): (2, "reaches the model output")}
+    check_zeroed_channels_are_removed_losslessly(randomize_bn(SharedBranches()), x)
+    assert groups_of(SharedOnTheImage(), x)[frozenset({("a", "out")})] == (
+        3, "module shared is called 2 times, not always on channels the analysis follows")
 
 
 class Video(nn.Module):

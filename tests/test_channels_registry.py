@@ -1,7 +1,9 @@
 """Ops that blocked whole timm families (issue 35), each understood by its rule: a BatchNorm over flattened
 tokens restored with reshape_as (LeViT), a per-head bias table gathered with [:, index] (LeViT), rotary
 embeddings stacking q's halves and type_as (EVA-02), a p-norm over space and addcmul (ConvNeXt-V2's Global
-Response Norm); hand-made graphs, then the real models: zeroed channels removed exactly."""
+Response Norm), timm's blocks kept whole as leaves traced as their ops (TinyViT, MobileViT), a module called
+on several branches, head_dim read from the width, a pointwise conv along another axis (CoaT, Swin V2 CR);
+hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch import nn
 
 import fxprune
 from fxprune.analysis.counting import total_params
+from fxprune.core.plain_timm import patch_image, patch_tokens
 from fxprune.runners.models import create
 
 from .conftest import randomize_bn
@@ -87,6 +90,44 @@ class GlobalResponse(nn.Module):
         return self.fc2(x).mean((1, 2))
 
 
+class HeadDimFromWidth(nn.Module):
+    """CoaT's and Swin V2 CR's attention: head_dim read as the token width // heads, sizing the qkv reshape."""
+
+    def __init__(self, heads: int = 2):
+        super().__init__()
+        self.heads, self.embed, self.qkv = heads, nn.Linear(5, 8), nn.Linear(8, 24)
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.head((x + self.proj(y.transpose(1, 2).reshape(b, n, c))).mean(1))
+
+
+class StackedScales(nn.Module):
+    """CoaT's head: the class tokens of three scales stacked, mixed by a Conv1d(3, 1, 1), squeezed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(5, 6), nn.Linear(5, 6), nn.Linear(5, 6)
+        self.aggregate, self.head = nn.Conv1d(3, 1, 1), nn.Linear(6, 3)
+
+    def forward(self, x):
+        stacked = torch.stack([self.a(x[:, 0]), self.b(x[:, 1]), self.c(x[:, 2])], dim=1)
+        return self.head(self.aggregate(stacked).squeeze(dim=1))
+
+
+@pytest.mark.parametrize("model", [HeadDimFromWidth, StackedScales])
+def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune_losslessly(model):
+    torch.manual_seed(0)
+    x = torch.randn(2, 9, 5)
+    graph = fxprune.analysis.channels.analyse(fxprune.trace(model().eval()), (x,))
+    assert [g.blocked for g in graph.groups if g.blocked] == ["reaches the model output"]
+    check_zeroed_channels_are_removed_losslessly(model(), x)
+
+
 def test_a_batchnorm_over_flattened_tokens_restored_with_reshape_as_is_channel_wise():
     model = nn.Sequential(LinearNorm(8, 6), nn.GELU(), LinearNorm(6, 3))
     assert groups_of(model, TOKENS) == {
@@ -118,8 +159,35 @@ def test_bias_tables_rotary_embeddings_and_global_response_norm_prune_losslessly
     assert [g.blocked for g in graph.groups if g.blocked] == ["reaches the model output"]
 
 
+def test_patches_joined_back_are_the_image_and_follow_timms_order():
+    x = torch.randn(2, 6, 4, 3)  # (B, H, W, C), patches of 2 x 2: 3 x 2 of them
+    tokens = patch_tokens(x, (2, 2))
+    assert tokens.shape == (2, 4, 6, 3)
+    assert torch.equal(tokens[1, 2, 5], x[1, 2 * 2 + 1, 1 * 2 + 0])  # position (1, 0) of patch (2, 1)
+    assert torch.equal(patch_image(tokens, (2, 2), 6, 4), x)
+    assert torch.equal(patch_image(tokens.flatten(0, 1), (2, 2), 6, 4), x)
+
+
+@pytest.mark.parametrize("name, size", [("tiny_vit_5m_224", 64), ("tiny_vit_5m_224", 72), ("mobilevit_xxs", 64),
+                                        ("mobilevit_xxs", 72), ("mobilevitv2_050", 72)])
+def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
+    """At 72 px the windows are padded and the patches resized: the size-dependent steps, kept whole."""
+    import timm
+
+    torch.manual_seed(0)
+    model, x = timm.create_model(name).eval(), torch.randn(2, 3, size, size)
+    gm = fxprune.trace(model)
+    assert not [n.target for n in gm.graph.nodes if n.op == "call_module" and "Block" in type(
+        gm.get_submodule(n.target)).__name__]
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5 if "v2" in name else 0)
+
+
 @pytest.mark.parametrize("name, size, kept", [("timm:levit_128s", 224, 0.497), ("timm:convnextv2_atto", 64, 0.515),
-                                               ("timm:eva02_tiny_patch14_224", 224, 0.698)])
+                                               ("timm:eva02_tiny_patch14_224", 224, 0.698),
+                                               ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514),
+                                               ("timm:mobilevitv2_050", 64, 0.573), ("timm:coat_tiny", 224, 0.590),
+                                               ("timm:swinv2_cr_tiny_224", 224, 0.488)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""

@@ -66,6 +66,18 @@ def is_batchnorm(m: nn.Module) -> bool:
     return type(m) in BATCHNORMS or type(m).__name__ == "BatchNormAct2d"
 
 
+def _pointwise(m: nn.Module) -> bool:
+    """A plain conv whose every output position reads the same position of its input (kernel 1, stride 1,
+    no padding): along the spatial axes it acts position by position."""
+    return (is_conv(m) and type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and all(k == 1 for k in m.kernel_size)
+            and all(s == 1 for s in m.stride) and not any(_padding(m)))
+
+
+def _padding(m: nn.Module) -> tuple[int, ...]:
+    return (1,) if isinstance(m.padding, str) and m.padding != "valid" else (
+        () if isinstance(m.padding, str) else tuple(m.padding))
+
+
 def _basis_reason(node: fx.Node) -> str | None:
     return "bases of a decomposed layer (prune-basis prunes them)" if node.meta.get(ROLE) == "basis" else None
 
@@ -76,6 +88,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.heads = heads  # "whole" or "dim": what a reshape into (heads, head_dim) makes a unit (flow_attention)
         self.flow = ChannelFlow()
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+        self.first_call: dict[str, dict[str, torch.Tensor]] = {}  # a module called more than once: ids by role
         self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
         self.tied = tied_modules(gm)
         self.parts: dict[fx.Node, list[tuple[int, torch.Tensor]]] = {}  # the chunks of a chunk node
@@ -124,6 +137,35 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         return self.flow
 
     def module(self, node: fx.Node, m: nn.Module) -> None:
+        before = len(self.flow.members)
+        self.one_call(node, m)
+        if self.calls[node.target] > 1:
+            self.repeated(node.target, before)
+
+    def repeated(self, path: str, before: int) -> None:
+        """A module called more than once (CoaT's shared MLP and position encoding): its weights are sliced
+        once, so each call's channels are the first call's. Its members from this call are united with
+        those of the first and dropped; a role that only some calls have (an input the flow does not
+        follow) blocks the channels of the calls that have it."""
+        mine = [m for m in self.flow.members[before:] if m.path == path]
+        if not mine and path not in self.first_call:
+            return
+        self.flow.members[before:] = [m for m in self.flow.members[before:] if m.path != path]
+        if path not in self.first_call:
+            self.first_call[path] = {m.role: m.ids for m in mine}
+            self.flow.members[before:before] = mine
+            return
+        first, reason = self.first_call[path], f"module {path} is called {self.calls[path]} times, not always " \
+                                                "on channels the analysis follows"
+        for m in mine:
+            if m.role in first and len(first[m.role]) == len(m.ids):
+                self.flow.union(first[m.role], m.ids)
+            else:
+                self.flow.block(m.ids, reason)
+        for role in set(first) - {m.role for m in mine}:
+            self.flow.block(first[role], reason)
+
+    def one_call(self, node: fx.Node, m: nn.Module) -> None:
         path, src = node.target, node.args[0] if node.args else None
         tracked = self.flow.value.get(src)
         if isinstance(m, STATELESS):
@@ -140,8 +182,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if type(m) is nn.Flatten and tracked is not None:
             self.merge(node, "flatten")
             return
-        shared = (f"module {path} is called {self.calls[path]} times" if self.calls[path] > 1 else
-                  f"the graph reads the weights of {path} directly" if path in self.read_directly else
+        shared = (f"the graph reads the weights of {path} directly" if path in self.read_directly else
                   f"{path} shares its weights with {self.tied[path]}" if path in self.tied else None)
         if shared and any(True for _ in m.parameters(recurse=False)):
             self.barrier(node, shared)
@@ -169,6 +210,9 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
     def conv(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
         groups, cout = m.groups, m.weight.shape[0]
         cin = m.weight.shape[1] * groups
+        if tracked is not None and tracked[0] >= 2 and _pointwise(m):  # CoaT's aggregate over stacked scales
+            self.flow.value[node] = tracked  # mixes along axis 1, position by position of the tracked axis
+            return
         if groups == cin == cout and groups > 1:
             if tracked is not None and tracked[0] == 1:
                 self.flow.members.append(Member(path, "dw", tracked[1]))
@@ -256,6 +300,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.chunk(node)
         elif name == "unsqueeze":
             self.unsqueeze(node)
+        elif name == "squeeze":
+            self.squeeze(node)
         elif name == "unbind":
             self.unbind(node)
         elif name == "split":
@@ -521,6 +567,19 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         axis, ids = self.flow.value[src]
         dim = node_arg(node, 1, "dim") % len(tensor_shape(node))
         self.flow.value[node] = (axis + (dim <= axis), ids)
+
+    def squeeze(self, node: fx.Node) -> None:
+        """x.squeeze(dims): the size-1 dims among `dims` (all where none are given) go; the channel axis
+        must not be one of them (CoaT's head squeezes the dim its aggregate conv made 1)."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        shape = tensor_shape(src)
+        dims = node_arg(node, 1, "dim", None)
+        dims = range(len(shape)) if dims is None else [dims] if isinstance(dims, int) else dims
+        gone = {d % len(shape) for d in dims if shape[d % len(shape)] == 1}
+        if axis in gone:
+            return self.barrier(node, f"squeeze of the channel axis ({node.name})")
+        self.flow.value[node] = (axis - sum(1 for d in gone if d < axis), ids)
 
     def getitem(self, node: fx.Node) -> None:
         """x[..] with ints and slices, or x[rows] with an integer tensor gathering along axis 0 (not the

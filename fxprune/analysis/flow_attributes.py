@@ -153,16 +153,29 @@ class AttributeRules:
 
     def check_sizes(self) -> None:
         """A channel count read as a number may only give the size of a reshape's channel axis (then
-        rewritten to a literal); any other use keeps those channels."""
+        rewritten to a literal), or, as itself or divided or multiplied by a constant (CoaT's and Swin V2's
+        head_dim = C // heads), the size of a dim that stays (rewritten to its value now); any other use
+        keeps those channels."""
         for size, ids in self.size_of.items():
             for user in size.users:
                 if (size, user) in self.used:
                     continue
-                where = size_args(user, size) if op_name(user) in ("view", "reshape", "expand") else []
-                if where and not any((user, dim) in self.merged for dim, _, _ in where):  # sizes a dim that stays
-                    self.flow.fixups += [Fixup(user.name, index, item, None, len(ids)) for _, index, item in where]
-                else:
+                if op_name(user) in SIZE_ARITHMETIC and all(a is size or isinstance(a, (int, float))
+                                                             for a in user.args) and user.users:
+                    blocked = [u for u in user.users if (user, u) not in self.used and not self.fixed(user, u)]
+                    if blocked:
+                        self.flow.block(ids, f"their count is read by {op_name(blocked[0])} ({blocked[0].name})")
+                elif not self.fixed(size, user):
                     self.flow.block(ids, f"their count is read by {op_name(user)} ({user.name})")
+
+    def fixed(self, size: fx.Node, user: fx.Node) -> bool:
+        """Where `size` gives sizes of a view/reshape/expand's dims that stay (no channels merge into them),
+        record their rewriting to the values they have now; else False."""
+        where = size_args(user, size) if op_name(user) in ("view", "reshape", "expand") else []
+        if not where or any((user, dim) in self.merged for dim, _, _ in where):
+            return False
+        self.flow.fixups += [Fixup(user.name, index, item, None, tensor_shape(user)[dim]) for dim, index, item in where]
+        return True
 
     def layer_function(self, node: fx.Node, name: str) -> None:
         """F.linear(x, weight, bias) / F.convNd(x, weight, bias, ..., groups=1) with a weight (and bias)
@@ -182,6 +195,9 @@ class AttributeRules:
         if reason or not self.adopt(weight, node, 0, ids) or bias is not None and not self.adopt(bias, node, 0, ids):
             self.flow.block(ids, reason or f"{name} ({node.name}) whose weight cannot be sliced")
         self.flow.value[node] = (axis, ids)
+
+
+SIZE_ARITHMETIC = {"floordiv", "mul", "truediv", "add", "sub"}  # operator's, on a channel count and a constant
 
 
 def _gather(key) -> tuple[int, fx.Node] | None:

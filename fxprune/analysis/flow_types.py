@@ -13,7 +13,8 @@ NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclas
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
 TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed",  # and fxprune.core.plain_forwards'
-               "window_tokens", "window_image", "windows_3d", "window_image_3d"}  # (torchvision's Swin, Video Swin)
+               "window_tokens", "window_image", "windows_3d", "window_image_3d",  # (torchvision's Swin, Video Swin)
+               "fit_to_patches", "patch_tokens", "patch_image"}  # and fxprune.core.plain_timm's (MobileViT)
 # functions reading only a tensor's size, dtype and device (plain_forwards)
 SHAPE_ONLY = {"shift_mask", "shift_mask_3d", "bias_index_3d"}
 

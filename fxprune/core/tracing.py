@@ -13,6 +13,7 @@ from fxprune.core.errors import TraceError
 from fxprune.core.lowrank import is_dense_layer
 from fxprune.core.meta import SOURCE
 from fxprune.core.plain_forwards import plain_forward
+from fxprune.core.plain_timm import plain_timm_forward
 
 
 def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
@@ -27,8 +28,9 @@ def _timm_leaves() -> tuple[list[type[nn.Module]], list[Callable]]:
 
 
 class _Tracer(fx.Tracer):
-    """A tracer that knows timm's leaf modules, traces the modules plain_forwards.py knows (attention,
-    timm's VGG head) as the plain ops they compute, and records where tracing currently is."""
+    """A tracer that knows timm's leaf modules, traces the modules plain_forwards.py and plain_timm.py
+    know (attention, timm's VGG head, TinyViT and MobileViT blocks) as the plain ops they compute, and
+    records where tracing currently is."""
 
     def __init__(self, leaf_modules: Iterable[type[nn.Module]], autowrap_functions: Iterable[Callable]):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
@@ -44,7 +46,7 @@ class _Tracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
         self.path.append((name, type(m).__name__))
-        plain = plain_forward(m, args, kwargs)
+        plain = plain_forward(m, args, kwargs) or plain_timm_forward(m, args, kwargs)
         if plain is not None:
             forward = plain
             self._opened.add(id(m))

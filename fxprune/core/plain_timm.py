@@ -1,0 +1,95 @@
+"""timm blocks registered as leaves (their forwards branch on the input's size), traced as the plain ops
+they compute, so their layers can be pruned. What depends on the input size (windows, patches, the
+resizing to whole patches) stays in functions kept whole that move tokens only, channels last:
+- tiny_vit.TinyVitBlock: window attention (one window where the image is one), depthwise conv, MLP;
+- mobilevit.MobileVitBlock and MobileVitV2Block: local convs, patches through the transformer, back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from fxprune.core.lowrank import type_name
+from fxprune.core.plain_forwards import window_image, window_tokens
+
+
+def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
+    """A forward for timm block `m` that traces into plain ops, or None where it is not one of the above."""
+    if len(args) != 1 or kwargs:
+        return None
+    block = {"timm.models.tiny_vit.TinyVitBlock": _tiny_vit_block, "timm.models.mobilevit.MobileVitBlock":
+             _mobilevit_block, "timm.models.mobilevit.MobileVitV2Block": _mobilevit_v2_block}.get(type_name(m))
+    if block is None or getattr(m, "coreml_exportable", False):
+        return None
+    return lambda *_, **__: block(m, args[0])
+
+
+def _tiny_vit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    b, height, width, channels = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    window = [m.window_size, m.window_size]
+    tokens = window_tokens(x, window, [0, 0]).view(-1, m.window_size * m.window_size, channels)
+    attended = m.attn(tokens).view(-1, m.window_size, m.window_size, channels)
+    x = x + m.drop_path1(window_image(attended, height, width, window, [0, 0]))
+    x = m.local_conv(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
+    x = x + m.drop_path2(m.mlp(x))
+    return x.view(b, height, width, channels)
+
+
+def _mobilevit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    shortcut = x
+    x = m.conv_1x1(m.conv_kxk(x))
+    height, width = x.shape[2], x.shape[3]
+    tokens = patch_tokens(fit_to_patches(x.permute(0, 2, 3, 1), m.patch_size, False), m.patch_size)
+    x = m.norm(m.transformer(tokens.flatten(0, 1)))
+    x = patch_image(x, m.patch_size, height, width).permute(0, 3, 1, 2).contiguous()
+    x = m.conv_proj(x)
+    return x if m.conv_fusion is None else m.conv_fusion(torch.cat((shortcut, x), dim=1))
+
+
+def _mobilevit_v2_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = fit_to_patches(x.permute(0, 2, 3, 1), m.patch_size, True).permute(0, 3, 1, 2).contiguous()
+    x = m.conv_1x1(m.conv_kxk(x))
+    height, width = x.shape[2], x.shape[3]  # whole patches now
+    tokens = patch_tokens(x.permute(0, 2, 3, 1), m.patch_size).permute(0, 3, 1, 2)  # (B, C, P, N)
+    x = m.norm(m.transformer(tokens)).permute(0, 2, 3, 1)
+    return m.conv_proj(patch_image(x, m.patch_size, height, width).permute(0, 3, 1, 2).contiguous())
+
+
+def fit_to_patches(x: torch.Tensor, patch: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """(B, H, W, C) resized (bilinear) up to whole patches where it is not; channels untouched."""
+    height, width = x.shape[1], x.shape[2]
+    size = (math.ceil(height / patch[0]) * patch[0], math.ceil(width / patch[1]) * patch[1])
+    if size == (height, width):
+        return x
+    x = F.interpolate(x.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=align_corners)
+    return x.permute(0, 2, 3, 1)
+
+
+def patch_tokens(x: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W, C) of whole patches as (B, P, N, C): P the position in a patch, N the patch (timm's order)."""
+    b, height, width, c = x.shape
+    x = x.reshape(b, height // patch[0], patch[0], width // patch[1], patch[1], c).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, patch[0] * patch[1], -1, c)
+
+
+def patch_image(x: torch.Tensor, patch: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """patch_tokens undone, from (B, P, N, C) or (B * P, N, C), into (B, H, W, C) for an image height x
+    width: the patches joined, then resized back to height x width where fit_to_patches resized it."""
+    c = x.shape[-1]
+    rows = math.ceil(height / patch[0])
+    x = x.reshape(-1, patch[0], patch[1], rows, x.shape[-2] // rows, c).permute(0, 3, 1, 4, 2, 5)
+    x = x.reshape(x.shape[0], rows * patch[0], -1, c)
+    if (x.shape[1], x.shape[2]) == (height, width):
+        return x
+    x = F.interpolate(x.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1)
+
+
+# kept whole by the tracer (wrap patches the names in this module's globals, the imported ones too)
+for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image"):
+    torch.fx.wrap(_name)
