@@ -2,11 +2,16 @@
 tokens restored with reshape_as (LeViT), a per-head bias table gathered with [:, index] (LeViT), rotary
 embeddings stacking q's halves and type_as (EVA-02), a p-norm over space and addcmul (ConvNeXt-V2's Global
 Response Norm), timm's blocks kept whole as leaves traced as their ops (TinyViT, MobileViT), a module called
-on several branches, head_dim read from the width, a pointwise conv along another axis (CoaT, Swin V2 CR);
-hand-made graphs, then the real models: zeroed channels removed exactly."""
+on several branches, head_dim read from the width, a pointwise conv along another axis (CoaT, Swin V2 CR),
+MaxViT's grids, NesT's blocks, token MLPs (Mixer, gMLP), a gate resized to another map (GhostNet V3), positions
+repeated along the batch (XCiT); hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed_nhwc
+from timm.models.maxxvit import grid_partition, grid_reverse, window_partition_nchw, window_reverse_nchw
+from timm.models.nest import blockify, deblockify
 from torch import nn
 
 import fxprune
@@ -119,13 +124,82 @@ class StackedScales(nn.Module):
         return self.head(self.aggregate(stacked).squeeze(dim=1))
 
 
-@pytest.mark.parametrize("model", [HeadDimFromWidth, StackedScales])
+class PositionsChannelsLast(nn.Module):
+    """SAM's ViT: an absolute position embedding (1, H, W, C) resampled to the tokens' grid and added."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
+        self.pos = nn.Parameter(torch.randn(1, 4, 4, 6))
+
+    def forward(self, x):
+        x = self.embed(x.view(-1, 3, 3, 5))
+        return self.head((x + resample_abs_pos_embed_nhwc(self.pos, x.shape[1:3])).mean((1, 2)))
+
+
+class GridAndWindows(nn.Module):
+    """MaxViT: attention over a strided grid of tokens (channels last), an MLP over windows of an NCHW map."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mix = nn.Linear(5, 6), nn.Linear(6, 6)
+        self.conv, self.head = nn.Conv2d(6, 4, 1), nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.embed(x.view(-1, 4, 4, 5))
+        x = x + grid_reverse(self.mix(grid_partition(x, [2, 2])), [2, 2], [4, 4])
+        y = window_partition_nchw(x.permute(0, 3, 1, 2), [2, 2])
+        return self.head(window_reverse_nchw(self.conv(y), [2, 2], [4, 4]).mean((2, 3)))
+
+
+class TokenMixing(nn.Module):
+    """MLP-Mixer: a Linear over the tokens (channels on another axis), NesT's blocks of tokens around it."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.tokens, self.head = nn.Linear(5, 6), nn.Linear(4, 4), nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = blockify(self.embed(x.view(-1, 4, 4, 5)), 2)  # (B, 4 blocks, 4 tokens, C)
+        x = x + self.tokens(x.transpose(-1, -2)).transpose(-1, -2)
+        return self.head(deblockify(x, 2).mean((1, 2)))
+
+
+class ShortPath(nn.Module):
+    """GhostNet V3: a gate computed at half resolution, resized to the other branch's size, multiplied in;
+    XCiT: a 1x1 conv over a constant grid, repeated along the batch, added."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.grid = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(3, 6, 1), nn.Conv2d(2, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        out = self.a(x)
+        gate = F.interpolate(self.b(F.avg_pool2d(x, 2)), size=(out.shape[-2], out.shape[-1]), mode="nearest")
+        positions = self.grid(torch.ones(1, 2, 4, 4)).repeat(x.shape[0], 1, 1, 1)
+        return self.head((out * gate.sigmoid() + positions).mean((2, 3)))
+
+
+@pytest.mark.parametrize("model", [HeadDimFromWidth, StackedScales, PositionsChannelsLast, GridAndWindows,
+                                   TokenMixing, ShortPath])
 def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune_losslessly(model):
     torch.manual_seed(0)
-    x = torch.randn(2, 9, 5)
+    x = {GridAndWindows: torch.randn(2, 16, 5), TokenMixing: torch.randn(2, 16, 5),
+         ShortPath: torch.randn(2, 3, 4, 4)}.get(model, torch.randn(2, 9, 5))
     graph = fxprune.analysis.channels.analyse(fxprune.trace(model().eval()), (x,))
     assert [g.blocked for g in graph.groups if g.blocked] == ["reaches the model output"]
     check_zeroed_channels_are_removed_losslessly(model(), x)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name, size, kept", [("timm:maxvit_nano_rw_256", 256, 0.551),
+                                               ("timm:maxxvit_rmlp_nano_rw_256", 256, 0.640),
+                                               ("timm:nest_tiny_jx", 224, 0.493), ("timm:ghostnetv3_050", 224, 0.574),
+                                               ("timm:gmlp_ti16_224", 224, 0.597)])
+def test_more_families_prune_deep_and_exactly(name, size, kept):
+    """Slow (5-25 s each): MaxViT's grid and NCHW windows, NesT's blocks, GhostNet V3's resized gate, gMLP."""
+    test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept)
 
 
 def test_a_batchnorm_over_flattened_tokens_restored_with_reshape_as_is_channel_wise():
@@ -187,7 +261,8 @@ def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
                                                ("timm:eva02_tiny_patch14_224", 224, 0.698),
                                                ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514),
                                                ("timm:mobilevitv2_050", 64, 0.573), ("timm:coat_tiny", 224, 0.590),
-                                               ("timm:swinv2_cr_tiny_224", 224, 0.488)])
+                                               ("timm:swinv2_cr_tiny_224", 224, 0.488),
+                                               ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""

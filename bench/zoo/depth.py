@@ -40,6 +40,7 @@ def one(model_id: str) -> dict:
     import fxprune
     from fxprune.analysis.channels import analyse
     from fxprune.analysis.counting import total_params
+    from fxprune.analysis.flow_types import tensor_args
     from fxprune.core.api import traced_for_passes
     from fxprune.runners import zoo
     from fxprune.runners.models import create
@@ -50,8 +51,11 @@ def one(model_id: str) -> dict:
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     small = fxprune.prune(model, inputs, "prune-channels{ratio=0.3},fold")
     graph = analyse(traced_for_passes(model), inputs)
-    kept = sorted((g for g in graph.groups if g.blocked and g.blocked != "reaches the model output"),
-                  key=lambda g: -g.size)
+    output = next(n for n in graph.gm.graph.nodes if n.op == "output")  # its channels stay whatever else holds them
+    ends = [a if a in graph.flow.value else b for a in tensor_args(output)  # (or those of the op that made it)
+            for b in ([a] if a in graph.flow.value else tensor_args(a))]
+    outputs = {graph.flow.find(e) for a in ends if a in graph.flow.value for e in graph.flow.value[a][1].tolist()}
+    kept = sorted((g for g in graph.groups if g.blocked and not outputs & set(g.classes)), key=lambda g: -g.size)
     reason = kept[0].blocked if kept else None
     return {"model": model_id, "kept": total_params(small) / total_params(model), "reason": reason,
             "blocked_by": None if reason is None else op_of(reason),

@@ -27,8 +27,8 @@ from fxprune.analysis.counting import propagate_shapes, tied_modules
 from fxprune.analysis.flow_attention import AttentionRules
 from fxprune.analysis.flow_attributes import AttributeRules
 from fxprune.analysis.flow_norms import NormRules
-from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_ONLY, ChannelFlow, Fixup, Member, node_arg,
-                                         op_name, tensor_args, tensor_shape)
+from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_FIRST, TOKENS_ONLY, ChannelFlow, Fixup,
+                                         Member, node_arg, op_name, tensor_args, tensor_shape)
 from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base, type_name
 from fxprune.core.meta import ROLE
 from fxprune.nn import BasisScalingConv, ChannelScaling
@@ -89,7 +89,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         self.flow = ChannelFlow()
         self.calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
         self.first_call: dict[str, dict[str, torch.Tensor]] = {}  # a module called more than once: ids by role
-        self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+        self.read_directly = {n.target.rpartition(".")[0] for n in gm.graph.nodes  # (not just its dtype or device)
+                              if n.op == "get_attr" and not all(_dtype_or_device(u) for u in n.users)}
         self.tied = tied_modules(gm)
         self.parts: dict[fx.Node, list[tuple[int, torch.Tensor]]] = {}  # the chunks of a chunk node
         self.origin: dict[fx.Node, tuple[str, list[int | None]]] = {}  # attribute read, its axis behind each dim
@@ -202,6 +203,9 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.conv(node, m, path, tracked)
         elif torch_base(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
             last = len(tensor_shape(node)) - 1
+            if tracked is not None and tracked[0] != last:  # MLP-Mixer's token MLP: channel by channel
+                self.flow.value[node] = tracked  # (its own features, tokens, are left whole)
+                return
             self.read(node, path, tracked, last)
             self.start(node, last, m.weight.shape[0], path, _basis_reason(node))
         else:
@@ -274,6 +278,9 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
                 self.keep(node, src)
         elif name in ELEMENTWISE and all(a is src or _dtype_or_device(a) for a in tensor_args(node)):
             self.keep(node, src)
+        elif name == "interpolate" and self.flow.value[src][0] == 1 and all(  # to the size of another map
+                a is src or tensor_shape(a) is None for a in tensor_args(node)):  # (GhostNet V3's short path)
+            self.keep(node, src)
         elif name in BINARY or name in TERNARY or node.target in (operator.add, operator.mul):
             self.binary(node, name)
         elif name == "cat":
@@ -302,6 +309,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.unsqueeze(node)
         elif name == "squeeze":
             self.squeeze(node)
+        elif name == "repeat":
+            self.repeat(node)
         elif name == "unbind":
             self.unbind(node)
         elif name == "split":
@@ -319,6 +328,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         elif (name in TOKENS_ONLY and self.flow.value[src][0] == len(tensor_shape(src)) - 1
               and tensor_shape(node)[-1] == tensor_shape(src)[-1]):  # tokens regrouped, the last axis whole
             self.flow.value[node] = (len(tensor_shape(node)) - 1, self.flow.value[src][1])
+        elif name in TOKENS_FIRST and self.flow.value[src][0] == 1 and tensor_shape(node)[1] == tensor_shape(src)[1]:
+            self.keep(node, src)
         elif node.target is TV_PATCH_MERGING and self.flow.value[src][0] == len(tensor_shape(src)) - 1:
             self.flow.value[node] = (self.flow.value[src][0], self.flow.value[src][1].repeat(4))
         elif name in ("roll", "flip") and self.on_other_axes(node):
@@ -580,6 +591,17 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if axis in gone:
             return self.barrier(node, f"squeeze of the channel axis ({node.name})")
         self.flow.value[node] = (axis - sum(1 for d in gone if d < axis), ids)
+
+    def repeat(self, node: fx.Node) -> None:
+        """x.repeat(*reps): tiled along the dims whose count is not 1 (XCiT's positions, along the batch);
+        the channel axis must be tiled once."""
+        src = node.args[0]
+        axis, ids = self.flow.value[src]
+        reps = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+        axis += len(reps) - len(tensor_shape(src))
+        if reps[axis] != 1:
+            return self.barrier(node, f"repeat of the channel axis ({node.name})")
+        self.flow.value[node] = (axis, ids)
 
     def getitem(self, node: fx.Node) -> None:
         """x[..] with ints and slices, or x[rows] with an integer tensor gathering along axis 0 (not the

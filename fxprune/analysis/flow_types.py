@@ -12,11 +12,13 @@ from torch import nn
 NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)  # exactly these types: subclasses may normalise other dims
 NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 # functions a tracer keeps whole (timm's Swin windows) that only move tokens, the last (channel) axis untouched
-TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed",  # and fxprune.core.plain_forwards'
-               "window_tokens", "window_image", "windows_3d", "window_image_3d",  # (torchvision's Swin, Video Swin)
-               "fit_to_patches", "patch_tokens", "patch_image"}  # and fxprune.core.plain_timm's (MobileViT)
+TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed", "resample_abs_pos_embed_nhwc",
+               "window_tokens", "window_image", "windows_3d", "window_image_3d",  # plain_forwards' (Swin, Video Swin)
+               "fit_to_patches", "patch_tokens", "patch_image",  # and fxprune.core.plain_timm's (MobileViT)
+               "grid_reverse", "blockify", "deblockify"}  # MaxViT's, NesT's
+TOKENS_FIRST = {"window_reverse_nchw", "grid_reverse_nchw"}  # the same, the channel axis 1 (MaxViT's NCHW blocks)
 # functions reading only a tensor's size, dtype and device (plain_forwards)
-SHAPE_ONLY = {"shift_mask", "shift_mask_3d", "bias_index_3d"}
+SHAPE_ONLY = {"shift_mask", "shift_mask_3d", "bias_index_3d", "fourier_grid"}
 
 
 def op_name(node: fx.Node) -> str:

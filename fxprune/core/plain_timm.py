@@ -2,7 +2,8 @@
 they compute, so their layers can be pruned. What depends on the input size (windows, patches, the
 resizing to whole patches) stays in functions kept whole that move tokens only, channels last:
 - tiny_vit.TinyVitBlock: window attention (one window where the image is one), depthwise conv, MLP;
-- mobilevit.MobileVitBlock and MobileVitV2Block: local convs, patches through the transformer, back.
+- mobilevit.MobileVitBlock and MobileVitV2Block: local convs, patches through the transformer, back;
+- xcit.PositionalEncodingFourier: Fourier features of the grid (kept whole), then its 1x1 conv.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from fxprune.core.plain_forwards import window_image, window_tokens
 
 def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
     """A forward for timm block `m` that traces into plain ops, or None where it is not one of the above."""
-    if len(args) != 1 or kwargs:
+    block, count = {"timm.models.tiny_vit.TinyVitBlock": (_tiny_vit_block, 1),
+                    "timm.models.mobilevit.MobileVitBlock": (_mobilevit_block, 1),
+                    "timm.models.mobilevit.MobileVitV2Block": (_mobilevit_v2_block, 1),
+                    "timm.models.xcit.PositionalEncodingFourier": (_fourier_positions, 3)}.get(type_name(m), (None, 0))
+    if block is None or len(args) != count or kwargs or getattr(m, "coreml_exportable", False):
         return None
-    block = {"timm.models.tiny_vit.TinyVitBlock": _tiny_vit_block, "timm.models.mobilevit.MobileVitBlock":
-             _mobilevit_block, "timm.models.mobilevit.MobileVitV2Block": _mobilevit_v2_block}.get(type_name(m))
-    if block is None or getattr(m, "coreml_exportable", False):
-        return None
-    return lambda *_, **__: block(m, args[0])
+    return lambda *_, **__: block(m, *args)
 
 
 def _tiny_vit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,30 @@ def _mobilevit_v2_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.conv_proj(patch_image(x, m.patch_size, height, width).permute(0, 3, 1, 2).contiguous())
 
 
+def _fourier_positions(m: nn.Module, b: int, height: int, width: int) -> torch.Tensor:
+    weight = m.token_projection.weight  # only its device and dtype are read
+    grid = fourier_grid(height, width, m.hidden_dim, m.temperature, m.scale, m.eps, weight.device, weight.dtype)
+    return m.token_projection(grid).repeat(b, 1, 1, 1)
+
+
+def fourier_grid(height: int, width: int, hidden: int, temperature: float, scale: float, eps: float,
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """XCiT's Fourier features of a height x width grid, (1, 2 * hidden, H, W): y then x, each position
+    normalised to (0, scale], divided by temperature ** (2 * (i // 2) / hidden), sin and cos interleaved."""
+    rows = torch.arange(1, height + 1, device=device).to(torch.float32).view(1, height, 1).expand(1, height, width)
+    cols = torch.arange(1, width + 1, device=device).to(torch.float32).view(1, 1, width).expand(1, height, width)
+    rows = rows / (rows[:, -1:, :] + eps) * scale
+    cols = cols / (cols[:, :, -1:] + eps) * scale
+    steps = torch.arange(hidden, device=device).to(torch.float32)
+    steps = temperature ** (2 * torch.div(steps, 2, rounding_mode="floor") / hidden)
+
+    def features(t: torch.Tensor) -> torch.Tensor:
+        t = t[..., None] / steps
+        return torch.stack([t[..., 0::2].sin(), t[..., 1::2].cos()], dim=4).flatten(3)
+
+    return torch.cat((features(rows), features(cols)), dim=3).permute(0, 3, 1, 2).to(dtype)
+
+
 def fit_to_patches(x: torch.Tensor, patch: tuple[int, int], align_corners: bool) -> torch.Tensor:
     """(B, H, W, C) resized (bilinear) up to whole patches where it is not; channels untouched."""
     height, width = x.shape[1], x.shape[2]
@@ -91,5 +116,5 @@ def patch_image(x: torch.Tensor, patch: tuple[int, int], height: int, width: int
 
 
 # kept whole by the tracer (wrap patches the names in this module's globals, the imported ones too)
-for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image"):
+for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image", "fourier_grid"):
     torch.fx.wrap(_name)
