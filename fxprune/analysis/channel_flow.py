@@ -311,6 +311,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.squeeze(node)
         elif name == "repeat":
             self.repeat(node)
+        elif name == "repeat_interleave" and self.along_other_axis(node):  # GCViT's global query, per image
+            self.keep(node, src)
         elif name == "unbind":
             self.unbind(node)
         elif name == "split":
@@ -602,6 +604,12 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if reps[axis] != 1:
             return self.barrier(node, f"repeat of the channel axis ({node.name})")
         self.flow.value[node] = (axis, ids)
+
+    def along_other_axis(self, node: fx.Node) -> bool:
+        """x.repeat_interleave(repeats, dim) with dim given, not the channel axis."""
+        dim = node_arg(node, 2, "dim", None)
+        src = node.args[0]
+        return isinstance(dim, int) and dim % len(tensor_shape(src)) != self.flow.value[src][0]
 
     def getitem(self, node: fx.Node) -> None:
         """x[..] with ints and slices, or x[rows] with an integer tensor gathering along axis 0 (not the

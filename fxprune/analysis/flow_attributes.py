@@ -154,13 +154,16 @@ class AttributeRules:
     def check_sizes(self) -> None:
         """A channel count read as a number may only give the size of a reshape's channel axis (then
         rewritten to a literal), or, as itself or divided or multiplied by a constant (CoaT's and Swin V2's
-        head_dim = C // heads), the size of a dim that stays (rewritten to its value now); any other use
-        keeps those channels."""
+        head_dim = C // heads), the size of a dim that stays (rewritten to its value now), or be compared
+        equal to another count (their channels then go together); any other use keeps those channels."""
         for size, ids in self.size_of.items():
             for user in size.users:
                 if (size, user) in self.used:
                     continue
-                if op_name(user) in SIZE_ARITHMETIC and all(a is size or isinstance(a, (int, float))
+                other = next((a for a in user.args if a is not size), size)
+                if op_name(user) == "eq" and other in self.size_of and len(self.size_of[other]) == len(ids):
+                    self.flow.union(ids, self.size_of[other])  # asserted equal (GCViT): they stay equal
+                elif op_name(user) in SIZE_ARITHMETIC and all(a is size or isinstance(a, (int, float))
                                                              for a in user.args) and user.users:
                     blocked = [u for u in user.users if (user, u) not in self.used and not self.fixed(user, u)]
                     if blocked:

@@ -3,7 +3,8 @@ they compute, so their layers can be pruned. What depends on the input size (win
 resizing to whole patches) stays in functions kept whole that move tokens only, channels last:
 - tiny_vit.TinyVitBlock: window attention (one window where the image is one), depthwise conv, MLP;
 - mobilevit.MobileVitBlock and MobileVitV2Block: local convs, patches through the transformer, back;
-- xcit.PositionalEncodingFourier: Fourier features of the grid (kept whole), then its 1x1 conv.
+- xcit.PositionalEncodingFourier: Fourier features of the grid (kept whole), then its 1x1 conv;
+- twins.LocallyGroupedAttn: attention within windows (padded where the image is not whole windows).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
     block, count = {"timm.models.tiny_vit.TinyVitBlock": (_tiny_vit_block, 1),
                     "timm.models.mobilevit.MobileVitBlock": (_mobilevit_block, 1),
                     "timm.models.mobilevit.MobileVitV2Block": (_mobilevit_v2_block, 1),
-                    "timm.models.xcit.PositionalEncodingFourier": (_fourier_positions, 3)}.get(type_name(m), (None, 0))
+                    "timm.models.xcit.PositionalEncodingFourier": (_fourier_positions, 3),
+                    "timm.models.twins.LocallyGroupedAttn": (_locally_grouped_attn, 2)}.get(type_name(m), (None, 0))
     if block is None or len(args) != count or kwargs or getattr(m, "coreml_exportable", False):
         return None
     return lambda *_, **__: block(m, *args)
@@ -39,6 +41,20 @@ def _tiny_vit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = m.local_conv(x.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
     x = x + m.drop_path2(m.mlp(x))
     return x.view(b, height, width, channels)
+
+
+def _locally_grouped_attn(m: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    b, n, channels = x.shape[0], x.shape[1], x.shape[2]
+    height, width, area, heads = size[0], size[1], m.ws * m.ws, m.num_heads
+    windows = window_tokens(x.view(b, height, width, channels), [m.ws, m.ws], [0, 0]).view(-1, area, channels)
+    q, k, v = m.qkv(windows).reshape(-1, area, 3, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    if m.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=m.attn_drop.p if m.training else 0.0)
+    else:
+        out = m.attn_drop((q * m.scale @ k.transpose(-2, -1)).softmax(dim=-1)) @ v
+    out = out.transpose(1, 2).reshape(-1, m.ws, m.ws, channels)
+    out = window_image(out, height, width, [m.ws, m.ws], [0, 0]).reshape(b, n, channels)
+    return m.proj_drop(m.proj(out))
 
 
 def _mobilevit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
