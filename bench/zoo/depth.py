@@ -2,7 +2,7 @@
 for every model of the registry's channels run, and, for each model still keeping more than 0.65, the op
 that blocks its largest kept group (the analysis's own barrier name), rerun with today's code.
 
-    .venv/bin/python -m bench.zoo.depth            # reruns the models above 0.65 (resumable), then the page
+    .venv/bin/python -m bench.zoo.depth [--jobs 2] # reruns the models above 0.65 (resumable), then the page
     .venv/bin/python -m bench.zoo.depth --report   # the page from what is there
 
 Each rerun is a fresh process (1 thread, at most 600 s) appending to results/registry-depth.jsonl; the page
@@ -17,6 +17,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -73,9 +74,18 @@ def op_of(reason: str) -> str:
     return f"module {rest.split(')')[0]}" if head.startswith("module ") and rest else head
 
 
-def rerun(ids: list[str]) -> None:
+def rerun(ids: list[str], jobs: int = 1) -> None:
+    """Measure each model not yet in OUT in its own process, `jobs` at a time; each row names the commit."""
+    from concurrent.futures import ThreadPoolExecutor
+
     done = {json.loads(line)["model"] for line in OUT.read_text().splitlines()} if OUT.exists() else set()
-    for i, model_id in enumerate(m for m in ids if m not in done):
+    todo = [m for m in ids if m not in done]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip()
+    lock = threading.Lock()
+
+    def measure(i_model: tuple[int, str]) -> None:
+        i, model_id = i_model
         print(f"[{len(done) + i + 1}/{len(ids)}] {model_id}", flush=True)
         try:
             run = subprocess.run([sys.executable, "-m", "bench.zoo.depth", "--one", model_id], capture_output=True,
@@ -84,8 +94,11 @@ def rerun(ids: list[str]) -> None:
                    {"model": model_id, "error": (run.stderr.strip().splitlines() or ["?"])[-1][:200]})
         except subprocess.TimeoutExpired:
             row = {"model": model_id, "error": "over 600 s"}
-        with open(OUT, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        with lock, open(OUT, "a") as f:
+            f.write(json.dumps({**row, "commit": commit}) + "\n")
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(measure, enumerate(todo)))
 
 
 def report(old: dict[str, float]) -> str:
@@ -148,13 +161,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--one", help="measure one model in this process and print its row")
     ap.add_argument("--report", action="store_true", help="only write the page")
+    ap.add_argument("--jobs", type=int, default=1, help="models measured at a time, each in its own process (1)")
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one)))
         return
     old = before()
     if not args.report:
-        rerun(sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m]))
+        rerun(sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m]), args.jobs)
     from fxprune.core.io import atomic_write_text
 
     atomic_write_text(HERE / "results" / "registry-depth.md", report(old))
