@@ -5,7 +5,7 @@ Response Norm), timm's blocks kept whole as leaves traced as their ops (TinyViT,
 on several branches, head_dim read from the width, a pointwise conv along another axis (CoaT, Swin V2 CR),
 MaxViT's grids, NesT's blocks, token MLPs (Mixer, gMLP), a gate resized to another map (GhostNet V3), positions
 repeated along the batch (XCiT), a query repeated per window with its width asserted (GCViT), Twins' local
-attention; hand-made graphs, then the real models: zeroed channels removed exactly."""
+attention, LowFormer's and CPUBone's conv attention; hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
@@ -213,7 +213,7 @@ def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune
                                                ("timm:maxxvit_rmlp_nano_rw_256", 256, 0.640),
                                                ("timm:nest_tiny_jx", 224, 0.493), ("timm:ghostnetv3_050", 224, 0.574),
                                                ("timm:gmlp_ti16_224", 224, 0.597), ("timm:gcvit_xxtiny", 224, 0.451),
-                                               ("timm:twins_svt_small", 224, 0.520)])
+                                               ("timm:twins_svt_small", 224, 0.520), ("timm:cpubone_nano", 224, 0.545)])
 def test_more_families_prune_deep_and_exactly(name, size, kept):
     """Slow (5-25 s each): MaxViT's grid and NCHW windows, NesT's blocks, GhostNet V3's resized gate, gMLP."""
     test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept)
@@ -261,7 +261,8 @@ def test_patches_joined_back_are_the_image_and_follow_timms_order():
 
 @pytest.mark.parametrize("name, size", [("tiny_vit_5m_224", 64), ("tiny_vit_5m_224", 72), ("mobilevit_xxs", 64),
                                         ("mobilevit_xxs", 72), ("mobilevitv2_050", 72), ("twins_svt_small", 72),
-                                        ("xcit_nano_12_p16_224", 64)])
+                                        ("xcit_nano_12_p16_224", 64), ("lowformer_e1", 72),
+                                        ("cpubone_b0_bfrobust", 74)])
 def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
     """At 72 px the windows are padded and the patches resized: the size-dependent steps, kept whole."""
     import timm

@@ -4,7 +4,8 @@ resizing to whole patches) stays in functions kept whole that move tokens only, 
 - tiny_vit.TinyVitBlock: window attention (one window where the image is one), depthwise conv, MLP;
 - mobilevit.MobileVitBlock and MobileVitV2Block: local convs, patches through the transformer, back;
 - xcit.PositionalEncodingFourier: Fourier features of the grid (kept whole), then its 1x1 conv;
-- twins.LocallyGroupedAttn: attention within windows (padded where the image is not whole windows).
+- twins.LocallyGroupedAttn: attention within windows (padded where the image is not whole windows);
+- lowformer.ConvAttention and cpubone.ConvAttention: attention over a strided projection, upsampled, cropped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
                     "timm.models.mobilevit.MobileVitBlock": (_mobilevit_block, 1),
                     "timm.models.mobilevit.MobileVitV2Block": (_mobilevit_v2_block, 1),
                     "timm.models.xcit.PositionalEncodingFourier": (_fourier_positions, 3),
-                    "timm.models.twins.LocallyGroupedAttn": (_locally_grouped_attn, 2)}.get(type_name(m), (None, 0))
+                    "timm.models.twins.LocallyGroupedAttn": (_locally_grouped_attn, 2),
+                    "timm.models.lowformer.ConvAttention": (_conv_attention, 1),
+                    "timm.models.cpubone.ConvAttention": (_conv_attention, 1)}.get(type_name(m), (None, 0))
     if block is None or len(args) != count or kwargs or getattr(m, "coreml_exportable", False):
         return None
     return lambda *_, **__: block(m, *args)
@@ -55,6 +58,27 @@ def _locally_grouped_attn(m: nn.Module, x: torch.Tensor, size: tuple[int, int]) 
     out = out.transpose(1, 2).reshape(-1, m.ws, m.ws, channels)
     out = window_image(out, height, width, [m.ws, m.ws], [0, 0]).reshape(b, n, channels)
     return m.proj_drop(m.proj(out))
+
+
+def _conv_attention(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    height, width = x.shape[-2], x.shape[-1]
+    if getattr(m, "small_kernels", False) and m.att_stride > 1:  # CPUBone: odd sizes padded for the projection
+        x = pad_to_multiple(x, m.att_stride)
+    out = m.pwise(m.conv_proj(x))
+    b, h, w = out.shape[0], out.shape[2], out.shape[3]
+    q, k, v = out.reshape(b, m.num_heads, m.num_keys * m.head_dim, h * w).permute(0, 1, 3, 2).chunk(3, dim=3)
+    if m.fused_attn:
+        values = F.scaled_dot_product_attention(q, k, v)
+    else:
+        values = ((q * m.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    out = m.o_proj(values.permute(0, 1, 3, 2).reshape(b, m.o_proj_inpdim, h, w))
+    return m.upsampling(out)[..., :height, :width]
+
+
+def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """(B, C, H, W) zero-padded at the bottom and right to multiples of `stride`; channels untouched."""
+    pad_h, pad_w = (-x.shape[-2]) % stride, (-x.shape[-1]) % stride
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
 def _mobilevit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -132,5 +156,6 @@ def patch_image(x: torch.Tensor, patch: tuple[int, int], height: int, width: int
 
 
 # kept whole by the tracer (wrap patches the names in this module's globals, the imported ones too)
-for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image", "fourier_grid"):
+for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image", "fourier_grid",
+              "pad_to_multiple"):
     torch.fx.wrap(_name)
