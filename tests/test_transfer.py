@@ -330,8 +330,13 @@ def test_the_bisection_goes_on_below_a_step_with_a_cut_halfway_in_params(monkeyp
     """Floor 0.9. Descent: 1 holds, 2 and 3 miss; settle 3 fails; bisect: settle 1 holds, settle 2 fails; the
     last of 4 probes cuts from settled 1 halfway (in params) to 2 and holds: it is chosen, its path going
     through settled 1."""
+    import fxprune.training.search as module
+
+    folds, real = [], module.folded_size
+    monkeypatch.setattr(module, "folded_size", lambda gm, x: folds.append(1) or real(gm, x))
     search, tried = scripted_search(monkeypatch, [0.95, 0.95, 0.85, 0.85, 0.85, 0.9, 0.85, 0.9], step=0.2,
                                     until="accuracy=0.9", probes=4, width=64)
+    assert len(folds) == 5  # the start, 3 descent steps, the halfway cut: a settle reuses its step's counts
     assert [(h["phase"], h["step"], h["holds"]) for h in search.history] == [
         ("start", 0, True), ("descent", 1, True), ("descent", 2, False), ("descent", 3, False), ("settle", 3, False),
         ("settle", 1, True), ("settle", 2, False), ("settle", 1.5, True)]

@@ -69,13 +69,9 @@ def is_batchnorm(m: nn.Module) -> bool:
 def _pointwise(m: nn.Module) -> bool:
     """A plain conv whose every output position reads the same position of its input (kernel 1, stride 1,
     no padding): along the spatial axes it acts position by position."""
-    return (is_conv(m) and type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and all(k == 1 for k in m.kernel_size)
-            and all(s == 1 for s in m.stride) and not any(_padding(m)))
-
-
-def _padding(m: nn.Module) -> tuple[int, ...]:
-    return (1,) if isinstance(m.padding, str) and m.padding != "valid" else (
-        () if isinstance(m.padding, str) else tuple(m.padding))
+    return (type(m) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and all(k == 1 for k in m.kernel_size)
+            and all(s == 1 for s in m.stride) and m.padding_mode == "zeros"
+            and (isinstance(m.padding, str) or not any(m.padding)))  # "same" with kernel 1 pads nothing
 
 
 def _basis_reason(node: fx.Node) -> str | None:

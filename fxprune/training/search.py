@@ -115,7 +115,9 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
     agreeing = agreement_data is not None and o.agreement > 0 and key == "accuracy"
 
     def record(model: fx.GraphModule, phase: str, step: int) -> dict:
-        params, macs = folded_size(model, inputs)
+        sizes = state.setdefault("sizes", {})  # (params, macs) by step: retraining a step does not change them
+        params, macs = sizes[step] if phase == "settle" and step in sizes else folded_size(model, inputs)
+        sizes[step] = params, macs
         first = state["history"][0] if state["history"] else {"params": params, "macs": macs}
         row = {"try": len(state["history"]), "phase": phase, "step": step,
                "bases": sum(p.rank * p.groups for p in find_pairs(model)), "params": params, "macs": macs,
@@ -225,9 +227,10 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         params = {r["step"]: r["params"] for r in state["history"] if r["phase"] != "descent"}
         size = 1 - (params[hi] / params[lo]) ** 0.5  # then cuts from lo to halfway to hi in params
         candidate = cut(state["models"][lo], size) if size >= o.step * MIN_REFINEMENT else None
-        if candidate is None or not params[hi] < folded_size(candidate, inputs)[0] < params[lo]:
+        made = folded_size(candidate, inputs) if candidate is not None else None
+        if made is None or not params[hi] < made[0] < params[lo]:
             break  # too fine a cut to move the statistics, or one the layers' widths cannot make
-        state["models"][(lo + hi) / 2] = candidate
+        state["models"][(lo + hi) / 2], state["sizes"][(lo + hi) / 2] = candidate, made
         settle((lo + hi) / 2)
     bar.close()
     best = state["history"][state["best"]]
