@@ -20,7 +20,7 @@ from fxprune.runners.commands import load_model_args
 from fxprune.runners.export import save_exported
 from fxprune.runners.resume import Checkpoint
 from fxprune.training.data import LoaderOptions, load_image_folder, load_test_folder, normalization
-from fxprune.training.options import TransferOptions, renamed
+from fxprune.training.options import OptionError, TransferOptions
 from fxprune.training.recipe import TransferResult, resolution_note, transfer, val_change
 from fxprune.training.runtime import Runtime
 from fxprune.training.scales import evaluate
@@ -130,8 +130,8 @@ def transfer_options(args: argparse.Namespace) -> TransferOptions:
                               margin=args.margin, agreement=args.agreement)
     try:
         options.check("fxprune transfer")
-    except ValueError as e:  # named as the flag that set it
-        raise renamed(e, "fxprune transfer", lambda field: f"--{FLAGS.get(field, field.replace('_', '-'))} ") from None
+    except OptionError as e:  # named as the flag that set it
+        raise e.named(f"--{FLAGS.get(e.field, e.field.replace('_', '-'))} {e.value}") from None
     return options
 
 

@@ -6,9 +6,7 @@ before any work and names the bad one in one line.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
-from typing import Callable
 
 
 def with_changes(options, changes: dict, where: str):
@@ -27,12 +25,17 @@ RETRAINING = {"epochs": "retrain_epochs", "lr": "retrain_lr", "head_lr": "retrai
               "schedule": "retrain_schedule"}  # PruneOptions' field -> the TransferOptions field that sets it
 
 
-def renamed(error: ValueError, where: str, head: Callable[[str], str]) -> ValueError:
-    """`error` ("{where}: field=value: ...", as every check here words it) beginning with `head(field)`
-    instead of "{where}: field=": how the CLI says "--retrain-epochs -1: ..." where the API says
-    "transfer: retrain_epochs=-1: ..."."""
-    found = re.match(rf"{re.escape(where)}: (\w+)=", str(error))
-    return error if found is None else ValueError(head(found.group(1)) + str(error)[found.end():])
+class OptionError(ValueError):
+    """A bad option value: its `field`, the `value` given and what to give instead (`text`), worded for the
+    API as "where: field=value: text"; a caller that knows the option by another name (the CLI's flag, a
+    wrapping object's field) words it its way with `named`."""
+
+    def __init__(self, where: str, field: str, value, text: str):
+        super().__init__(f"{where}: {field}={value!r}: {text}")
+        self.where, self.field, self.value, self.text = where, field, value, text
+
+    def named(self, head: str) -> ValueError:
+        return ValueError(f"{head}: {self.text}")
 
 
 def parse_until(until: str, has_val: bool) -> tuple[str, float]:
@@ -79,18 +82,18 @@ class TrainOptions:
 
     def check(self, where: str = "train_scaling") -> None:
         if self.optimizer not in ("adam", "radam", "sgd"):
-            raise ValueError(f"{where}: optimizer must be 'adam', 'radam' or 'sgd', got {self.optimizer!r}")
+            raise OptionError(where, "optimizer", self.optimizer, "give 'adam', 'radam' or 'sgd'")
         if not 0 <= self.distill <= 1:
-            raise ValueError(f"{where}: distill={self.distill} is the weight of the teacher's term, in [0, 1]")
+            raise OptionError(where, "distill", self.distill, "give the weight of the teacher's term, in [0, 1]")
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"{where}: schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+            raise OptionError(where, "schedule", self.schedule, "give 'constant' or 'cosine'")
         if not self.lr > 0:
-            raise ValueError(f"{where}: lr={self.lr}: give a learning rate above 0")
+            raise OptionError(where, "lr", self.lr, "give a learning rate above 0")
         if self.head_lr is not None and not self.head_lr >= 0:
-            raise ValueError(f"{where}: head_lr={self.head_lr} is the lr of the head (what is trainable besides "
-                             "the scales): give a value >= 0 (0 keeps the head as it is) or None for lr")
+            raise OptionError(where, "head_lr", self.head_lr, "the lr of the head (what is trainable besides the "
+                              "scales): give a value >= 0 (0 keeps the head as it is) or None for lr")
         if not self.epochs >= 0:
-            raise ValueError(f"{where}: epochs={self.epochs}: give a number of epochs >= 0")
+            raise OptionError(where, "epochs", self.epochs, "give a number of epochs >= 0")
 
 
 @dataclass(frozen=True)
@@ -120,17 +123,17 @@ class PruneOptions:
 
     def check(self, where: str = "prune_iteratively") -> None:
         if not 0 < self.step < 1:
-            raise ValueError(f"{where}: step={self.step}: the share of the model pruned per step must be in (0, 1)")
+            raise OptionError(where, "step", self.step, "the share of the model pruned per step must be in (0, 1)")
         if not self.margin >= 0:
-            raise ValueError(f"{where}: margin={self.margin}: give a number of standard errors >= 0")
+            raise OptionError(where, "margin", self.margin, "give a number of standard errors >= 0")
         if not 0 <= self.agreement <= 1:
-            raise ValueError(f"{where}: agreement={self.agreement}: give the share of predictions to keep, in [0, 1] "
-                             "(0: off)")
+            raise OptionError(where, "agreement", self.agreement, "give the share of predictions to keep, in [0, 1] "
+                              "(0: off)")
         for name in ("max_steps", "patience", "probes"):
             if not getattr(self, name) >= 1:
-                raise ValueError(f"{where}: {name}={getattr(self, name)}: give at least 1")
+                raise OptionError(where, name, getattr(self, name), "give at least 1")
         if not self.settle_epochs >= 0:
-            raise ValueError(f"{where}: settle_epochs={self.settle_epochs}: give a number of epochs >= 0")
+            raise OptionError(where, "settle_epochs", self.settle_epochs, "give a number of epochs >= 0")
         parse_until(self.until, True)
         self.retraining().check(where)
 
@@ -199,11 +202,11 @@ class TransferOptions:
 
     def check(self, where: str = "transfer") -> None:
         if self.basis not in ("svd", "data"):
-            raise ValueError(f"{where}: basis must be 'svd' or 'data', got {self.basis!r}")
+            raise OptionError(where, "basis", self.basis, "give 'svd' or 'data'")
         if self.importance_batches is not None and not self.importance_batches >= 1:
-            raise ValueError(f"{where}: importance_batches={self.importance_batches}: give at least 1 (None: all)")
+            raise OptionError(where, "importance_batches", self.importance_batches, "give at least 1 (None: all)")
         self.training().check(where)
         try:
             self.pruning(stop_rule(self.until, 1.0)).check(where)
-        except ValueError as e:  # named as this object's fields: the search retrains at retrain_lr, ...
-            raise renamed(e, where, lambda field: f"{where}: {RETRAINING.get(field, field)}=") from None
+        except OptionError as e:  # named as this object's fields: the search retrains at retrain_lr, ...
+            raise OptionError(where, RETRAINING.get(e.field, e.field), e.value, e.text) from None
