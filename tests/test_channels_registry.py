@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed_nhwc
 from timm.models.maxxvit import grid_partition, grid_reverse, window_partition_nchw, window_reverse_nchw
 from timm.models.nest import blockify, deblockify
+from timm.models.qwen3_vit import resample_pos_embed_grid
 from torch import nn
 
 import fxprune
@@ -126,16 +127,19 @@ class StackedScales(nn.Module):
 
 
 class PositionsChannelsLast(nn.Module):
-    """SAM's ViT: an absolute position embedding (1, H, W, C) resampled to the tokens' grid and added."""
+    """SAM's ViT: an absolute position embedding (1, H, W, C) resampled to the tokens' grid and added;
+    Qwen3-ViT's: (1, G * G, C) resampled to (1, H * W, C), cast to the tokens' dtype."""
 
     def __init__(self):
         super().__init__()
         self.embed, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
-        self.pos = nn.Parameter(torch.randn(1, 4, 4, 6))
+        self.pos, self.grid = nn.Parameter(torch.randn(1, 4, 4, 6)), nn.Parameter(torch.randn(1, 16, 6))
 
     def forward(self, x):
         x = self.embed(x.view(-1, 3, 3, 5))
-        return self.head((x + resample_abs_pos_embed_nhwc(self.pos, x.shape[1:3])).mean((1, 2)))
+        x = x + resample_abs_pos_embed_nhwc(self.pos, x.shape[1:3])
+        x = x.flatten(1, 2) + resample_pos_embed_grid(self.grid, 4, (3, 3)).to(x.dtype)
+        return self.head(x.mean(1))
 
 
 class GridAndWindows(nn.Module):
