@@ -80,13 +80,17 @@ def rerun(ids: list[str], jobs: int = 1) -> None:
 
     done = {json.loads(line)["model"] for line in OUT.read_text().splitlines()} if OUT.exists() else set()
     todo = [m for m in ids if m not in done]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
     lock = threading.Lock()
+
+    def commit() -> str:  # the code a row was measured with (+ where fxprune's own files differ from it)
+        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()  # noqa
+        return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--", "../../fxprune",
+                                                                 "../../passes") else "")
 
     def measure(i_model: tuple[int, str]) -> None:
         i, model_id = i_model
         print(f"[{len(done) + i + 1}/{len(ids)}] {model_id}", flush=True)
+        code = commit()
         try:
             run = subprocess.run([sys.executable, "-m", "bench.zoo.depth", "--one", model_id], capture_output=True,
                                  text=True, timeout=600, cwd=HERE.parent.parent)
@@ -95,7 +99,7 @@ def rerun(ids: list[str], jobs: int = 1) -> None:
         except subprocess.TimeoutExpired:
             row = {"model": model_id, "error": "over 600 s"}
         with lock, open(OUT, "a") as f:
-            f.write(json.dumps({**row, "commit": commit}) + "\n")
+            f.write(json.dumps({**row, "commit": code}) + "\n")
 
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(measure, enumerate(todo)))
