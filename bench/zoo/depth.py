@@ -83,9 +83,10 @@ def rerun(ids: list[str], jobs: int = 1) -> None:
     lock = threading.Lock()
 
     def commit() -> str:  # the code a row was measured with (+ where fxprune's own files differ from it)
-        git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()  # noqa
-        return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--", "../../fxprune",
-                                                                 "../../passes") else "")
+        head, changed = (subprocess.run(["git", *a], capture_output=True, text=True, cwd=HERE).stdout.strip()
+                         for a in (["rev-parse", "--short", "HEAD"], ["status", "--porcelain", "--", "../../fxprune",
+                                                                        "../../passes"]))
+        return head + ("+" if changed else "")
 
     def measure(i_model: tuple[int, str]) -> None:
         i, model_id = i_model
