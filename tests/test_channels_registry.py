@@ -5,7 +5,8 @@ Response Norm), timm's blocks kept whole as leaves traced as their ops (TinyViT,
 on several branches, head_dim read from the width, a pointwise conv along another axis (CoaT, Swin V2 CR),
 MaxViT's grids, NesT's blocks, token MLPs (Mixer, gMLP), a gate resized to another map (GhostNet V3), positions
 repeated along the batch (XCiT), a query repeated per window with its width asserted (GCViT), Twins' local
-attention, LowFormer's and CPUBone's conv attention; hand-made graphs, then the real models: zeroed channels removed exactly."""
+attention, LowFormer's and CPUBone's conv attention, a depthwise conv with k outputs per input (FastViT);
+hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
@@ -201,12 +202,25 @@ class GlobalQuery(nn.Module):
         return self.head((tokens * q).mean(1))
 
 
+class DepthMultiplier(nn.Module):
+    """FastViT's stem: a depthwise conv with two outputs per input (groups = in_channels, out = 2 * in)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.dw, self.bn = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 8, 3, padding=1, groups=4), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.bn(self.dw(self.a(x).relu())).mean((2, 3)))
+
+
 @pytest.mark.parametrize("model", [HeadDimFromWidth, StackedScales, PositionsChannelsLast, GridAndWindows,
-                                   TokenMixing, ShortPath, GlobalQuery])
+                                   TokenMixing, ShortPath, GlobalQuery, DepthMultiplier])
 def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune_losslessly(model):
     torch.manual_seed(0)
     x = {GridAndWindows: torch.randn(2, 16, 5), TokenMixing: torch.randn(2, 16, 5),
-         ShortPath: torch.randn(2, 3, 4, 4)}.get(model, torch.randn(2, 9, 5))
+         ShortPath: torch.randn(2, 3, 4, 4), DepthMultiplier: torch.randn(2, 3, 5, 5)}.get(model,
+                                                                                          torch.randn(2, 9, 5))
     graph = fxprune.analysis.channels.analyse(fxprune.trace(model().eval()), (x,))
     assert [g.blocked for g in graph.groups if g.blocked] == ["reaches the model output"]
     check_zeroed_channels_are_removed_losslessly(model(), x)
@@ -286,7 +300,8 @@ def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
                                                ("timm:eva02_tiny_patch14_224", 224, 0.698),
                                                ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514),
                                                ("timm:mobilevitv2_050", 64, 0.573),
-                                               ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458)])
+                                               ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458),
+                                               ("timm:fastvit_t8", 256, 0.528)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""

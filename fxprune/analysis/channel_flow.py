@@ -213,6 +213,12 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if tracked is not None and tracked[0] >= 2 and _pointwise(m):  # CoaT's aggregate over stacked scales
             self.flow.value[node] = tracked  # mixes along axis 1, position by position of the tracked axis
             return
+        if groups == cin > 1 and cout % cin == 0 and tracked is not None and tracked[0] == 1 and (
+                cout == cin or node.meta.get(ROLE) is None):  # depthwise, also with k outputs per input (FastViT)
+            ids = tracked[1].repeat_interleave(cout // cin)  # an input and its k outputs go together
+            self.flow.members.append(Member(path, "dw", ids))
+            self.flow.value[node] = (1, ids)
+            return
         if groups == cin == cout and groups > 1:
             if tracked is not None and tracked[0] == 1:
                 self.flow.members.append(Member(path, "dw", tracked[1]))

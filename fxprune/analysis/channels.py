@@ -444,8 +444,8 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
                 setattr(new, attr, n)
         if hasattr(new, "normalized_shape"):
             new.normalized_shape = (n,)
-        if getattr(new, "groups", 1) > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise
-            new.groups = new.in_channels = n
+        if getattr(new, "groups", 1) > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
+            new.groups = new.in_channels = n // (m.out_channels // m.in_channels)  # depthwise, k outputs per input
     if inp is not None:
         cut("weight", inp, 1)
         n = int(inp.sum()) * getattr(new, "groups", 1)  # a grouped conv's member lists one group's inputs
