@@ -296,12 +296,10 @@ def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5 if "v2" in name or "twins" in name else 0)
 
 
-@pytest.mark.parametrize("name, size, kept", [("timm:levit_128s", 224, 0.497), ("timm:convnextv2_atto", 64, 0.515),
-                                               ("timm:eva02_tiny_patch14_224", 224, 0.698),
-                                               ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514),
-                                               ("timm:mobilevitv2_050", 64, 0.573),
-                                               ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458),
-                                               ("timm:fastvit_t8", 256, 0.528)])
+@pytest.mark.parametrize("name, size, kept", [
+    ("timm:levit_128s", 224, 0.497), ("timm:convnextv2_atto", 64, 0.515), ("timm:eva02_tiny_patch14_224", 224, 0.698),
+    ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514), ("timm:mobilevitv2_050", 64, 0.573),
+    ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458), ("timm:fastvit_t8", 256, 0.528)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""
