@@ -118,7 +118,9 @@ def report(old: dict[str, float]) -> str:
         f"models that kept more than {LIMIT} with today's code, 1 thread each, then writes this page). A model",
         "registered without a classifier (its embedding is its output, which stays whole) is rerun with a 1000-class",
         "head, as a transfer would give it. \"nothing blocked\": every group is pruned by 0.3, and what is left is",
-        "the classifier's outputs and layers whose params shrink linearly with their channels (depthwise).", "",
+        "the classifier's outputs and layers whose params shrink linearly with their channels (depthwise).",
+        f"Rows were measured at commits {', '.join(sorted(Counter(r.get('commit', '?') for r in new.values())))}",
+        "(each row's commit is in registry-depth.jsonl).", "",
         "| | models | median kept | above 0.65 | share above 0.65 |", "| --- | --- | --- | --- | --- |",
         f"| before (the registry run) | {len(old)} | {statistics.median(old.values()):.3f} | "
         f"{sum(k > LIMIT for k in old.values())} | {sum(k > LIMIT for k in old.values()) / len(old):.1%} |",
