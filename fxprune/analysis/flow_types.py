@@ -19,7 +19,7 @@ TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed", "
 TOKENS_FIRST = {"window_reverse_nchw", "grid_reverse_nchw",  # the same, the channel axis 1 (MaxViT's NCHW blocks)
                 "pad_to_multiple"}  # fxprune.core.plain_timm's (CPUBone)
 # functions reading only a tensor's size, dtype and device (plain_forwards)
-SHAPE_ONLY = {"shift_mask", "shift_mask_3d", "bias_index_3d", "fourier_grid"}
+SHAPE_ONLY = {"shift_mask", "shift_mask_3d", "bias_index_3d", "fourier_grid", "relative_positions"}
 
 
 def op_name(node: fx.Node) -> str:

@@ -5,7 +5,8 @@ resizing to whole patches) stays in functions kept whole that move tokens only, 
 - mobilevit.MobileVitBlock and MobileVitV2Block: local convs, patches through the transformer, back;
 - xcit.PositionalEncodingFourier: Fourier features of the grid (kept whole), then its 1x1 conv;
 - twins.LocallyGroupedAttn: attention within windows (padded where the image is not whole windows);
-- lowformer.ConvAttention and cpubone.ConvAttention: attention over a strided projection, upsampled, cropped.
+- lowformer.ConvAttention and cpubone.ConvAttention: attention over a strided projection, upsampled, cropped;
+- convit.GPSA: attention gated per head with attention over the tokens' relative positions (made whole).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
                     "timm.models.xcit.PositionalEncodingFourier": (_fourier_positions, 3),
                     "timm.models.twins.LocallyGroupedAttn": (_locally_grouped_attn, 2),
                     "timm.models.lowformer.ConvAttention": (_conv_attention, 1),
-                    "timm.models.cpubone.ConvAttention": (_conv_attention, 1)}.get(type_name(m), (None, 0))
+                    "timm.models.cpubone.ConvAttention": (_conv_attention, 1),
+                    "timm.models.convit.GPSA": (_gated_positional_attention, 1)}.get(type_name(m), (None, 0))
     if block is None or len(args) != count or kwargs or getattr(m, "coreml_exportable", False):
         return None
     return lambda *_, **__: block(m, *args)
@@ -79,6 +81,29 @@ def pad_to_multiple(x: torch.Tensor, stride: int) -> torch.Tensor:
     """(B, C, H, W) zero-padded at the bottom and right to multiples of `stride`; channels untouched."""
     pad_h, pad_w = (-x.shape[-2]) % stride, (-x.shape[-1]) % stride
     return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def _gated_positional_attention(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    b, n, channels = x.shape[0], x.shape[1], x.shape[2]
+    heads = m.num_heads
+    q, k = m.qk(x).reshape(b, n, 2, heads, channels // heads).permute(2, 0, 3, 1, 4).unbind(0)
+    positions = m.pos_proj(relative_positions(x).expand(b, -1, -1, -1)).permute(0, 3, 1, 2).softmax(dim=-1)
+    patches = ((q @ k.transpose(-2, -1)) * m.scale).softmax(dim=-1)
+    gate = torch.sigmoid(m.gating_param.view(1, -1, 1, 1))
+    attn = (1.0 - gate) * patches + gate * positions
+    attn = m.attn_drop(attn / attn.sum(dim=-1).unsqueeze(-1))
+    v = m.v(x).reshape(b, n, heads, channels // heads).permute(0, 2, 1, 3)
+    return m.proj_drop(m.proj((attn @ v).transpose(1, 2).reshape(b, n, channels)))
+
+
+def relative_positions(x: torch.Tensor) -> torch.Tensor:
+    """ConViT's (1, N, N, 3) offsets (dx, dy, dx^2 + dy^2) between the N tokens of x (B, N, C), a square grid, in
+    x's dtype and device. Reads x's size, dtype and device only."""
+    side = int(x.shape[1] ** 0.5)
+    offsets = torch.arange(side, dtype=torch.float32).view(1, -1) - torch.arange(side, dtype=torch.float32).view(-1, 1)
+    dx = offsets.repeat(side, side)
+    dy = offsets.repeat_interleave(side, dim=0).repeat_interleave(side, dim=1)
+    return torch.stack([dx, dy, dx ** 2 + dy ** 2], dim=-1).unsqueeze(0).to(device=x.device, dtype=x.dtype)
 
 
 def _mobilevit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -157,5 +182,5 @@ def patch_image(x: torch.Tensor, patch: tuple[int, int], height: int, width: int
 
 # kept whole by the tracer (wrap patches the names in this module's globals, the imported ones too)
 for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image", "fourier_grid",
-              "pad_to_multiple"):
+              "pad_to_multiple", "relative_positions"):
     torch.fx.wrap(_name)
