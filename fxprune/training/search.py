@@ -114,10 +114,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
     Pipeline.parse(step_text(o.step))  # a bad criterion fails here, before any work
     agreeing = agreement_data is not None and o.agreement > 0 and key == "accuracy"
 
-    def record(model: fx.GraphModule, phase: str, step: int) -> dict:
-        sizes = state.setdefault("sizes", {})  # (params, macs) by step: retraining a step does not change them
-        params, macs = sizes[step] if phase == "settle" and step in sizes else folded_size(model, inputs)
-        sizes[step] = params, macs
+    def record(model: fx.GraphModule, phase: str, step: int, size: tuple[int, int] | None = None) -> dict:
+        params, macs = size or folded_size(model, inputs)  # `size`: known already, the fold is not repeated
         first = state["history"][0] if state["history"] else {"params": params, "macs": macs}
         row = {"try": len(state["history"]), "phase": phase, "step": step,
                "bases": sum(p.rank * p.groups for p in find_pairs(model)), "params": params, "macs": macs,
@@ -153,11 +151,12 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         if on_keep is not None:
             on_keep(state)
 
-    def settle(k: float, descends: bool = False) -> bool:
-        """Settle step k; where it holds it is the best so far (and, with `descends`, where the descent goes on)."""
+    def settle(k: float, descends: bool = False, size: tuple[int, int] | None = None) -> bool:
+        """Settle step k (a halfway cut: of `size`); where it holds it is the best so far (and, with
+        `descends`, where the descent goes on)."""
         model = runtime.model(copy.deepcopy(state["models"][k]))
         retrain(model, settling=True)
-        row = record(model, "settle", k)
+        row = record(model, "settle", k, size or _step_size(state, k))
         row["descended"] = row["holds"] and descends
         if row["holds"]:
             if k != int(k):  # a refinement: cut from the model at lo, which the path now goes through
@@ -230,8 +229,8 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
         made = folded_size(candidate, inputs) if candidate is not None else None
         if made is None or not params[hi] < made[0] < params[lo]:
             break  # too fine a cut to move the statistics, or one the layers' widths cannot make
-        state["models"][(lo + hi) / 2], state["sizes"][(lo + hi) / 2] = candidate, made
-        settle((lo + hi) / 2)
+        state["models"][(lo + hi) / 2] = candidate
+        settle((lo + hi) / 2, size=made)
     bar.close()
     best = state["history"][state["best"]]
     for row in state["history"]:  # the path to the chosen model
@@ -239,6 +238,12 @@ def prune_iteratively(gm: fx.GraphModule, example_inputs, options: PruneOptions 
             row["phase"] == "descent" or row["descended"])
     model = state["models"][best["step"]]
     return Search(model, state["history"], state["stop"])
+
+
+def _step_size(state: dict, step: int) -> tuple[int, int]:
+    """(params, MACs) of descent step `step`, as its row recorded them: settling retrains, it cuts nothing."""
+    row = state["history"][_row_of(state, step)]
+    return row["params"], row["macs"]
 
 
 def _row_of(state: dict, step: int) -> int:
