@@ -234,8 +234,8 @@ def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune
                                                ("timm:twins_svt_small", 224, 0.520), ("timm:cpubone_nano", 224, 0.545),
                                                ("timm:coat_tiny", 224, 0.590), ("timm:swinv2_cr_tiny_224", 224, 0.488)])
 def test_more_families_prune_deep_and_exactly(name, size, kept):
-    """Slow (the larger real models): MaxViT's grid and NCHW windows, NesT's blocks, GhostNet V3's resized gate, gMLP,
-    GCViT, Twins, CPUBone, CoaT, Swin V2 CR."""
+    """Slow (the larger real models): MaxViT's grid and NCHW windows, NesT's blocks, GhostNet V3's resized gate,
+    gMLP, GCViT, Twins, CPUBone, CoaT, Swin V2 CR."""
     test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept)
 
 
