@@ -8,7 +8,7 @@ from torch import nn
 
 import fxprune
 from fxprune.analysis.counting import total_macs, total_params
-from fxprune.analysis.channels import analyse, masked_norms, zero
+from fxprune.analysis.channels import analyse, as_removed, zero
 from fxprune.core.api import traced_for_passes
 from fxprune.runners.models import create
 from fxprune.runners import zoo
@@ -146,7 +146,8 @@ def test_chunk_couples_position_j_of_every_part():
 def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True, heads="whole"):
     """Zero half the channels of every prunable group; prune-channels{criterion=l1 ratio=0.5} must
     remove exactly those and leave the outputs as they were, norms over channels computing their
-    statistics without them (channels.masked_norms; the model itself where there is no such norm)."""
+    statistics without them and a conv along channels reading them as 0 (channels.as_removed; the
+    model itself where there is neither)."""
     inputs = x if isinstance(x, tuple) else (x,)
     gm = traced_for_passes(model)  # a copy (zeroing must not touch the caller's model), as prune() sees it
     if random_weights:
@@ -155,7 +156,7 @@ def check_zeroed_channels_are_removed_losslessly(model, x, random_weights=True, 
     chosen = {c for g in graph.prunable for c in g.classes[:g.size - max(1, g.size // 2)]}
     zero(graph, chosen)
     with torch.no_grad():
-        reference = masked_norms(graph, chosen)(*inputs)
+        reference = as_removed(graph, chosen)(*inputs)
     small = fxprune.prune(gm, inputs, f"prune-channels{{criterion=l1 ratio=0.5 heads={heads}}}", verify=True)
     stats = fxprune.history(small)[-1].stats
     assert stats["channels-before"] - stats["channels-after"] == len(chosen) > 0

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.analysis.channels import analyse, masked_norms, zero
+from fxprune.analysis.channels import analyse, as_removed, zero
 
 from .test_channels import check_zeroed_channels_are_removed_losslessly
 
@@ -73,10 +73,10 @@ def test_masked_norms_differ_from_plain_norms_only_where_channels_are_masked():
     gm = fxprune.trace(TinyViT().eval())
     graph = analyse(gm, (IMG,))
     with torch.no_grad():
-        torch.testing.assert_close(masked_norms(graph, set())(IMG), gm(IMG), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(as_removed(graph, set())(IMG), gm(IMG), rtol=1e-6, atol=1e-6)
         chosen = set(graph.prunable[0].classes[:3])
         zero(graph, chosen)
-        assert not torch.allclose(masked_norms(graph, chosen)(IMG), gm(IMG), atol=1e-3)
+        assert not torch.allclose(as_removed(graph, chosen)(IMG), gm(IMG), atol=1e-3)
 
 
 class Norms(nn.Module):
@@ -94,13 +94,13 @@ class Norms(nn.Module):
         return self.head(self.rms(x.mean((2, 3))))
 
 
-def test_rms_norm_and_one_group_group_norm_prune_losslessly_against_masked_norms():
+def test_rms_norm_and_one_group_group_norm_prune_losslessly_against_as_removed():
     members = next(iter(g for g in groups_of(Norms()) if ("gn", "norm") in g))
     assert members == {("a", "out"), ("b", "in"), ("b", "out"), ("gn", "norm"), ("rms", "norm"), ("head", "in")}
     check_zeroed_channels_are_removed_losslessly(Norms(), IMG, random_weights=False)
 
 
-def test_group_norm_with_several_groups_keeps_them_equal_and_prunes_losslessly_against_masked_norms():
+def test_group_norm_with_several_groups_keeps_them_equal_and_prunes_losslessly_against_as_removed():
     """GroupNorm(4, 8): position j of each of its 4 groups of 2 goes together (2 classes of 4 channels),
     so every group loses as many channels and num_groups stays 4; statistics per group, masked."""
     model = Norms()
@@ -240,7 +240,7 @@ class PoolFormerish(nn.Module):
 
 
 @pytest.mark.parametrize("norm_groups", [1, 2])
-def test_functional_group_norm_and_star_relu_prune_losslessly_against_masked_norms(norm_groups):
+def test_functional_group_norm_and_star_relu_prune_losslessly_against_as_removed(norm_groups):
     model = PoolFormerish(norm_groups)
     groups = groups_of(model)
     assert groups[frozenset({("a", "out"), ("b", "in"), ("b", "out"), ("gn_w", "param"), ("gn_b", "param"),

@@ -113,7 +113,7 @@ Half the channels of every prunable group zeroed (their weight slices), then
 (relative L2 error < 1e-5 or max abs error <= 1e-4). Norms over channels (LayerNorm, RMSNorm, GroupNorm,
 per group) compute their statistics over fewer channels once channels are removed, so there the
 reference is the zeroed model with those channels masked out of the norms' statistics
-(`fxprune.analysis.channels.masked_norms`); elsewhere it is the zeroed model itself.
+(`fxprune.analysis.channels.as_removed`); elsewhere it is the zeroed model itself.
 
 {tabulate(lossless, ["zoo", "passed", "nothing prunable", "worst rel. L2 error"], tablefmt="github", disable_numparse=True)}
 

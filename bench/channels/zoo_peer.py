@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import fxprune
-from fxprune.analysis.channels import analyse, masked_norms, zero
+from fxprune.analysis.channels import analyse, as_removed, zero
 from fxprune.core.errors import first_line
 from fxprune.core.api import traced_for_passes
 from fxprune.runners.models import create
@@ -82,14 +82,14 @@ def attempt(prune, model, x, shape: torch.Size) -> dict:
 def zeroed_channels_check(model, x, heads: str = "whole") -> dict:
     """fxprune's lossless check: zero half the channels of every prunable group, prune-channels
     with l1 importance must remove exactly those and keep the outputs (norms over channels computing
-    their statistics without them: channels.masked_norms). `heads`: prune-channels' option."""
+    their statistics without them: channels.as_removed). `heads`: prune-channels' option."""
     try:
         gm = traced_for_passes(model)  # a copy, as prune() sees it: the groups it will cut
         graph = analyse(gm, (x,), heads)
         chosen = {c for g in graph.prunable for c in g.classes[:g.size - max(1, g.size // 2)]}
         zero(graph, chosen)
         with torch.no_grad():
-            reference = masked_norms(graph, chosen)(x)
+            reference = as_removed(graph, chosen)(x)
         small = fxprune.prune(gm, x, f"prune-channels{{criterion=l1 ratio=0.5 heads={heads}}}")
         removed = fxprune.history(small)[-1].stats["channels-before"] - fxprune.history(small)[-1].stats["channels-after"]
         with torch.no_grad():

@@ -27,6 +27,7 @@ from fxprune.analysis.counting import propagate_shapes, tied_modules
 from fxprune.analysis.flow_attention import AttentionRules
 from fxprune.analysis.flow_attributes import AttributeRules
 from fxprune.analysis.flow_norms import NormRules
+from fxprune.analysis.flow_spread import SpreadRules, along_channels, narrow, widen
 from fxprune.analysis.flow_types import (NEUTRAL, NORMS, SHAPE_ONLY, TOKENS_FIRST, TOKENS_ONLY, ChannelFlow, Fixup,
                                          Member, node_arg, op_name, tensor_args, tensor_shape)
 from fxprune.core.lowrank import is_conv, is_dense_layer, torch_base, type_name
@@ -78,7 +79,7 @@ def _basis_reason(node: fx.Node) -> str | None:
     return "bases of a decomposed layer (prune-basis prunes them)" if node.meta.get(ROLE) == "basis" else None
 
 
-class _Propagator(AttributeRules, NormRules, AttentionRules):
+class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
     def __init__(self, gm: fx.GraphModule, heads: str = "whole"):
         self.gm = gm
         self.heads = heads  # "whole" or "dim": what a reshape into (heads, head_dim) makes a unit (flow_attention)
@@ -210,6 +211,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
     def conv(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
         groups, cout = m.groups, m.weight.shape[0]
         cin = m.weight.shape[1] * groups
+        if along_channels(node, m, tracked) and node.meta.get(ROLE) is None:  # ECA's gate
+            return self.spread_conv(node, tracked)
         if tracked is not None and tracked[0] >= 2 and _pointwise(m):  # CoaT's aggregate over stacked scales
             self.flow.value[node] = tracked  # mixes along axis 1, position by position of the tracked axis
             return
@@ -280,6 +283,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
                 self.keep(node, src)
         elif name in ELEMENTWISE and all(a is src or _dtype_or_device(a) for a in tensor_args(node)):
             self.keep(node, src)
+        elif node.target in (widen, narrow) and src in self.flow.value:  # written by an earlier removal
+            self.spread_function(node, name)
         elif name == "interpolate" and self.flow.value[src][0] == 1 and all(  # to the size of another map
                 a is src or tensor_shape(a) is None for a in tensor_args(node)):  # (GhostNet V3's short path)
             self.keep(node, src)
@@ -293,6 +298,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
             self.reshape(node, name)
         elif name in ("view_as", "reshape_as"):
             self.reshape_as(node, name)
+        elif name == "expand_as":
+            self.expand_as(node)
         elif name == "flatten":
             self.merge(node, name)
         elif name in ("layer_norm", "rms_norm"):
@@ -465,6 +472,19 @@ class _Propagator(AttributeRules, NormRules, AttentionRules):
         if not fits or target is None or target[0] != fits[0] or not torch.equal(target[1], ids):
             return self.barrier(node, f"{name} ({node.name}) onto a tensor without the same channels")
         self.flow.value[node] = (fits[0], ids)
+
+    def expand_as(self, node: fx.Node) -> None:
+        """x.expand_as(y): y's shape, which pruning changes with y's channels; understood where y carries as
+        many channels on x's channel axis (aligned from the right), which then go together (ECA's gate)."""
+        src, other = node.args[0], node.args[1]
+        tracked, target = self.flow.value.get(src), self.flow.value.get(other)
+        axis, ids = tracked or (None, None)
+        if tracked is not None:
+            axis += len(tensor_shape(node)) - len(tensor_shape(src))
+        if tracked is None or target is None or target[0] != axis or len(target[1]) != len(ids):
+            return self.barrier(node, f"expand_as ({node.name}) onto a tensor without the same channels")
+        self.flow.union(ids, target[1])
+        self.flow.value[node] = (axis, ids)
 
     def literal_size(self, node: fx.Node, dim: int, ids: torch.Tensor, merged: bool = False) -> None:
         """Record the size argument of `dim` (view/reshape/expand) for rewriting: to the kept count

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fxprune.analysis.channel_flow import propagate
+from fxprune.analysis.flow_spread import REMOVED, respread
 from fxprune.analysis.flow_types import ChannelFlow, Member, op_name
 from fxprune.analysis.importance import split_batch
 from fxprune.core import distributed
@@ -302,6 +303,11 @@ def _kept(graph: ChannelGraph, ids: torch.Tensor, removed: set[int]) -> torch.Te
     return torch.tensor([graph.flow.find(e) not in removed for e in ids.tolist()], dtype=torch.bool)
 
 
+def _alive(graph: ChannelGraph, ids: torch.Tensor) -> torch.Tensor:
+    """Which positions are not zeros an earlier removal left (flow_spread)."""
+    return torch.tensor([graph.flow.blocked.get(e) != REMOVED for e in ids.tolist()], dtype=torch.bool)
+
+
 def remove(graph: ChannelGraph, removed: set[int]) -> int:
     """Slice every member of `graph.gm` so the classes in `removed` are gone and rewrite the literal
     channel counts in its graph; modules are replaced (never edited in place, so a module shared with
@@ -347,7 +353,10 @@ def remove(graph: ChannelGraph, removed: set[int]) -> int:
             node.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
     for name, scale in graph.flow.scales:  # sdpa's implicit 1 / sqrt(head_dim), of the head_dim it had
         nodes[name].kwargs = {**nodes[name].kwargs, "scale": scale}
-    if graph.flow.fixups or graph.flow.means or graph.flow.scales:
+    for name, ids in graph.flow.spreads:  # a conv along the channel axis keeps its width, zeros where they went
+        if not _kept(graph, ids, removed).all():
+            respread(graph.gm, name, _kept(graph, ids, removed) & _alive(graph, ids))
+    if graph.flow.fixups or graph.flow.means or graph.flow.scales or graph.flow.spreads:
         graph.gm.recompile()
     return changed
 
@@ -373,12 +382,12 @@ def _slice_attribute(gm: fx.GraphModule, name: str, keep: torch.Tensor, axis: in
         setattr(owner, attr, data)
 
 
-def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
-    """`graph.gm` with its norms over channels computing their statistics without the channels in
-    `classes`: what removing them gives, with those channels still in place (a new graph over the
-    same weights; `graph.gm` itself where there is no such norm). Zeroed channels (`zero`) are
+def as_removed(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
+    """`graph.gm` computing what removing `classes` gives, with those channels still in place: its norms over
+    channels take their statistics without them, and a conv along the channel axis reads them as 0 (a new
+    graph over the same weights; `graph.gm` itself where there is neither). Zeroed channels (`zero`) are
     removed losslessly against this reference."""
-    if not graph.flow.norms:
+    if not graph.flow.norms and not graph.flow.spreads:
         return graph.gm
     gm = fx.GraphModule(graph.gm, copy.deepcopy(graph.gm.graph))  # a new graph over the same weights
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -401,6 +410,12 @@ def masked_norms(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
                                                            norm.dims, norm.rms, norm.groups))
         node.replace_all_uses_with(masked)
         gm.graph.erase_node(node)
+    for i, (name, ids) in enumerate(graph.flow.spreads):
+        conv = nodes[name]
+        gm.register_buffer(f"_fxprune_read{i}", _kept(graph, ids, classes))
+        with gm.graph.inserting_before(conv):
+            read = gm.graph.call_function(operator.mul, (conv.args[0], gm.graph.get_attr(f"_fxprune_read{i}")))
+        conv.args = (read, *conv.args[1:])
     gm.recompile()
     return gm
 

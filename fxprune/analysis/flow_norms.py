@@ -1,6 +1,6 @@
 """Channel rules for norms over the channel axis: LayerNorm, RMSNorm and GroupNorm, modules or functions.
 They keep the channels and slice their affine; their statistics then run over fewer channels (`Norm`: the
-lossless check masks removed channels out of them, channels.masked_norms). GroupNorm's groups stay equal
+lossless check masks removed channels out of them, channels.as_removed). GroupNorm's groups stay equal
 (num_groups is kept): position j of every group goes together, as in a grouped conv."""
 
 from __future__ import annotations

@@ -79,6 +79,7 @@ class ChannelFlow:
     # a mean over the channel axis (a hand-written RMS norm's statistic): its node and channels. Once channels
     # go it is rescaled by kept / all, so it stays the sum over the channels divided by their first count
     means: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    spreads: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # convs along channels, their inputs' ids
     value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
     def fresh(self, n: int) -> torch.Tensor:
