@@ -6,7 +6,7 @@ on several branches, head_dim read from the width, a pointwise conv along anothe
 MaxViT's grids, NesT's blocks, token MLPs (Mixer, gMLP), a gate resized to another map (GhostNet V3), positions
 repeated along the batch (XCiT), a query repeated per window with its width asserted (GCViT), Twins' local
 attention, LowFormer's and CPUBone's conv attention, ConViT's gated positional attention, a depthwise conv
-with k outputs per input (FastViT); hand-made graphs, then the real models: zeroed channels removed exactly."""
+with k outputs per input (FastViT), NaFlexViT's embeddings and pooling; hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
@@ -296,11 +296,26 @@ def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5 if "v2" in name or "twins" in name else 0)
 
 
+@pytest.mark.parametrize("name, pool", [("naflexvit_base_patch16_gap", "learned"),
+                                        ("naflexvit_base_patch16_parfac_gap", "factorized")])
+def test_naflex_embeddings_trace_into_patches_projection_and_positions_resized_to_the_grid(name, pool):
+    """At 256 px the grid is the table's (16 x 16); at 48 x 80 the positions are resized and cropped."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=4).eval()
+    gm = fxprune.trace(model)
+    assert model.embeds.pos_embed_type == pool and "embeds" not in {n.target for n in gm.graph.nodes}
+    with torch.no_grad():
+        for x in (torch.randn(1, 3, 256, 256), torch.randn(2, 3, 48, 80)):
+            torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name, size, kept", [
     ("timm:levit_128s", 224, 0.497), ("timm:convnextv2_atto", 64, 0.515), ("timm:eva02_tiny_patch14_224", 224, 0.698),
-    ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514), ("timm:mobilevitv2_050", 64, 0.573),
+    ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514), ("timm:mobilevitv2_050", 64, 0.529),
     ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458), ("timm:fastvit_t8", 256, 0.528),
-    ("timm:convit_tiny", 224, 0.550)])
+    ("timm:convit_tiny", 224, 0.550), ("timm:naflexvit_base_patch16_gap", 64, 0.486)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""

@@ -4,6 +4,7 @@ that blocks its largest kept group (the analysis's own barrier name), rerun with
 
     .venv/bin/python -m bench.zoo.depth [--jobs 2] # reruns the models above 0.65 (resumable), then the page
     .venv/bin/python -m bench.zoo.depth --report   # the page from what is there
+    .venv/bin/python -m bench.zoo.depth --again timm:ecaresnet26t ...   # those models measured again, then the page
 
 Each rerun is a fresh process (1 thread, at most 600 s) appending to results/registry-depth.jsonl; the page
 is results/registry-depth.md with a histogram, registry-depth.png. "before": the registry run's own rows
@@ -74,12 +75,13 @@ def op_of(reason: str) -> str:
     return f"module {rest.split(')')[0]}" if head.startswith("module ") and rest else head
 
 
-def rerun(ids: list[str], jobs: int = 1) -> None:
-    """Measure each model not yet in OUT in its own process, `jobs` at a time; each row names the commit."""
+def rerun(ids: list[str], jobs: int = 1, again: set[str] = frozenset()) -> None:
+    """Measure each model not yet in OUT (or in `again`) in its own process, `jobs` at a time; each row names
+    the commit."""
     from concurrent.futures import ThreadPoolExecutor
 
     done = {json.loads(line)["model"] for line in OUT.read_text().splitlines()} if OUT.exists() else set()
-    todo = [m for m in ids if m not in done]
+    todo = [m for m in ids if m not in done or m in again]
     lock = threading.Lock()
 
     def commit() -> str:  # the code a row was measured with (+ where fxprune's own files differ from it)
@@ -169,13 +171,15 @@ def main(argv=None) -> None:
     ap.add_argument("--one", help="measure one model in this process and print its row")
     ap.add_argument("--report", action="store_true", help="only write the page")
     ap.add_argument("--jobs", type=int, default=1, help="models measured at a time, each in its own process (1)")
+    ap.add_argument("--again", nargs="+", default=[], metavar="MODEL",
+                    help="measure these models again (the page reads each model's last row)")
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one)))
         return
     old = before()
     if not args.report:
-        rerun(sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m]), args.jobs)
+        rerun(sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m]), args.jobs, set(args.again))
     from fxprune.core.io import atomic_write_text
 
     atomic_write_text(HERE / "results" / "registry-depth.md", report(old))

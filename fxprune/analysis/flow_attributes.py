@@ -30,13 +30,14 @@ class AttributeRules:
         if name == "cat":
             return self.cat_attributes(node)
         src = node.args[0] if node.args else None
-        if src not in self.origin or any(a is not src and a in self.flow.value for a in tensor_args(node)):
+        if src not in self.origin or name != "type_as" and any(  # type_as reads the other tensor's dtype only
+                a is not src and a in self.flow.value for a in tensor_args(node)):
             return False
         path, dims = self.origin[src]
         old, new = tensor_shape(src), tensor_shape(node)
         if old is None or new is None:
             return False
-        if name in ("contiguous", "float", "to", "type", "detach", "clone", "expand", "expand_as"):
+        if name in ("contiguous", "float", "to", "type", "type_as", "detach", "clone", "expand", "expand_as"):
             mapped = [None] * (len(new) - len(old)) + dims if len(new) >= len(old) else None
         elif name in ("reshape", "view", "unsqueeze", "squeeze", "flatten"):  # dims kept whole keep their axis
             mapped = [None] * len(new)

@@ -15,7 +15,9 @@ NEUTRAL = {"size", "dim", "getattr", "numel"}  # read metadata only
 TOKENS_ONLY = {"window_partition", "window_reverse", "resample_abs_pos_embed", "resample_abs_pos_embed_nhwc",
                "window_tokens", "window_image", "windows_3d", "window_image_3d",  # plain_forwards' (Swin, Video Swin)
                "fit_to_patches", "patch_tokens", "patch_image",  # and fxprune.core.plain_timm's (MobileViT)
-               "grid_reverse", "blockify", "deblockify", "resample_pos_embed_grid"}  # MaxViT's, NesT's, Qwen3-ViT's
+               "grid_reverse", "blockify", "deblockify", "resample_pos_embed_grid",  # MaxViT's, NesT's, Qwen3-ViT's
+               "naflex_positions", "naflex_axis_positions",  # fxprune.core.plain_timm's (NaFlexViT)
+               "global_pool_naflex"}  # timm's NaFlexViT pooling: over tokens, channel by channel
 TOKENS_FIRST = {"window_reverse_nchw", "grid_reverse_nchw",  # the same, the channel axis 1 (MaxViT's NCHW blocks)
                 "pad_to_multiple"}  # fxprune.core.plain_timm's (CPUBone)
 # functions reading only a tensor's size, dtype and device (plain_forwards)

@@ -6,7 +6,9 @@ resizing to whole patches) stays in functions kept whole that move tokens only, 
 - xcit.PositionalEncodingFourier: Fourier features of the grid (kept whole), then its 1x1 conv;
 - twins.LocallyGroupedAttn: attention within windows (padded where the image is not whole windows);
 - lowformer.ConvAttention and cpubone.ConvAttention: attention over a strided projection, upsampled, cropped;
-- convit.GPSA: attention gated per head with attention over the tokens' relative positions (made whole).
+- convit.GPSA: attention gated per head with attention over the tokens' relative positions (made whole);
+- naflexvit.NaFlexEmbeds on images (not pre-patchified NaFlex batches): patches, linear projection, positions
+  resized to the grid (kept whole), class and register tokens.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
                     "timm.models.twins.LocallyGroupedAttn": (_locally_grouped_attn, 2),
                     "timm.models.lowformer.ConvAttention": (_conv_attention, 1),
                     "timm.models.cpubone.ConvAttention": (_conv_attention, 1),
-                    "timm.models.convit.GPSA": (_gated_positional_attention, 1)}.get(type_name(m), (None, 0))
-    if block is None or len(args) != count or kwargs or getattr(m, "coreml_exportable", False):
+                    "timm.models.convit.GPSA": (_gated_positional_attention, 1),
+                    "timm.models.naflexvit.NaFlexEmbeds": (_naflex_embeds, 1)}.get(type_name(m), (None, 0))
+    if block is _naflex_embeds and (not _standard_naflex(m) or any(v is not None for v in kwargs.values())):
+        return None  # NaFlex batches (patch_coord, patch_valid given) stay a leaf
+    if block is None or len(args) != count or kwargs and block is not _naflex_embeds or getattr(
+            m, "coreml_exportable", False):
         return None
     return lambda *_, **__: block(m, *args)
 
@@ -150,6 +156,62 @@ def fourier_grid(height: int, width: int, hidden: int, temperature: float, scale
     return torch.cat((features(rows), features(cols)), dim=3).permute(0, 3, 1, 2).to(dtype)
 
 
+def _standard_naflex(m: nn.Module) -> bool:
+    """NaFlexEmbeds in the form _naflex_embeds writes out: a linear patch projection, learned or factorized
+    positions (their resizing read from the module), no patch-size interpolation."""
+    return (m.is_linear and not getattr(m, "enable_patch_interpolator", False)
+            and m.pos_embed_type in ("learned", "factorized", "none")
+            and not getattr(m, "pos_embed_use_grid_sample", False))
+
+
+def _naflex_embeds(m: nn.Module, x: torch.Tensor):
+    b, (ph, pw) = x.shape[0], m.patch_size
+    rows, cols = ((x.shape[2] + ph - 1) // ph, (x.shape[3] + pw - 1) // pw) if m.dynamic_img_pad else (
+        x.shape[2] // ph, x.shape[3] // pw)
+    x = naflex_patches(x, (ph, pw), m.dynamic_img_pad, getattr(m, "channels_last", True)).flatten(2)
+    x = m.norm(m.proj(x if m.norm_input is None else m.norm_input(x)))
+    grid = (rows, cols, m.pos_embed_ar_preserving)
+    if m.pos_embed_type == "learned":
+        positions = naflex_positions(m.pos_embed, *grid, m.pos_embed_interp_mode, m.pos_embed_align_corners,
+                                     m.pos_embed_antialias)
+        x = x + positions.type_as(x)
+    elif m.pos_embed_type == "factorized":
+        y = naflex_axis_positions(m.pos_embed_y, rows, cols, m.pos_embed_ar_preserving).type_as(x).unsqueeze(2)
+        x = x + (y + naflex_axis_positions(m.pos_embed_x, cols, rows, m.pos_embed_ar_preserving).type_as(x)
+                 .unsqueeze(1)).flatten(1, 2)
+    tokens = [t.expand(b, -1, -1) for t in (m.cls_token, m.reg_token) if t is not None]
+    return m.pos_drop(torch.cat(tokens + [x], dim=1) if tokens else x), (rows, cols)
+
+
+def naflex_patches(x: torch.Tensor, patch: tuple[int, int], pad: bool, channels_last: bool) -> torch.Tensor:
+    """timm's batch_patchify: (B, C, H, W) as (B, N, P*P*C) patches, row-major over the grid."""
+    from timm.models.naflexvit import batch_patchify
+
+    return batch_patchify(x, patch, pad=pad, channels_last=channels_last)[0]
+
+
+def naflex_positions(table: torch.Tensor, rows: int, cols: int, keep_ratio: bool, mode: str, align_corners: bool,
+                     antialias: bool) -> torch.Tensor:
+    """NaFlexEmbeds' learned (1, H, W, C) positions for a rows x cols grid, as (1, rows * cols, C): the table
+    itself where it is that grid, else resized (to a square of the longer side where `keep_ratio`), cropped."""
+    if (table.shape[1], table.shape[2]) == (rows, cols):
+        return table.reshape(1, rows * cols, -1)
+    size = (max(rows, cols),) * 2 if keep_ratio else (rows, cols)
+    table = F.interpolate(table.permute(0, 3, 1, 2).float(), size=size, mode=mode, align_corners=align_corners,
+                          antialias=antialias)
+    return table[:, :, :rows, :cols].flatten(2).transpose(1, 2)
+
+
+def naflex_axis_positions(table: torch.Tensor, length: int, other: int, keep_ratio: bool) -> torch.Tensor:
+    """One axis of NaFlexEmbeds' factorized (1, L, C) positions for `length` patches (`other` along the other
+    axis): resized (linear) to `length`, or the longer side where `keep_ratio`, where that is not L; cropped."""
+    size = max(length, other) if keep_ratio else length
+    if size != table.shape[1]:
+        table = F.interpolate(table.permute(0, 2, 1).float(), size=size, mode="linear",
+                              align_corners=False).permute(0, 2, 1)
+    return table[:, :length]
+
+
 def fit_to_patches(x: torch.Tensor, patch: tuple[int, int], align_corners: bool) -> torch.Tensor:
     """(B, H, W, C) resized (bilinear) up to whole patches where it is not; channels untouched."""
     height, width = x.shape[1], x.shape[2]
@@ -182,5 +244,5 @@ def patch_image(x: torch.Tensor, patch: tuple[int, int], height: int, width: int
 
 # kept whole by the tracer (wrap patches the names in this module's globals, the imported ones too)
 for _name in ("fit_to_patches", "patch_tokens", "patch_image", "window_tokens", "window_image", "fourier_grid",
-              "pad_to_multiple", "relative_positions"):
+              "pad_to_multiple", "relative_positions", "naflex_patches", "naflex_positions", "naflex_axis_positions"):
     torch.fx.wrap(_name)
