@@ -6,7 +6,7 @@ on several branches, head_dim read from the width, a pointwise conv along anothe
 MaxViT's grids, NesT's blocks, token MLPs (Mixer, gMLP), a gate resized to another map (GhostNet V3), positions
 repeated along the batch (XCiT), a query repeated per window with its width asserted (GCViT), Twins' local
 attention, LowFormer's and CPUBone's conv attention, ConViT's gated positional attention, a depthwise conv
-with k outputs per input (FastViT), NaFlexViT's embeddings and pooling; hand-made graphs, then the real models: zeroed channels removed exactly."""
+with k outputs per input (FastViT), NaFlexViT's embeddings and pooling, EfficientViM's state products; hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
@@ -296,6 +296,35 @@ def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
         torch.testing.assert_close(gm(x), model(x), rtol=0, atol=1e-5 if "v2" in name or "twins" in name else 0)
 
 
+class StateMixer(nn.Module):
+    """EfficientViM's HSM-SSD in small: per-channel gates read as rows of a table (alpha[i]); a state h = x @ (a b)^T
+    that keeps x's channels on its rows, mixed by 1-D convs along them, read out by h @ c."""
+
+    def __init__(self, dim: int = 4, state: int = 3):
+        super().__init__()
+        self.inp, self.bc = nn.Conv1d(3, dim, 1), nn.Conv1d(dim, 2 * state, 1)
+        self.hz, self.out, self.head = nn.Conv1d(dim, 2 * dim, 1), nn.Conv1d(dim, dim, 1), nn.Conv1d(dim, 2, 1)
+        self.a = nn.Parameter(torch.randn(state))
+        self.alpha = nn.Parameter(torch.randn(2, dim))
+
+    def forward(self, x):
+        x = self.inp(x)
+        alpha = self.alpha.sigmoid().view(2, -1, 1)
+        b, c = self.bc(x).chunk(2, 1)
+        h = x @ ((b + self.a.view(1, -1, 1)).softmax(-1) * b).transpose(-2, -1)
+        h, z = self.hz(h).chunk(2, 1)
+        y = x + alpha[0] * (self.out(h * z.sigmoid()) @ c)
+        return self.head(y * alpha[1])
+
+
+def test_a_state_product_keeps_the_channels_on_its_rows_and_table_rows_slice_with_them():
+    x = torch.randn(2, 3, 5)
+    assert sorted(groups_of(StateMixer(), x).values(), key=str) == [
+        (2, "reaches the model output"), (3, "matmul (matmul) with channels on a's rows and b's columns"),
+        (4, None), (4, None)]
+    check_zeroed_channels_are_removed_losslessly(StateMixer(), x)
+
+
 @pytest.mark.parametrize("name, pool", [("naflexvit_base_patch16_gap", "learned"),
                                         ("naflexvit_base_patch16_parfac_gap", "factorized")])
 def test_naflex_embeddings_trace_into_patches_projection_and_positions_resized_to_the_grid(name, pool):
@@ -315,7 +344,8 @@ def test_naflex_embeddings_trace_into_patches_projection_and_positions_resized_t
     ("timm:levit_128s", 224, 0.497), ("timm:convnextv2_atto", 64, 0.515), ("timm:eva02_tiny_patch14_224", 224, 0.698),
     ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514), ("timm:mobilevitv2_050", 64, 0.529),
     ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458), ("timm:fastvit_t8", 256, 0.528),
-    ("timm:convit_tiny", 224, 0.550), ("timm:naflexvit_base_patch16_gap", 64, 0.486)])
+    ("timm:convit_tiny", 224, 0.550), ("timm:naflexvit_base_patch16_gap", 64, 0.486),
+    ("timm:efficientvim_m1", 224, 0.524)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""

@@ -109,7 +109,7 @@ class AttentionRules:
         tracked = self.flow.value.get(x)
         if (tracked is None or w in self.flow.value or w not in self.origin or len(tensor_shape(w)) != 2
                 or tracked[0] != len(tensor_shape(x)) - 1):
-            if self.heads == "dim" and self.on_matrices(node, x, w):
+            if self.on_matrices(node, x, w):
                 return
             return self.batched(node, [x, w], "matmul")
         if not self.adopt(w, node, 0, tracked[1]):
@@ -130,23 +130,27 @@ class AttentionRules:
         self.batched(node, operands, "scaled_dot_product_attention")
 
     def on_matrices(self, node: fx.Node, a: fx.Node, b: fx.Node) -> bool:
-        """a @ b with channels on the matrix axes (heads="dim"): on both contracted axes (q @ k^T) they
-        go together and the product carries none; on b's columns or a's rows alone (attn @ v) the
-        product carries them there. False where neither holds (batched decides)."""
+        """a @ b with channels on the matrix axes only (heads="dim": q @ k^T, attn @ v; EfficientViM's x @ (A B)^T,
+        then h @ C): channels on both contracted axes go together; on one of them alone they are kept. The product
+        carries a's rows, or b's columns where a's rows carry none (a tensor carries one channel axis: b's are
+        then kept). False where an operand has channels on a batch axis (batched decides)."""
         ta, tb = self.flow.value.get(a), self.flow.value.get(b)
         na, nb, n = len(tensor_shape(a) or ()), len(tensor_shape(b) or ()), len(tensor_shape(node) or ())
-        if min(na, nb) < 2:
+        if min(na, nb) < 2 or ta is not None and ta[0] < na - 2 or tb is not None and tb[0] < nb - 2:
             return False
-        if ta is not None and tb is not None and ta[0] == na - 1 and tb[0] == nb - 2 and len(ta[1]) == len(tb[1]):
-            self.flow.union(ta[1], tb[1])
-            return True
-        if ta is None and tb is not None and tb[0] == nb - 1:
-            self.flow.value[node] = (n - 1, tb[1])
-            return True
-        if tb is None and ta is not None and ta[0] == na - 2:
-            self.flow.value[node] = (n - 2, ta[1])
-            return True
-        return False
+        ka, kb = (ta if ta is not None and ta[0] == na - 1 else None), (tb if tb is not None and tb[0] == nb - 2 else None)
+        rows, cols = (ta if ta is not None and ta[0] == na - 2 else None), (tb if tb is not None and tb[0] == nb - 1 else None)
+        if ka is not None and kb is not None and len(ka[1]) == len(kb[1]):
+            self.flow.union(ka[1], kb[1])
+        else:
+            for k in (ka, kb):
+                if k is not None:
+                    self.flow.block(k[1], f"matmul ({node.name}) contracting channels with positions that carry none")
+        if rows is not None and cols is not None:
+            self.flow.block(cols[1], f"matmul ({node.name}) with channels on a's rows and b's columns")
+        if rows is not None or cols is not None:
+            self.flow.value[node] = (n - 2, rows[1]) if rows is not None else (n - 1, cols[1])
+        return True
 
     def attention_dims(self, node: fx.Node, given: dict) -> bool:
         """scaled_dot_product_attention with q, k and v's channels on their last axis (heads="dim"): q's

@@ -52,6 +52,8 @@ class AttributeRules:
             mapped = list(dims)
         elif name in TOKENS_ONLY and old[-1] == new[-1]:
             mapped = [None] * (len(new) - 1) + dims[-1:]
+        elif name == "getitem" and isinstance(node.args[1], int):  # one row of a table: alpha[i]
+            mapped = dims[1:]
         elif name == "getitem" and _gather(node.args[1]) is not None:  # table[index], table[:, index]: gathered
             k, index = _gather(node.args[1])
             mapped = dims[:k] + [None] * len(tensor_shape(index)) + dims[k + 1:]
