@@ -249,3 +249,28 @@ def test_filter_response_norm_channels_are_one_group_and_removed_losslessly():
         frozenset({("b", "out")}): (4, "reaches the model output"),
     }
     check_zeroed_channels_are_removed_losslessly(FilterResponse(), X)
+
+
+class Upsampling(nn.Module):
+    """LowFormer's attention output: a dense transposed conv (weight (in, out, k, k)), then a depthwise one."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(6, 5, 4, stride=2, padding=1)
+        self.dw = nn.ConvTranspose2d(5, 5, 3, padding=1, groups=5)
+        self.head = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.dw(self.up(self.a(x)).relu()))
+
+
+def test_transposed_convs_read_and_start_channels_along_their_own_weight_axes():
+    x = torch.randn(2, 3, 6, 6)
+    assert groups_of(Upsampling(), x) == {
+        frozenset({("a", "out"), ("up", "in")}): (6, None),
+        frozenset({("up", "out"), ("dw", "dw"), ("head", "in")}): (5, None),
+        frozenset({("head", "out")}): (2, "reaches the model output")}
+    check_zeroed_channels_are_removed_losslessly(Upsampling(), x)
+    small = fxprune.prune(Upsampling(), x, "prune-channels{ratio=0.4}")
+    assert small.get_submodule("up").weight.shape == (3, 3, 4, 4) and small.get_submodule("dw").groups == 3  # 6 -> 3, 5 -> 3

@@ -40,6 +40,7 @@ STATELESS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, 
              nn.MaxPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool3d, nn.AvgPool3d, nn.MaxPool3d, nn.AdaptiveMaxPool3d,
              nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 PADS = (nn.modules.padding._ConstantPadNd, nn.modules.padding._ReflectionPadNd,
         nn.modules.padding._ReplicationPadNd, nn.modules.padding._CircularPadNd)  # pad their last len(padding)/2 dims
 # convs with another forward that computes a conv of the same channels (timm's Conv2dSame: "same" padding
@@ -198,6 +199,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
         elif (is_conv(m) or isinstance(m, BasisScalingConv) and m.pointwise_dims >= 1  # 1-D, 2-D, 3-D
               or type_name(m) in SAME_CHANNELS_CONVS):
             self.conv(node, m, path, tracked)
+        elif type(m) in TRANSPOSED:
+            self.transposed(node, m, path, tracked)
         elif torch_base(m) is nn.Linear or isinstance(m, BasisScalingConv) and m.pointwise_dims == 0:
             last = len(tensor_shape(node)) - 1
             if tracked is not None and tracked[0] != last:  # MLP-Mixer's token MLP: channel by channel
@@ -238,6 +241,19 @@ class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
             return
         self.read(node, path, tracked, 1)
         self.start(node, 1, cout, path, _basis_reason(node))
+
+    def transposed(self, node: fx.Node, m: nn.Module, path: str, tracked) -> None:
+        """A transposed conv (LowFormer's upsampling): its weight is (in, out / groups, *kernel); dense, it reads
+        its input channels and starts its own; depthwise, it keeps them."""
+        if m.groups == m.in_channels == m.out_channels > 1 and tracked is not None and tracked[0] == 1:
+            self.flow.members.append(Member(path, "dw", tracked[1]))
+            self.flow.value[node] = tracked
+        elif m.groups == 1:
+            self.read(node, path, tracked, 1)
+            self.start(node, 1, m.out_channels, path)
+        else:
+            self.barrier(node, f"grouped transposed conv {path} (groups={m.groups})")
+            self.start(node, 1, m.out_channels, path, f"grouped transposed conv {path} (groups={m.groups})")
 
     def grouped(self, node: fx.Node, path: str, groups: int, cout: int, tracked) -> None:
         """A grouped conv keeps its groups equal: position j of every input group goes together (the

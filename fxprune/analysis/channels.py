@@ -96,13 +96,6 @@ def analyse(gm: fx.GraphModule, inputs: tuple, heads: str = "whole") -> ChannelG
     return ChannelGraph(gm, flow, groups)
 
 
-def _slices(w: torch.Tensor, role: str) -> torch.Tensor:
-    """A weight-shaped tensor as (positions, everything else) for a member role."""
-    if role == "in":
-        return w.transpose(0, 1).reshape(w.shape[1], -1)
-    return w.reshape(w.shape[0], -1)
-
-
 def magnitude(graph: ChannelGraph, p: int) -> dict[int, float]:
     """Per class: the sum over its members of the Lp norm of its weight slice, each member's
     norms divided by their mean so that layers of any scale count alike. Members holding one value
@@ -154,8 +147,15 @@ def _tensors(gm: fx.GraphModule, member: Member) -> list[tuple[str, torch.Tensor
         return [(member.path, operator.attrgetter(member.path)(gm), member.axis)]
     m = gm.get_submodule(member.path)
     names = ("weight",) if member.role == "in" else ("weight", "bias")
-    return [(f"{member.path}.{n}", getattr(m, n), int(member.role == "in")) for n in names
+    return [(f"{member.path}.{n}", getattr(m, n), weight_axis(m, member.role) if n == "weight" else 0) for n in names
             if isinstance(getattr(m, n, None), torch.Tensor)]
+
+
+def weight_axis(m: nn.Module, role: str) -> int:
+    """The axis of `m`'s weight that holds a member's channels: 1 for its inputs, 0 for its outputs and a
+    depthwise layer's channels; the other way round for a dense transposed conv ((in, out, *kernel))."""
+    flipped = isinstance(m, nn.modules.conv._ConvTransposeNd) and m.groups == 1
+    return int((role == "in") != flipped)
 
 
 def taylor(graph: ChannelGraph, data: Iterable, loss_fn: Callable | None = None,
@@ -291,12 +291,9 @@ def zero(graph: ChannelGraph, classes: set[int]) -> None:
             if member.role in PER_CHANNEL:
                 continue
             m = graph.gm.get_submodule(member.path)
-            if member.role == "in":
-                m.weight[:, hit] = 0
-            else:
-                m.weight[hit] = 0
-                if m.bias is not None:
-                    m.bias[hit] = 0
+            m.weight.index_fill_(weight_axis(m, member.role), hit.nonzero().flatten().to(m.weight.device), 0)
+            if member.role != "in" and m.bias is not None:
+                m.bias[hit] = 0
 
 
 def _kept(graph: ChannelGraph, ids: torch.Tensor, removed: set[int]) -> torch.Tensor:
@@ -448,7 +445,8 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
             setattr(new, name, data)
 
     if out is not None:
-        for name in ("weight", "bias", "running_mean", "running_var"):
+        cut("weight", out, weight_axis(m, "out"))
+        for name in ("bias", "running_mean", "running_var"):
             cut(name, out)
         history = stored(new, CHANNELS)
         if history is not None and len(history) == len(out):  # the running importance follows its channels
@@ -462,7 +460,7 @@ def _sliced(m: nn.Module, out: torch.Tensor | None, inp: torch.Tensor | None) ->
         if getattr(new, "groups", 1) > 1 and m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
             new.groups = new.in_channels = n // (m.out_channels // m.in_channels)  # depthwise, k outputs per input
     if inp is not None:
-        cut("weight", inp, 1)
+        cut("weight", inp, weight_axis(m, "in"))
         n = int(inp.sum()) * getattr(new, "groups", 1)  # a grouped conv's member lists one group's inputs
         for attr in ("in_channels", "in_features"):
             if hasattr(new, attr):
