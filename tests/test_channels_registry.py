@@ -6,7 +6,7 @@ on several branches, head_dim read from the width, a pointwise conv along anothe
 MaxViT's grids, NesT's blocks, token MLPs (Mixer, gMLP), a gate resized to another map (GhostNet V3), positions
 repeated along the batch (XCiT), a query repeated per window with its width asserted (GCViT), Twins' local
 attention, LowFormer's and CPUBone's conv attention, ConViT's gated positional attention, a depthwise conv
-with k outputs per input (FastViT), NaFlexViT's embeddings and pooling, EfficientViM's state products, LowFormer's transposed convs; hand-made graphs, then the real models: zeroed channels removed exactly."""
+with k outputs per input (FastViT), NaFlexViT's embeddings and pooling, EfficientViM's state products, LowFormer's transposed convs, EfficientViT's cascaded group attention; hand-made graphs, then the real models: zeroed channels removed exactly."""
 
 import pytest
 import torch
@@ -282,7 +282,7 @@ def test_patches_joined_back_are_the_image_and_follow_timms_order():
 @pytest.mark.parametrize("name, size", [("tiny_vit_5m_224", 64), ("tiny_vit_5m_224", 72), ("mobilevit_xxs", 64),
                                         ("mobilevit_xxs", 72), ("mobilevitv2_050", 72), ("twins_svt_small", 72),
                                         ("xcit_nano_12_p16_224", 64), ("lowformer_e1", 72),
-                                        ("cpubone_b0_bfrobust", 74), ("convit_tiny", 224)])
+                                        ("cpubone_b0_bfrobust", 74), ("convit_tiny", 224), ("efficientvit_m0", 72)])
 def test_timm_blocks_kept_as_leaves_trace_into_the_ops_they_compute(name, size):
     """At 72 px the windows are padded and the patches resized: the size-dependent steps, kept whole."""
     import timm
@@ -345,7 +345,8 @@ def test_naflex_embeddings_trace_into_patches_projection_and_positions_resized_t
     ("timm:tiny_vit_5m_224", 64, 0.608), ("timm:mobilevit_xxs", 64, 0.514), ("timm:mobilevitv2_050", 64, 0.529),
     ("timm:mixer_s32_224", 224, 0.518), ("timm:xcit_nano_12_p16_224", 224, 0.458), ("timm:fastvit_t8", 256, 0.528),
     ("timm:convit_tiny", 224, 0.550), ("timm:naflexvit_base_patch16_gap", 64, 0.486),
-    ("timm:efficientvim_m1", 224, 0.524), ("timm:lowformer_b0", 224, 0.544)])
+    ("timm:efficientvim_m1", 224, 0.524), ("timm:lowformer_b0", 224, 0.544),
+    ("timm:efficientvit_m0", 224, 0.499)])
 def test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept):
     """At ratio 0.3 (issue 35: <= 0.6 of params kept). eva02_tiny as registered has no classifier: its
     embedding width is its output and stays; the heads and MLPs go."""

@@ -78,3 +78,26 @@ def test_a_forward_hook_on_a_layer_is_refused_by_name(pre):
                                            r"would drop it; remove it before pruning \(its handle's \.remove\(\)\) "
                                            r"and add it to the pruned model's layer if you still need it$"):
         fxprune.prune(net, X, "prune-channels{ratio=0.5},fold")
+
+
+class Cached(Net):
+    """timm's attention_bias_cache in small: a forward stores a tensor computed from a parameter in a dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(8))
+        self.cache = {}
+
+    def forward(self, x):
+        self.cache.setdefault("cpu", self.table * 2)
+        return super().forward(x) + self.cache["cpu"][:4]
+
+
+def test_a_model_whose_forward_filled_a_cache_is_traced_and_pruned_and_keeps_its_cache():
+    net = Cached().eval()
+    want = net(X)
+    cached = net.cache["cpu"]
+    assert not cached.is_leaf  # deepcopy refuses it
+    gm = fxprune.trace(net)
+    small = fxprune.prune(net, X, "prune-channels{ratio=0.5}")
+    assert torch.equal(gm(X), want) and small(X).shape == (2, 4) and net.cache["cpu"] is cached

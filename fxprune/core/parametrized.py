@@ -25,9 +25,12 @@ from fxprune.core.errors import FxPruneError
 
 
 def owned_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of `model`. The weight a norm hook computed in a training forward is a non-leaf tensor,
-    which deepcopy refuses: the copy gets it detached (the hook recomputes it anyway), the model keeps it."""
-    memo = {id(t): t.detach().clone() for m in model.modules() for t in vars(m).values()
+    """A deep copy of `model`. The weight a norm hook computed in a training forward, or a cache a forward
+    filled (timm's attention_bias_cache: {device: table[:, index]}), is a non-leaf tensor, which deepcopy
+    refuses: the copy gets it detached (the forward recomputes it anyway), the model keeps it."""
+    found = [t for m in model.modules() for v in vars(m).values()
+             for t in (v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,))]
+    memo = {id(t): t.detach().clone() for t in found
             if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter) and not t.is_leaf}
     return copy.deepcopy(model, memo)
 

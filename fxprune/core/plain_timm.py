@@ -7,6 +7,8 @@ resizing to whole patches) stays in functions kept whole that move tokens only, 
 - twins.LocallyGroupedAttn: attention within windows (padded where the image is not whole windows);
 - lowformer.ConvAttention and cpubone.ConvAttention: attention over a strided projection, upsampled, cropped;
 - convit.GPSA: attention gated per head with attention over the tokens' relative positions (made whole);
+- efficientvit_msra.LocalWindowAttention and CascadedGroupAttention: windows (kept whole), then attention head by
+  head, each head's input the previous head's output plus its own share of the channels;
 - naflexvit.NaFlexEmbeds on images (not pre-patchified NaFlex batches): patches, linear projection, positions
   resized to the grid (kept whole), class and register tokens.
 """
@@ -34,7 +36,10 @@ def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
                     "timm.models.lowformer.ConvAttention": (_conv_attention, 1),
                     "timm.models.cpubone.ConvAttention": (_conv_attention, 1),
                     "timm.models.convit.GPSA": (_gated_positional_attention, 1),
-                    "timm.models.naflexvit.NaFlexEmbeds": (_naflex_embeds, 1)}.get(type_name(m), (None, 0))
+                    "timm.models.naflexvit.NaFlexEmbeds": (_naflex_embeds, 1),
+                    "timm.models.efficientvit_msra.LocalWindowAttention": (_local_window_attention, 1),
+                    "timm.models.efficientvit_msra.CascadedGroupAttention": (_cascaded_group_attention, 1),
+                    }.get(type_name(m), (None, 0))
     if block is _naflex_embeds and (not _standard_naflex(m) or any(v is not None for v in kwargs.values())):
         return None  # NaFlex batches (patch_coord, patch_valid given) stay a leaf
     if block is None or len(args) != count or kwargs and block is not _naflex_embeds or getattr(
@@ -154,6 +159,26 @@ def fourier_grid(height: int, width: int, hidden: int, temperature: float, scale
         return torch.stack([t[..., 0::2].sin(), t[..., 1::2].cos()], dim=4).flatten(3)
 
     return torch.cat((features(rows), features(cols)), dim=3).permute(0, 3, 1, 2).to(dtype)
+
+
+def _local_window_attention(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    height, width, window = x.shape[2], x.shape[3], [m.attn.resolution] * 2
+    out = m.attn(window_tokens(x.permute(0, 2, 3, 1), window, [0, 0]).permute(0, 3, 1, 2))
+    return window_image(out.permute(0, 2, 3, 1), height, width, window, [0, 0]).permute(0, 3, 1, 2)
+
+
+def _cascaded_group_attention(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    b, height, width = x.shape[0], x.shape[2], x.shape[3]
+    parts, bias, heads = x.chunk(len(m.qkvs), dim=1), m.attention_biases[:, m.attention_bias_idxs], []
+    feat = parts[0]
+    for i, (qkv, dws) in enumerate(zip(m.qkvs, m.dws)):
+        feat = feat if i == 0 else feat + parts[i]
+        q, k, v = qkv(feat).view(b, -1, height, width).split([m.key_dim, m.key_dim, m.val_dim], dim=1)
+        q, k, v = dws(q).flatten(2), k.flatten(2), v.flatten(2)
+        attn = ((q * m.scale).transpose(-2, -1) @ k + bias[i]).softmax(dim=-1)
+        feat = (v @ attn.transpose(-2, -1)).view(b, m.val_dim, height, width)
+        heads.append(feat)
+    return m.proj(torch.cat(heads, 1))
 
 
 def _standard_naflex(m: nn.Module) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 from typing import Any, Callable, Iterable
 
@@ -12,6 +11,7 @@ from torch import nn
 from fxprune.core.errors import TraceError
 from fxprune.core.lowrank import is_dense_layer
 from fxprune.core.meta import SOURCE
+from fxprune.core.parametrized import owned_copy
 from fxprune.core.plain_forwards import plain_forward
 from fxprune.core.plain_timm import plain_timm_forward
 
@@ -77,7 +77,7 @@ def trace(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fxprune.trace expects an nn.Module, got {type(model).__name__}")
-    return trace_copy(copy.deepcopy(model), leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
+    return trace_copy(owned_copy(model), leaf_modules=leaf_modules, autowrap_functions=autowrap_functions,
                       concrete_args=concrete_args)
 
 
