@@ -274,3 +274,26 @@ def test_transposed_convs_read_and_start_channels_along_their_own_weight_axes():
     check_zeroed_channels_are_removed_losslessly(Upsampling(), x)
     small = fxprune.prune(Upsampling(), x, "prune-channels{ratio=0.4}")
     assert small.get_submodule("up").weight.shape == (3, 3, 4, 4) and small.get_submodule("dw").groups == 3  # 6 -> 3, 5 -> 3
+
+
+class ChannelStatistics(nn.Module):
+    """timm's SimpleNorm (x / sqrt(var over channels)) and a spatial gate from the max over channels (CSATv2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+        self.gate = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x):
+        x = self.a(x)
+        x = x * torch.rsqrt(torch.var(x, dim=(1,), keepdim=True) + 1e-5)
+        return self.head(x * self.gate(x.amax(dim=1, keepdim=True)).sigmoid())
+
+
+def test_var_and_amax_over_the_channel_axis_run_over_the_kept_channels():
+    x = torch.randn(2, 3, 5, 5)
+    assert groups_of(ChannelStatistics(), x) == {
+        frozenset({("a", "out"), ("head", "in")}): (6, None),
+        frozenset({("gate", "out")}): (1, "mul (mul_1) broadcasts this one channel over many"),
+        frozenset({("head", "out")}): (2, "reaches the model output")}
+    check_zeroed_channels_are_removed_losslessly(ChannelStatistics(), x)

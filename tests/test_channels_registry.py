@@ -232,10 +232,12 @@ def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune
                                                ("timm:nest_tiny_jx", 224, 0.493), ("timm:ghostnetv3_050", 224, 0.574),
                                                ("timm:gmlp_ti16_224", 224, 0.597), ("timm:gcvit_xxtiny", 224, 0.451),
                                                ("timm:twins_svt_small", 224, 0.520), ("timm:cpubone_nano", 224, 0.545),
-                                               ("timm:coat_tiny", 224, 0.590), ("timm:swinv2_cr_tiny_224", 224, 0.488)])
+                                               ("timm:coat_tiny", 224, 0.590), ("timm:swinv2_cr_tiny_224", 224, 0.488),
+                                               ("timm:convnext_zepto_rms", 64, 0.520), ("timm:csatv2", 64, 0.495),
+                                               ("timm:shvit_s1", 224, 0.498), ("timm:ecaresnetlight", 64, 0.503)])
 def test_more_families_prune_deep_and_exactly(name, size, kept):
     """Slow (the larger real models): MaxViT's grid and NCHW windows, NesT's blocks, GhostNet V3's resized gate,
-    gMLP, GCViT, Twins, CPUBone, CoaT, Swin V2 CR."""
+    gMLP, GCViT, Twins, CPUBone, CoaT, Swin V2 CR, SimpleNorm's var and CSATv2's amax over channels, SHViT, ECA."""
     test_the_families_these_ops_blocked_prune_deep_and_exactly(name, size, kept)
 
 

@@ -326,7 +326,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
             self.permute(node, name)
         elif name == "einsum":
             self.einsum(node)
-        elif name in ("mean", "sum", "amax", "norm"):
+        elif name in ("mean", "sum", "amax", "amin", "norm", "var", "std"):
             self.reduce(node, name)
         elif name == "chunk":
             self.chunk(node)
@@ -603,12 +603,15 @@ class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
         n = len(tensor_shape(src))
         first = 2 if name == "norm" else 1  # x.norm(p, dim, keepdim)
         dims = node_arg(node, first, "dim", None)
-        keepdim = node_arg(node, first + 1, "keepdim", False)
+        keepdim = node_arg(node, 3 if name in ("var", "std") else first + 1, "keepdim", False)  # var(x, dim, unbiased, keepdim)
         dims = [dims] if isinstance(dims, int) else dims
         if dims is not None and axis in {d % n for d in dims} and name in ("sum", "mean", "norm"):
             if name == "mean":  # zeroed channels add nothing to a sum: the mean is rescaled to stay that sum / n
                 self.flow.means.append((node.name, ids))
             return  # a statistic per position, no channels (zeroed ones add nothing to a sum or a p-norm)
+        if dims is not None and axis in {d % n for d in dims}:  # var, std, amax, amin: over the kept channels
+            self.flow.reduced.append((node.name, ids, axis))  # once removed (the check's reference selects them)
+            return
         if dims is None or axis in {d % n for d in dims}:
             return self.barrier(node, f"{name} over the channel axis ({node.name})")
         self.flow.value[node] = (axis if keepdim else axis - sum(1 for d in dims if d % n < axis), ids)

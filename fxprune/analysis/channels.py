@@ -381,10 +381,10 @@ def _slice_attribute(gm: fx.GraphModule, name: str, keep: torch.Tensor, axis: in
 
 def as_removed(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
     """`graph.gm` computing what removing `classes` gives, with those channels still in place: its norms over
-    channels take their statistics without them, and a conv along the channel axis reads them as 0 (a new
-    graph over the same weights; `graph.gm` itself where there is neither). Zeroed channels (`zero`) are
-    removed losslessly against this reference."""
-    if not graph.flow.norms and not graph.flow.spreads:
+    channels take their statistics without them (so do var, std, amax and amin over channels), and a conv
+    along the channel axis reads them as 0 (a new graph over the same weights; `graph.gm` itself where there
+    is none of these). Zeroed channels (`zero`) are removed losslessly against this reference."""
+    if not graph.flow.norms and not graph.flow.spreads and not graph.flow.reduced:
         return graph.gm
     gm = fx.GraphModule(graph.gm, copy.deepcopy(graph.gm.graph))  # a new graph over the same weights
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -407,6 +407,13 @@ def as_removed(graph: ChannelGraph, classes: set[int]) -> fx.GraphModule:
                                                            norm.dims, norm.rms, norm.groups))
         node.replace_all_uses_with(masked)
         gm.graph.erase_node(node)
+    for i, (name, ids, axis) in enumerate(graph.flow.reduced):
+        node = nodes[name]
+        gm.register_buffer(f"_fxprune_kept{i}", _kept(graph, ids, classes).nonzero().flatten())
+        with gm.graph.inserting_before(node):
+            index = gm.graph.get_attr(f"_fxprune_kept{i}")
+            kept = gm.graph.call_method("index_select", (node.args[0], axis, index))
+        node.args = (kept, *node.args[1:])
     for i, (name, ids) in enumerate(graph.flow.spreads):
         conv = nodes[name]
         gm.register_buffer(f"_fxprune_read{i}", _kept(graph, ids, classes))

@@ -81,6 +81,8 @@ class ChannelFlow:
     # a mean over the channel axis (a hand-written RMS norm's statistic): its node and channels. Once channels
     # go it is rescaled by kept / all, so it stays the sum over the channels divided by their first count
     means: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    # var, std, amax or amin over the channel axis (timm's SimpleNorm): after removal over the kept channels
+    reduced: list[tuple[str, torch.Tensor, int]] = field(default_factory=list)  # node, its input's ids, axis
     spreads: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # convs along channels, their inputs' ids
     value: dict[fx.Node, tuple[int, torch.Tensor]] = field(default_factory=dict)
 
