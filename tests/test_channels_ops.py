@@ -297,3 +297,25 @@ def test_var_and_amax_over_the_channel_axis_run_over_the_kept_channels():
         frozenset({("gate", "out")}): (1, "mul (mul_1) broadcasts this one channel over many"),
         frozenset({("head", "out")}): (2, "reaches the model output")}
     check_zeroed_channels_are_removed_losslessly(ChannelStatistics(), x)
+
+
+class GlobalContextNet(nn.Module):
+    """timm's GlobalContext: x (B, 1, C, HW) @ softmax(conv(x) with one output) (B, 1, HW, 1), then an MLP gate."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import GlobalContext
+
+        self.a, self.gc, self.head = nn.Conv2d(3, 8, 3, padding=1), GlobalContext(8, rd_ratio=0.5), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.gc(self.a(x)))
+
+
+def test_a_product_with_a_one_channel_attention_map_keeps_the_channels_on_its_rows():
+    x = torch.randn(2, 3, 5, 5)
+    graph = analyse(fxprune.trace(GlobalContextNet().eval()), (x,))
+    assert sorted((g.size, g.blocked) for g in graph.groups) == [
+        (1, "matmul (matmul) broadcasts this one channel over many"), (2, "reaches the model output"), (4, None),
+        (8, None)]
+    check_zeroed_channels_are_removed_losslessly(GlobalContextNet(), x)

@@ -119,6 +119,14 @@ class AttentionRules:
             self.flow.block(ids, f"matmul ({node.name}) whose weight cannot be sliced")
         self.flow.value[node] = (len(tensor_shape(node)) - 1, ids)
 
+    def _one_broadcast(self, node: fx.Node, tracked, dims: int):
+        """`tracked`, or None where it is one channel on a batch axis (a global-context attention map:
+        conv(x) with one output): it broadcasts over the product and is kept."""
+        if tracked is not None and tracked[0] < dims - 2 and len(tracked[1]) == 1:
+            self.flow.block(tracked[1], f"matmul ({node.name}) broadcasts this one channel over many")
+            return None
+        return tracked
+
     def attention(self, node: fx.Node) -> None:
         """F.scaled_dot_product_attention(q, k, v, attn_mask): heads of q, k, v (and of a per-head
         mask or bias) go together; the output carries v's."""
@@ -136,7 +144,10 @@ class AttentionRules:
         then kept). False where an operand has channels on a batch axis (batched decides)."""
         ta, tb = self.flow.value.get(a), self.flow.value.get(b)
         na, nb, n = len(tensor_shape(a) or ()), len(tensor_shape(b) or ()), len(tensor_shape(node) or ())
-        if min(na, nb) < 2 or ta is not None and ta[0] < na - 2 or tb is not None and tb[0] < nb - 2:
+        if min(na, nb) < 2:
+            return False
+        ta, tb = self._one_broadcast(node, ta, na), self._one_broadcast(node, tb, nb)
+        if ta is not None and ta[0] < na - 2 or tb is not None and tb[0] < nb - 2:
             return False
         ka, kb = (ta if ta is not None and ta[0] == na - 1 else None), (tb if tb is not None and tb[0] == nb - 2 else None)
         rows, cols = (ta if ta is not None and ta[0] == na - 2 else None), (tb if tb is not None and tb[0] == nb - 1 else None)
