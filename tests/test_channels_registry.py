@@ -228,7 +228,7 @@ def test_a_width_read_for_head_dim_and_a_pointwise_conv_along_another_axis_prune
 
 @pytest.mark.zoo
 @pytest.mark.parametrize("name, size, kept", [("timm:maxvit_nano_rw_256", 256, 0.551),
-                                               ("timm:maxxvit_rmlp_nano_rw_256", 256, 0.640),
+                                               ("timm:maxxvit_rmlp_nano_rw_256", 256, 0.548),
                                                ("timm:nest_tiny_jx", 224, 0.493), ("timm:ghostnetv3_050", 224, 0.574),
                                                ("timm:gmlp_ti16_224", 224, 0.597), ("timm:gcvit_xxtiny", 224, 0.451),
                                                ("timm:twins_svt_small", 224, 0.520), ("timm:cpubone_nano", 224, 0.545),
