@@ -1,8 +1,7 @@
 """Training speed on a CUDA machine, Lite0 at 224 px, bf16 autocast, channels-last.
 
 compute: steps/s on random batches already on the device (no loader), for plain fine-tuning (every weight,
-train mode, AdamW), fxprune's decomposed model as pairs (scales + head), and the same through
-merged_view (train_scaling's view: a pair runs as one layer where that costs fewer multiply-adds).
+train mode, AdamW) and fxprune's decomposed model as pairs (scales + head).
 loader: one epoch of train_scaling against plain fine-tuning on JPEGs, 12 loader workers.
 
     .venv/bin/python -m bench.gpu.speed                       (bench/gpu/check.sh runs it)
@@ -23,14 +22,13 @@ from bench.transfer.scale import speed
 
 def compute(device: str, size: int, batch: int, steps: int) -> list[dict]:
     import fxprune
-    from fxprune.training.merged import merged_view
     from fxprune.training.runtime import Runtime
 
     from bench.transfer.lite0 import load_lite0
 
     runtime = Runtime.resolve(device)
     rows = []
-    for loop in ("finetune", "pairs", "merged"):
+    for loop in ("finetune", "pairs"):
         torch.manual_seed(0)
         model = load_lite0(10)
         if loop == "finetune":
@@ -38,13 +36,12 @@ def compute(device: str, size: int, batch: int, steps: int) -> list[dict]:
         else:
             gm = runtime.model(fxprune.prune(model, torch.randn(1, 3, size, size), "decompose-conv,insert-scaling"))
             gm.eval()
-        net = merged_view(gm) if loop == "merged" else gm
         opt = torch.optim.AdamW([p for p in gm.parameters() if p.requires_grad], lr=1e-4)
         x, y = runtime.batch((torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))))
 
         def step() -> None:
             with runtime.autocast():
-                loss = F.cross_entropy(net(x).float(), y)
+                loss = F.cross_entropy(gm(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -17,7 +17,6 @@ from torch.nn.parallel import DistributedDataParallel
 from fxprune.core import distributed
 from fxprune.core.progress import bar as progress_bar
 from fxprune.nn import BasisScalingConv, ChannelScaling
-from fxprune.training.merged import merged_view
 from fxprune.training.options import TrainOptions, with_changes
 from fxprune.training.runtime import Runtime, as_runtime
 
@@ -114,9 +113,9 @@ def train_scaling(gm: fx.GraphModule, data: Iterable, options: TrainOptions | No
     scaler = runtime.scaler()
     loss_fn = loss_fn or F.cross_entropy
     gm.eval()
-    model = merged_view(gm)  # its pairs run as one layer where that costs less; it trains gm's parameters
+    model = gm
     if distributed.active():  # each rank's gradients averaged with the others' before every step
-        model = DistributedDataParallel(model, device_ids=[runtime.device] if runtime.device.type == "cuda" else None,
+        model = DistributedDataParallel(gm, device_ids=[runtime.device] if runtime.device.type == "cuda" else None,
                                         broadcast_buffers=False)
     history = []
     for epoch in range(1, o.epochs + 1):
