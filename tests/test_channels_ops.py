@@ -319,3 +319,23 @@ def test_a_product_with_a_one_channel_attention_map_keeps_the_channels_on_its_ro
         (1, "matmul (matmul) broadcasts this one channel over many"), (2, "reaches the model output"), (4, None),
         (8, None)]
     check_zeroed_channels_are_removed_losslessly(GlobalContextNet(), x)
+
+
+class PoolChannelsLast(nn.Module):
+    """A pool over the last two dims of (B, H, W, C) tokens: it pools along W and the channels together."""
+
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.functional, self.a, self.pool, self.head = functional, nn.Linear(3, 6), nn.MaxPool2d(2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = self.a(x.permute(0, 2, 3, 1))
+        return self.head(F.avg_pool2d(x, 2) if self.functional else self.pool(x))
+
+
+@pytest.mark.parametrize("functional, reason", [(True, "avg_pool2d acts on another axis"),
+                                                (False, "pool acts on another axis")])
+def test_a_pool_over_channels_on_another_axis_than_1_is_a_named_barrier(functional, reason):
+    x = torch.randn(2, 3, 4, 4)
+    assert sorted((g.size, g.blocked) for g in analyse(fxprune.trace(PoolChannelsLast(functional)), (x,)).groups) == [
+        (2, "reaches the model output"), (6, reason)]

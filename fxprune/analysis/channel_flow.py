@@ -49,13 +49,18 @@ SAME_CHANNELS_CONVS = ("timm.layers.conv2d_same.Conv2dSame",)
 ELEMENTWISE = {"relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "sigmoid_", "hardsigmoid", "hardswish",
                "hardtanh", "tanh", "mish", "leaky_relu", "elu", "softplus", "dropout", "dropout2d", "contiguous",
                "clone", "clamp", "clamp_", "clamp_min", "neg", "abs", "exp", "sqrt", "float", "detach",
-               "adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "interpolate",
-               "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
-               "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
-               "upsample", "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal",
+               "drop_path", "stochastic_depth", "pow", "square", "rsqrt", "reciprocal",
                "to",  # with a dtype or device only (a tensor argument is not elementwise)
-               "normalize",  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
-               "pool_up_to"}  # fxprune.core.plain_forwards (timm's VGG head)
+               "normalize"}  # F.normalize: a p-norm over the channel axis is the same without zeroed channels
+# ops over the dims after axis 1 (N, C, *spatial), channel by channel where the channels are on axis 1; their
+# sizes may be numbers read in the graph (interpolate to another map's size: GhostNet V3's short path)
+SPATIAL = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d", "interpolate", "upsample",
+           "adaptive_avg_pool1d", "adaptive_max_pool1d", "avg_pool1d", "max_pool1d", "adaptive_avg_pool3d",
+           "adaptive_max_pool3d", "avg_pool3d", "max_pool3d",
+           "pool_up_to"}  # fxprune.core.plain_forwards (timm's VGG head)
+SPATIAL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+                   nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d,
+                   nn.MaxPool2d, nn.MaxPool3d, nn.Upsample)
 try:  # torchvision's Swin patch merging: the 2x2 neighbours' channels side by side (x0, x1, x2, x3 along C)
     from torchvision.models.swin_transformer import _patch_merging_pad as TV_PATCH_MERGING
 except ImportError:  # a torchvision without it
@@ -168,7 +173,7 @@ class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
         path, src = node.target, node.args[0] if node.args else None
         tracked = self.flow.value.get(src)
         if isinstance(m, STATELESS):
-            self.keep(node, src)
+            self.keep(node, src, axis=1 if isinstance(m, SPATIAL_MODULES) else None)
             return
         if isinstance(m, PADS) and tracked is not None:
             if tracked[0] < len(tensor_shape(src)) - len(m.padding) // 2:
@@ -301,9 +306,8 @@ class _Propagator(AttributeRules, NormRules, AttentionRules, SpreadRules):
             self.keep(node, src)
         elif node.target in (widen, narrow) and src in self.flow.value:  # written by an earlier removal
             self.spread_function(node, name)
-        elif name == "interpolate" and self.flow.value[src][0] == 1 and all(  # to the size of another map
-                a is src or tensor_shape(a) is None for a in tensor_args(node)):  # (GhostNet V3's short path)
-            self.keep(node, src)
+        elif name in SPATIAL and all(a is src or tensor_shape(a) is None for a in tensor_args(node)):
+            self.keep(node, src, axis=1)
         elif name in BINARY or name in TERNARY or node.target in (operator.add, operator.mul):
             self.binary(node, name)
         elif name == "cat":
