@@ -351,8 +351,9 @@ def remove(graph: ChannelGraph, removed: set[int]) -> int:
     for name, scale in graph.flow.scales:  # sdpa's implicit 1 / sqrt(head_dim), of the head_dim it had
         nodes[name].kwargs = {**nodes[name].kwargs, "scale": scale}
     for name, ids in graph.flow.spreads:  # a conv along the channel axis keeps its width, zeros where they went
-        if not _kept(graph, ids, removed).all():
-            respread(graph.gm, name, _kept(graph, ids, removed) & _alive(graph, ids))
+        kept = _kept(graph, ids, removed)
+        if not kept.all():
+            respread(graph.gm, name, kept & _alive(graph, ids))
     if graph.flow.fixups or graph.flow.means or graph.flow.scales or graph.flow.spreads:
         graph.gm.recompile()
     return changed
