@@ -40,10 +40,9 @@ def plain_timm_forward(m: nn.Module, args: tuple, kwargs: dict):
                     "timm.models.efficientvit_msra.LocalWindowAttention": (_local_window_attention, 1),
                     "timm.models.efficientvit_msra.CascadedGroupAttention": (_cascaded_group_attention, 1),
                     }.get(type_name(m), (None, 0))
-    if block is _naflex_embeds and (not _standard_naflex(m) or any(v is not None for v in kwargs.values())):
-        return None  # NaFlex batches (patch_coord, patch_valid given) stay a leaf
-    if block is None or len(args) != count or kwargs and block is not _naflex_embeds or getattr(
-            m, "coreml_exportable", False):
+    # keyword arguments only as None (NaFlexEmbeds' patch_coord and patch_valid: a NaFlex batch stays a leaf)
+    if (block is None or len(args) != count or any(v is not None for v in kwargs.values())
+            or getattr(m, "coreml_exportable", False) or block is _naflex_embeds and not _standard_naflex(m)):
         return None
     return lambda *_, **__: block(m, *args)
 
