@@ -178,8 +178,13 @@ def main(argv=None) -> None:
         print(json.dumps(one(args.one)))
         return
     old = before()
+    above = sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m])
+    unknown = [m for m in args.again if m not in above]
+    if unknown:
+        ap.error(f"--again {unknown[0]}: not one of the {len(above)} models the registry run left above {LIMIT} "
+                 f"(the models this bench reruns; {RUN.relative_to(HERE)})")
     if not args.report:
-        rerun(sorted((m for m, k in old.items() if k > LIMIT), key=lambda m: -old[m]), args.jobs, set(args.again))
+        rerun(above, args.jobs, set(args.again))
     from fxprune.core.io import atomic_write_text
 
     atomic_write_text(HERE / "results" / "registry-depth.md", report(old))
